@@ -1,0 +1,120 @@
+//! The admin listener: Prometheus metrics and a JSON view of the fleet.
+//!
+//! - `GET /metrics`: Prometheus text format.
+//! - `GET /admin/workers`: `[{id, addr, weight, healthy, since}]`.
+//! - `GET /admin/route?key=K`: `{owner, key_hash, candidates: [{id, addr, healthy}]}`
+//!   where `owner` is the live worker a request for `K` would reach now.
+//!
+//! Bind it to a private address: it reveals the fleet's layout.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora_prometheus::PrometheusHttpApp;
+use serde_json::{json, Value};
+
+use crate::fleet::Fleet;
+use crate::reply::ErrorReply;
+
+/// The admin HTTP application.
+pub struct AdminApp {
+    fleet: Arc<Fleet>,
+}
+
+impl AdminApp {
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        AdminApp { fleet }
+    }
+
+    fn workers(&self) -> Value {
+        let workers = self.fleet.workers().iter().map(|w| {
+            json!({
+                "id": &*w.id,
+                "addr": w.addr.to_string(),
+                "weight": w.weight,
+                "healthy": self.fleet.is_up(w.index),
+                "since": self.fleet.since(w.index).map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            })
+        });
+        Value::Array(workers.collect())
+    }
+
+    fn route(&self, query: Option<&str>) -> Result<Value, ErrorReply> {
+        let key = query
+            .into_iter()
+            .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+            .find_map(|(name, value)| (name == "key").then_some(value))
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| ErrorReply::new(400, "missing_key", "pass the key as ?key=K"))?;
+        let candidates = self.fleet.route(key.as_bytes());
+        let owner = candidates.iter().find(|c| c.healthy).map(|c| &*c.worker.id);
+        let listed: Vec<Value> = candidates
+            .iter()
+            .map(|c| json!({"id": &*c.worker.id, "addr": c.worker.addr.to_string(), "healthy": c.healthy}))
+            .collect();
+        Ok(json!({
+            "owner": owner,
+            "key_hash": self.fleet.key_hash(key.as_bytes()),
+            "candidates": listed,
+        }))
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let request = session.req_header();
+        let (method, path, query) = (
+            request.method.clone(),
+            request.uri.path().to_owned(),
+            request.uri.query().map(str::to_owned),
+        );
+        if method != Method::GET {
+            return error(&ErrorReply::new(
+                405,
+                "method_not_allowed",
+                "the admin API is read-only: use GET",
+            ));
+        }
+        match path.as_str() {
+            "/metrics" => PrometheusHttpApp.response(session).await,
+            "/admin/workers" => ok(&self.workers()),
+            "/admin/route" => match self.route(query.as_deref()) {
+                Ok(body) => ok(&body),
+                Err(reply) => error(&reply),
+            },
+            _ => error(&ErrorReply::new(
+                404,
+                "not_found",
+                format!("no admin endpoint at {path}"),
+            )),
+        }
+    }
+}
+
+fn ok(body: &Value) -> Response<Vec<u8>> {
+    json_response(StatusCode::OK, body.to_string().into_bytes())
+}
+
+fn error(reply: &ErrorReply) -> Response<Vec<u8>> {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, reply.body().to_vec())
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
+}

@@ -1,0 +1,53 @@
+//! `roost-proxy --config FILE` runs the proxy; `--check-config FILE` only
+//! validates (exit 0 when usable, 1 with a file:line message when not).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use roost_proxy::config::ProxyConfig;
+use roost_proxy::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(version, about = "Roost's sticky reverse proxy")]
+struct Args {
+    /// Run with this config file.
+    #[arg(long, value_name = "FILE", required_unless_present = "check_config")]
+    config: Option<PathBuf>,
+    /// Validate this config file and exit.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(path) = args.check_config {
+        return match ProxyConfig::load(&path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        };
+    }
+    let Some(path) = args.config else {
+        return ExitCode::FAILURE;
+    };
+    let config = match ProxyConfig::load(&path) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    logging::init(args.log_format);
+    match roost_proxy::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("roost-proxy: {error}");
+    ExitCode::FAILURE
+}

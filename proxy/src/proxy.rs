@@ -1,0 +1,265 @@
+//! The request path: Roost's [`ProxyHttp`] implementation, hooks in the order
+//! Pingora calls them.
+//!
+//! 1. `request_filter`: extract the key once, into the context; reject a
+//!    keyless request (401) when the config says so.
+//! 2. `upstream_peer`: the key's first live, untried HRW candidate; 503 with
+//!    `Retry-After` when there is none.
+//! 3. `fail_to_connect`: the worker refused the connection, so nothing was
+//!    sent: mark it down at once and retry on the next candidate.
+//! 4. `upstream_request_filter`: strip client-sent `x-roost-*`, forward
+//!    `x-roost-key`.
+//! 5. `upstream_response_filter`: upstream latency.
+//! 6. `fail_to_proxy`: errors as JSON.
+//! 7. `logging`: metrics and the access-log line.
+//!
+//! A request that already reached a worker over a reused connection follows
+//! Pingora's default (and nginx's) policy: it is retried only when idempotent.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use roost_routing::headers;
+use std::sync::Arc;
+
+use crate::config::MissingKey;
+use crate::fleet::{Fleet, Pick};
+use crate::key::KeyExtractor;
+use crate::metrics::{RequestCounters, NO_WORKER};
+use crate::reply::ErrorReply;
+
+/// How long to wait for a worker to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an idle upstream connection stays in the pool.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Roost's sticky proxy.
+pub struct RoostProxy {
+    fleet: Arc<Fleet>,
+    keys: KeyExtractor,
+    missing: MissingKey,
+    access_log: bool,
+    /// Requests that never reached a worker (rejected, or no live worker).
+    unrouted: RequestCounters,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    /// The routing key, extracted once in `request_filter`.
+    key: Option<Vec<u8>>,
+    /// Fleet index of the worker of the current attempt.
+    worker: Option<usize>,
+    /// Workers whose connection failed during this request.
+    tried: Vec<usize>,
+    /// When the current upstream attempt chose its worker.
+    upstream_started: Option<Instant>,
+    upstream_latency: Option<Duration>,
+    started: Instant,
+}
+
+impl RoostProxy {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        keys: KeyExtractor,
+        missing: MissingKey,
+        access_log: bool,
+    ) -> Self {
+        RoostProxy {
+            fleet,
+            keys,
+            missing,
+            access_log,
+            unrouted: RequestCounters::for_worker(NO_WORKER),
+        }
+    }
+
+    fn pick(&self, ctx: &RequestCtx) -> Option<Pick<'_>> {
+        match &ctx.key {
+            Some(key) => self.fleet.pick(key, &ctx.tried),
+            None => self.fleet.pick_any(&ctx.tried),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for RoostProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            key: None,
+            worker: None,
+            tried: Vec::new(),
+            upstream_started: None,
+            upstream_latency: None,
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.key = self.keys.extract(session.req_header());
+        if ctx.key.is_some() || self.missing == MissingKey::Any {
+            return Ok(false);
+        }
+        let reply = ErrorReply::new(401, "missing_key", "the request carries no user key");
+        write_reply(session, &reply).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(pick) = self.pick(ctx) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no live worker for the request",
+            ));
+        };
+        if let Some(owner) = pick.failed_over_from {
+            if let Some(metrics) = self.fleet.metrics(owner.index) {
+                metrics.failovers.inc();
+            }
+        }
+        ctx.worker = Some(pick.worker.index);
+        ctx.upstream_started = Some(Instant::now());
+        let mut peer = HttpPeer::new(pick.worker.addr, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(worker) = ctx.worker.take() {
+            self.fleet.mark_down(worker);
+            if let Some(metrics) = self.fleet.metrics(worker) {
+                metrics.retries.inc();
+            }
+            ctx.tried.push(worker);
+        }
+        // Nothing reached the worker, so any method may go to the next candidate.
+        e.set_retry(true);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        strip_reserved_headers(upstream);
+        if let Some(key) = &ctx.key {
+            upstream.insert_header(headers::KEY, key.as_slice())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_latency = ctx.upstream_started.map(|t| t.elapsed());
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = error_status(e);
+        if status > 0 {
+            let mut reply = ErrorReply::for_status(status);
+            if status == 503 {
+                reply = reply.retry_after(1);
+            }
+            if let Err(write_error) = write_reply(session, &reply).await {
+                tracing::debug!(error = %write_error, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let worker = ctx.worker.and_then(|i| self.fleet.workers().get(i));
+        match worker.and_then(|w| self.fleet.metrics(w.index)) {
+            Some(metrics) => {
+                metrics.requests.count(status);
+                if let Some(latency) = ctx.upstream_latency {
+                    metrics.upstream_latency.observe(latency.as_secs_f64());
+                }
+            }
+            None => self.unrouted.count(status),
+        }
+        if self.access_log {
+            let request = session.req_header();
+            tracing::info!(
+                target: "roost::access",
+                method = %request.method,
+                path = %request.uri.path(),
+                key = %ctx.key.as_deref().map_or_else(|| "-".to_owned(), |k| self.fleet.key_hash(k)),
+                worker = worker.map_or(NO_WORKER, |w| &*w.id),
+                status,
+                latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+                retries = ctx.tried.len(),
+            );
+        }
+    }
+}
+
+/// Remove every client-sent `x-roost-*` header: only the proxy sets those.
+fn strip_reserved_headers(request: &mut RequestHeader) {
+    let reserved: Vec<http::HeaderName> = request
+        .headers
+        .keys()
+        .filter(|name| headers::is_reserved(name.as_str()))
+        .cloned()
+        .collect();
+    for name in reserved {
+        request.remove_header(&name);
+    }
+}
+
+/// The status to answer an error with; 0 when the client is already gone.
+fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+async fn write_reply(session: &mut Session, reply: &ErrorReply) -> Result<()> {
+    let body = reply.body();
+    let header = reply.header(body.len())?;
+    session.set_keepalive(None);
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
