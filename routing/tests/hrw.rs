@@ -50,16 +50,38 @@ fn assert_share_within(share: f64, expected: f64, relative: f64, what: &str) {
     );
 }
 
+/// Candidate orders for seed "change-me", workers w1..w3, equal weights and
+/// weights 1:2:3. A change here moves users between workers in production:
+/// it must be deliberate, never a dependency bump.
 #[test]
 fn known_answer_vectors() {
-    let ring = ring("change-me", &equal(&["w1", "w2", "w3"]));
-    let expected = [("alice", ["w1", "w2", "w3"])];
-    for (key, order) in expected {
-        let got: Vec<_> = ring
-            .candidates(key.as_bytes())
+    let equal_ring = ring("change-me", &equal(&["w1", "w2", "w3"]));
+    let weighted_ring = ring("change-me", &[("w1", 1.0), ("w2", 2.0), ("w3", 3.0)]);
+    let vectors: [(&str, [&str; 3], [&str; 3]); 7] = [
+        ("alice", ["w3", "w1", "w2"], ["w3", "w1", "w2"]),
+        ("bob", ["w3", "w2", "w1"], ["w3", "w2", "w1"]),
+        ("carol", ["w2", "w1", "w3"], ["w2", "w3", "w1"]),
+        ("dave", ["w1", "w2", "w3"], ["w1", "w3", "w2"]),
+        ("user-42", ["w3", "w1", "w2"], ["w3", "w2", "w1"]),
+        ("\u{fc}ber", ["w3", "w1", "w2"], ["w3", "w1", "w2"]),
+        ("0", ["w2", "w1", "w3"], ["w2", "w1", "w3"]),
+    ];
+    let order = |ring: &Ring<()>, key: &str| -> Vec<String> {
+        ring.candidates(key.as_bytes())
             .map(|m| m.id.to_string())
-            .collect();
-        assert_eq!(got, order, "candidate order for {key:?}");
+            .collect()
+    };
+    for (key, equal_order, weighted_order) in vectors {
+        assert_eq!(
+            order(&equal_ring, key),
+            equal_order,
+            "equal weights, key {key:?}"
+        );
+        assert_eq!(
+            order(&weighted_ring, key),
+            weighted_order,
+            "weights 1:2:3, key {key:?}"
+        );
     }
 }
 
