@@ -146,15 +146,20 @@ impl ProxyConfig {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: ProxyConfig =
             serde_saphyr::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
-        config
-            .validate()
-            .map_err(|(location, field, message)| ConfigError {
+        config.validate().map_err(|(location, field, message)| {
+            let (line, column) = if location == Location::UNKNOWN {
+                (line_of_top_level(text, &field), 1)
+            } else {
+                (location.line(), location.column())
+            };
+            ConfigError {
                 path: path.to_owned(),
-                line: location.line().max(1),
-                column: location.column().max(1),
+                line,
+                column,
                 field,
                 message,
-            })?;
+            }
+        })?;
         Ok(config)
     }
 
@@ -253,6 +258,18 @@ fn field_at(text: &str, line: u64, column: u64) -> Option<String> {
     Some(key.trim_matches(|c| c == '"' || c == '\'').to_owned())
 }
 
+/// The line of the top-level key that `field` (`health.path`) sits under, or
+/// 1 when the key is absent.
+fn line_of_top_level(text: &str, field: &str) -> u64 {
+    let top = field.split('.').next().unwrap_or(field);
+    text.lines()
+        .position(|line| {
+            line.strip_prefix(top)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map_or(1, |i| i as u64 + 1)
+}
+
 /// serde-saphyr appends " at line L column C"; we print the location first.
 fn strip_location_suffix(message: &str) -> String {
     match message.rfind(" at line ") {
@@ -271,5 +288,12 @@ mod tests {
         assert_eq!(field_at(text, 1, 9).as_deref(), Some("listen"));
         assert_eq!(field_at(text, 3, 21).as_deref(), Some("addr"));
         assert_eq!(field_at(text, 3, 7).as_deref(), Some("id"));
+    }
+
+    #[test]
+    fn semantic_errors_point_at_their_top_level_key() {
+        let text = "listen: 127.0.0.1:1\nhealth:\n  path: healthz\n";
+        assert_eq!(line_of_top_level(text, "health.path"), 2);
+        assert_eq!(line_of_top_level(text, "workers"), 1);
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use roost_proxy::config::ProxyConfig;
+use roost_proxy::config::{ConfigError, ProxyConfig};
 use roost_proxy::logging::{self, LogFormat};
 
 #[derive(Parser)]
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(&e),
+            Err(e) => config_error(&e),
         };
     }
     let Some(path) = args.config else {
@@ -38,13 +38,19 @@ fn main() -> ExitCode {
     };
     let config = match ProxyConfig::load(&path) {
         Ok(config) => config,
-        Err(e) => return fail(&e),
+        Err(e) => return config_error(&e),
     };
     logging::init(args.log_format);
     match roost_proxy::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// Config errors lead with `FILE:LINE:COL:` so editors and CI can jump to them.
+fn config_error(error: &ConfigError) -> ExitCode {
+    eprintln!("{error}");
+    ExitCode::FAILURE
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {

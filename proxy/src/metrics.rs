@@ -26,8 +26,6 @@ struct Families {
     retries: IntCounterVec,
 }
 
-/// Registration can only fail on a name clash inside this file.
-#[allow(clippy::expect_used)]
 static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
     requests: register_int_counter_vec!(
         "roost_proxy_requests_total",

@@ -92,7 +92,8 @@ fn removing_a_worker_moves_only_its_keys_to_their_second_candidate() {
     let mut moved = 0;
     for key in keys() {
         let mut order = before.candidates(key.as_bytes()).map(|m| m.id.to_string());
-        let (first, second) = (order.next().unwrap(), order.next().unwrap());
+        let first = order.next().expect("5 candidates");
+        let second = order.next().expect("5 candidates");
         let now = owner(&after, &key);
         if first == "w3" {
             assert_eq!(
