@@ -1,0 +1,889 @@
+//! The one fixture of the integration tests: a [`TestFleet`] of real
+//! `roost-worker` processes behind one real `roost-proxy`, on 127.0.0.1 only.
+//!
+//! ```ignore
+//! let fleet = TestFleet::start(FleetConfig::new(3)).await;
+//! let served = fleet.get_keyed("alice").await;
+//! fleet.kill9("w2");
+//! ```
+//!
+//! Every child is killed (SIGKILL) and reaped when the fleet is dropped, and
+//! its temp dir (config, proxy and worker logs) is removed; set
+//! `ROOST_TEST_KEEP_DIR=1` to keep it. When a test panics the end of the
+//! proxy log is printed, so a failure shows what the proxy saw.
+
+#![allow(dead_code)] // each test binary uses a different part of the fixture
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long a fleet may take to come up (all workers healthy).
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a single HTTP request from a test may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The routing-key header every default fleet reads first.
+pub const KEY_HEADER: &str = "x-user-id";
+/// The routing-key cookie every default fleet reads second.
+pub const KEY_COOKIE: &str = "uid";
+
+// ---------------------------------------------------------------------------
+// Binaries
+// ---------------------------------------------------------------------------
+
+/// The proxy binary cargo built for this test run.
+pub fn proxy_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_roost-proxy"))
+}
+
+/// The worker binary (another package): built once per test binary with the
+/// same cargo and profile, found next to the proxy binary.
+pub fn worker_bin() -> &'static Path {
+    static WORKER: OnceLock<PathBuf> = OnceLock::new();
+    WORKER.get_or_init(|| {
+        let proxy = proxy_bin();
+        let out_dir = proxy
+            .parent()
+            .expect("the proxy binary path has a parent directory");
+        let release = proxy.components().any(|c| c.as_os_str() == "release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(&cargo);
+        build
+            .args(["build", "--quiet", "-p", "roost-worker", "--bin", "roost-worker"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            build.arg("--release");
+        }
+        let output = build.output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run `{} build -p roost-worker` to build the worker binary the tests need: {e}",
+                cargo.to_string_lossy()
+            )
+        });
+        assert!(
+            output.status.success(),
+            "building roost-worker failed ({}); the integration tests need it.\n--- cargo stderr ---\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let worker = out_dir.join("roost-worker");
+        assert!(
+            worker.is_file(),
+            "`cargo build -p roost-worker` succeeded but {} does not exist \
+             (is the worker built into another target dir?)",
+            worker.display()
+        );
+        worker
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Temp dirs and ports
+// ---------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir, removed on drop (unless
+/// `ROOST_TEST_KEEP_DIR` is set).
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "roost-proxy-test-{label}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+        ));
+        fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot create test dir {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write `name` in the dir and return its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(name);
+        fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("ROOST_TEST_KEEP_DIR").is_some() {
+            eprintln!("keeping test dir {}", self.path.display());
+            return;
+        }
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!("cannot remove test dir {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// A 127.0.0.1 port that was free a moment ago and that no other fleet of
+/// this test binary has been given.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..100 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a port");
+        let port = listener
+            .local_addr()
+            .expect("local address of a bound listener")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("could not find a free 127.0.0.1 port in 100 tries")
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Whether something accepts TCP connections at `addr`.
+fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+// ---------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------
+
+/// `key.missing` in the proxy config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Reject,
+    Any,
+}
+
+/// One entry of `key.sources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Header(String),
+    Cookie(String),
+}
+
+/// `health:` in the proxy config.
+#[derive(Debug, Clone, Copy)]
+pub struct Health {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for Health {
+    /// Fast checks for tests. The timeout is generous on purpose: a killed
+    /// worker refuses at once, and a long timeout keeps a slow, shared CI
+    /// machine from taking a live worker down.
+    fn default() -> Self {
+        Health {
+            interval_ms: 50,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+/// What fleet to start: the proxy config minus the addresses, which the
+/// fixture picks.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// `(id, weight)` per worker.
+    pub workers: Vec<(String, f64)>,
+    pub missing: Missing,
+    pub sources: Vec<Source>,
+    pub health: Health,
+    pub hash_seed: String,
+    pub threads: Option<usize>,
+    pub access_log: bool,
+    /// Start the proxy with `--log-format json`.
+    pub json_logs: bool,
+    /// Extra top-level YAML lines appended verbatim.
+    pub extra_yaml: String,
+}
+
+impl FleetConfig {
+    /// `n` workers `w1..wn` of weight 1, keys from the `x-user-id` header
+    /// then the `uid` cookie, keyless requests rejected, fast health checks.
+    pub fn new(n: usize) -> Self {
+        FleetConfig {
+            workers: (1..=n).map(|i| (format!("w{i}"), 1.0)).collect(),
+            missing: Missing::Reject,
+            sources: vec![
+                Source::Header(KEY_HEADER.into()),
+                Source::Cookie(KEY_COOKIE.into()),
+            ],
+            health: Health::default(),
+            hash_seed: "roost integration tests".into(),
+            threads: None,
+            access_log: true,
+            json_logs: false,
+            extra_yaml: String::new(),
+        }
+    }
+
+    pub fn missing(mut self, missing: Missing) -> Self {
+        self.missing = missing;
+        self
+    }
+
+    /// One weight per worker, in order.
+    pub fn weights(mut self, weights: &[f64]) -> Self {
+        assert_eq!(
+            weights.len(),
+            self.workers.len(),
+            "one weight per worker, please"
+        );
+        for ((_, weight), w) in self.workers.iter_mut().zip(weights) {
+            *weight = *w;
+        }
+        self
+    }
+
+    pub fn sources(mut self, sources: Vec<Source>) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+
+    pub fn json_logs(mut self) -> Self {
+        self.json_logs = true;
+        self
+    }
+
+    /// The YAML the proxy is started with.
+    pub fn to_yaml(&self, listen: SocketAddr, admin: SocketAddr, addrs: &[SocketAddr]) -> String {
+        let quote = |s: &str| Value::from(s).to_string();
+        let sources: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| match s {
+                Source::Header(name) => format!("{{header: {}}}", quote(name)),
+                Source::Cookie(name) => format!("{{cookie: {}}}", quote(name)),
+            })
+            .collect();
+        let mut yaml = format!(
+            "listen: {listen}\nadmin_listen: {admin}\nhash_seed: {}\naccess_log: {}\n",
+            quote(&self.hash_seed),
+            self.access_log,
+        );
+        if let Some(threads) = self.threads {
+            yaml += &format!("threads: {threads}\n");
+        }
+        let missing = match self.missing {
+            Missing::Reject => "reject",
+            Missing::Any => "any",
+        };
+        yaml += &format!(
+            "key:\n  sources: [{}]\n  missing: {missing}\nworkers:\n",
+            sources.join(", ")
+        );
+        for ((id, weight), addr) in self.workers.iter().zip(addrs) {
+            yaml += &format!(
+                "  - {{id: {}, addr: {addr}, weight: {weight:?}}}\n",
+                quote(id)
+            );
+        }
+        let h = &self.health;
+        yaml += &format!(
+            "health: {{path: /healthz, interval_ms: {}, timeout_ms: {}, rise: {}, fall: {}}}\n",
+            h.interval_ms, h.timeout_ms, h.rise, h.fall
+        );
+        yaml += &self.extra_yaml;
+        yaml
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------
+
+/// What a request through the proxy came back with.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub status: u16,
+    /// `x-roost-worker`, when a worker answered.
+    pub worker: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Served {
+    pub async fn from_response(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let worker = headers
+            .get("x-roost-worker")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .text()
+            .await
+            .expect("read the body of a proxied response");
+        Served {
+            status,
+            worker,
+            headers,
+            body,
+        }
+    }
+
+    /// The body as JSON; panics with the body when it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "expected a JSON body (status {}), got {:?}: {e}",
+                self.status, self.body
+            )
+        })
+    }
+}
+
+/// `/admin/route?key=K`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub owner: Option<String>,
+    pub key_hash: String,
+    /// `(id, addr, healthy)`, best first.
+    pub candidates: Vec<(String, String, bool)>,
+}
+
+impl Route {
+    pub fn from_json(body: &Value) -> Self {
+        let owner = match &body["owner"] {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => panic!("/admin/route owner must be a string or null, got {other}"),
+        };
+        let key_hash = body["key_hash"]
+            .as_str()
+            .unwrap_or_else(|| panic!("/admin/route key_hash must be a string: {body}"))
+            .to_owned();
+        let candidates = body["candidates"]
+            .as_array()
+            .unwrap_or_else(|| panic!("/admin/route candidates must be an array: {body}"))
+            .iter()
+            .map(|c| {
+                let id = c["id"].as_str();
+                let addr = c["addr"].as_str();
+                let healthy = c["healthy"].as_bool();
+                match (id, addr, healthy) {
+                    (Some(id), Some(addr), Some(healthy)) => {
+                        (id.to_owned(), addr.to_owned(), healthy)
+                    }
+                    _ => panic!("bad /admin/route candidate {c} in {body}"),
+                }
+            })
+            .collect();
+        Route {
+            owner,
+            key_hash,
+            candidates,
+        }
+    }
+
+    /// The candidate ids in order.
+    pub fn order(&self) -> Vec<&str> {
+        self.candidates
+            .iter()
+            .map(|(id, _, _)| id.as_str())
+            .collect()
+    }
+}
+
+/// A value from Prometheus text: the sample of `name` whose labels include
+/// every `(label, value)` pair given.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels.iter().all(|(label, wanted)| {
+                label_text
+                    .split(',')
+                    .any(|pair| pair == format!("{label}=\"{wanted}\""))
+            });
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// Poll `check` every 20 ms until it returns `Some`, or panic after `limit`
+/// with `what` in the message.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An HTTP client for tests: keep-alive, no system proxy, bounded requests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("build a reqwest client")
+}
+
+// ---------------------------------------------------------------------------
+// The fleet
+// ---------------------------------------------------------------------------
+
+/// One worker process of the fleet.
+pub struct Worker {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub weight: f64,
+    child: Option<Child>,
+}
+
+/// N workers and one proxy, all real processes on 127.0.0.1.
+pub struct TestFleet {
+    pub config: FleetConfig,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub workers: Vec<Worker>,
+    proxy: Option<Child>,
+    client: reqwest::Client,
+    // Dropped last: the children hold files in it.
+    dir: TempDir,
+}
+
+impl TestFleet {
+    /// Start the fleet and wait until the proxy reports every worker healthy.
+    /// A start that fails because a port was taken in the meantime is retried
+    /// with new ports.
+    pub async fn start(config: FleetConfig) -> TestFleet {
+        let worker_bin = worker_bin();
+        let mut last_error = String::new();
+        for attempt in 1..=3 {
+            match Self::try_start(config.clone(), worker_bin).await {
+                Ok(fleet) => return fleet,
+                Err(e) => {
+                    eprintln!("fleet start attempt {attempt} failed: {e}");
+                    last_error = e;
+                }
+            }
+        }
+        panic!("could not start the test fleet in 3 attempts; last error:\n{last_error}")
+    }
+
+    async fn try_start(config: FleetConfig, worker_bin: &Path) -> Result<TestFleet, String> {
+        let dir = TempDir::new("fleet");
+        let proxy_addr = local(free_port());
+        let admin_addr = local(free_port());
+        let workers: Vec<Worker> = config
+            .workers
+            .iter()
+            .map(|(id, weight)| Worker {
+                id: id.clone(),
+                addr: local(free_port()),
+                weight: *weight,
+                child: None,
+            })
+            .collect();
+        let addrs: Vec<SocketAddr> = workers.iter().map(|w| w.addr).collect();
+        let config_path = dir.write(
+            "proxy.yaml",
+            &config.to_yaml(proxy_addr, admin_addr, &addrs),
+        );
+        let mut fleet = TestFleet {
+            config,
+            proxy_addr,
+            admin_addr,
+            workers,
+            proxy: None,
+            client: client(),
+            dir,
+        };
+        for i in 0..fleet.workers.len() {
+            let child = fleet.spawn_worker(i, worker_bin)?;
+            fleet.workers[i].child = Some(child);
+        }
+        let mut proxy = Command::new(proxy_bin());
+        proxy.arg("--config").arg(&config_path);
+        if fleet.config.json_logs {
+            proxy.args(["--log-format", "json"]);
+        }
+        let log = fleet.proxy_log_path();
+        let child = proxy
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(open_log(&log)?)
+            .spawn()
+            .map_err(|e| format!("cannot spawn {}: {e}", proxy_bin().display()))?;
+        fleet.proxy = Some(child);
+        fleet.wait_started().await?;
+        Ok(fleet)
+    }
+
+    fn spawn_worker(&self, index: usize, bin: &Path) -> Result<Child, String> {
+        let worker = &self.workers[index];
+        let log = self.dir.path().join(format!("worker-{}.log", worker.id));
+        Command::new(bin)
+            .args(["--id", &worker.id, "--listen", &worker.addr.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(open_log(&log)?)
+            .spawn()
+            .map_err(|e| format!("cannot spawn {}: {e}", bin.display()))
+    }
+
+    /// Every worker accepting, the proxy listening, and `/admin/workers`
+    /// reporting all of them healthy.
+    async fn wait_started(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.check_children_alive()?;
+            if accepts(self.proxy_addr) {
+                if let Ok(workers) = self.try_admin_workers().await {
+                    let healthy = workers
+                        .iter()
+                        .filter(|w| w["healthy"].as_bool() == Some(true))
+                        .count();
+                    if healthy == self.workers.len() {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the fleet was not healthy after {START_TIMEOUT:?}; proxy log:\n{}",
+                    self.proxy_log()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn check_children_alive(&mut self) -> Result<(), String> {
+        if let Some(proxy) = &mut self.proxy {
+            if let Ok(Some(status)) = proxy.try_wait() {
+                return Err(format!(
+                    "roost-proxy exited early ({status}); its log:\n{}",
+                    fs::read_to_string(self.proxy_log_path()).unwrap_or_default()
+                ));
+            }
+        }
+        for worker in &mut self.workers {
+            if let Some(child) = &mut worker.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "roost-worker {} exited early ({status})",
+                        worker.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy_addr)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    pub fn worker_ids(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.id.clone()).collect()
+    }
+
+    pub fn worker(&self, id: &str) -> &Worker {
+        self.workers
+            .iter()
+            .find(|w| w.id == id)
+            .unwrap_or_else(|| panic!("no worker {id:?} in this fleet"))
+    }
+
+    fn worker_mut(&mut self, id: &str) -> &mut Worker {
+        self.workers
+            .iter_mut()
+            .find(|w| w.id == id)
+            .unwrap_or_else(|| panic!("no worker {id:?} in this fleet"))
+    }
+
+    pub fn worker_addr(&self, id: &str) -> SocketAddr {
+        self.worker(id).addr
+    }
+
+    /// The worker's pid while it runs.
+    pub fn worker_pid(&self, id: &str) -> Option<u32> {
+        self.worker(id).child.as_ref().map(Child::id)
+    }
+
+    /// A keep-alive client shared by the fixture's helpers (clone it freely).
+    pub fn client(&self) -> reqwest::Client {
+        self.client.clone()
+    }
+
+    /// `kill -9` the worker and reap it: when this returns, the process is
+    /// gone and its port refuses connections.
+    pub fn kill9(&mut self, id: &str) {
+        let worker = self.worker_mut(id);
+        let mut child = worker
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("worker {id} is not running"));
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        kill(pid, Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 worker {id}: {e}"));
+        child
+            .wait()
+            .unwrap_or_else(|e| panic!("wait for killed worker {id}: {e}"));
+    }
+
+    /// Start the worker again with the same id and port, and wait (bounded)
+    /// until it accepts connections. The proxy notices by its health checks.
+    pub fn restart(&mut self, id: &str) {
+        let index = self
+            .workers
+            .iter()
+            .position(|w| w.id == id)
+            .unwrap_or_else(|| panic!("no worker {id:?} in this fleet"));
+        assert!(
+            self.workers[index].child.is_none(),
+            "worker {id} is still running; kill9 it first"
+        );
+        let addr = self.workers[index].addr;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut child = self
+                .spawn_worker(index, worker_bin())
+                .unwrap_or_else(|e| panic!("restart worker {id}: {e}"));
+            loop {
+                if accepts(addr) {
+                    self.workers[index].child = Some(child);
+                    return;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    // Most likely the port is briefly unavailable: try again.
+                    eprintln!("restarted worker {id} exited ({status}); retrying");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "restarted worker {id} did not accept on {addr} within {START_TIMEOUT:?}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "could not restart worker {id} on {addr} within {START_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // --- logs ---------------------------------------------------------------
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn proxy_log_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.log")
+    }
+
+    /// Everything the proxy wrote to stderr so far.
+    pub fn proxy_log(&self) -> String {
+        let path = self.proxy_log_path();
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read the proxy log {}: {e}", path.display()))
+    }
+
+    // --- requests -----------------------------------------------------------
+
+    /// `GET path` through the proxy with these headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Served {
+        let mut request = self.client.get(format!("{}{path}", self.proxy_url()));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} through the proxy failed: {e}"));
+        Served::from_response(response).await
+    }
+
+    /// `GET /` with the key in the `x-user-id` header.
+    pub async fn get_keyed(&self, key: &str) -> Served {
+        self.get("/", &[(KEY_HEADER, key)]).await
+    }
+
+    /// `GET path` on the admin listener: status and body text.
+    pub async fn admin_get(&self, path_and_query: &str) -> (u16, Option<String>, String) {
+        let response = self
+            .client
+            .get(format!("{}{path_and_query}", self.admin_url()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path_and_query} on the admin listener failed: {e}"));
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("read the body of admin {path_and_query}: {e}"));
+        (status, content_type, body)
+    }
+
+    async fn try_admin_workers(&self) -> Result<Vec<Value>, String> {
+        let response = self
+            .client
+            .get(format!("{}/admin/workers", self.admin_url()))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        body.as_array()
+            .cloned()
+            .ok_or_else(|| format!("/admin/workers is not an array: {body}"))
+    }
+
+    /// `/admin/workers` as JSON values.
+    pub async fn admin_workers(&self) -> Vec<Value> {
+        self.try_admin_workers()
+            .await
+            .unwrap_or_else(|e| panic!("GET /admin/workers: {e}"))
+    }
+
+    /// Whether `/admin/workers` reports the worker healthy.
+    pub async fn is_healthy(&self, id: &str) -> bool {
+        self.admin_workers()
+            .await
+            .iter()
+            .find(|w| w["id"] == id)
+            .unwrap_or_else(|| panic!("/admin/workers does not list {id}"))["healthy"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("/admin/workers: healthy of {id} is not a bool"))
+    }
+
+    /// Wait (bounded) until `/admin/workers` reports the worker `healthy`.
+    pub async fn wait_healthy(&self, id: &str, healthy: bool, limit: Duration) {
+        let what = format!("worker {id} to be reported healthy={healthy}");
+        eventually(limit, &what, || async {
+            (self.is_healthy(id).await == healthy).then_some(())
+        })
+        .await;
+    }
+
+    /// `/admin/route?key=K`.
+    pub async fn route(&self, key: &str) -> Route {
+        let response = self
+            .client
+            .get(format!("{}/admin/route", self.admin_url()))
+            .query(&[("key", key)])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /admin/route?key={key}: {e}"));
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "/admin/route?key={key} status"
+        );
+        let body: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("/admin/route?key={key} is not JSON: {e}"));
+        Route::from_json(&body)
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, _, body) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "/metrics status");
+        body
+    }
+}
+
+fn open_log(path: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
+}
+
+impl Drop for TestFleet {
+    fn drop(&mut self) {
+        let children = self
+            .proxy
+            .take()
+            .into_iter()
+            .chain(self.workers.iter_mut().filter_map(|w| w.child.take()));
+        for mut child in children {
+            // SIGKILL, then reap, so no process outlives the test.
+            if let Err(e) = child.kill() {
+                eprintln!("cannot kill child {}: {e}", child.id());
+            }
+            if let Err(e) = child.wait() {
+                eprintln!("cannot reap child {}: {e}", child.id());
+            }
+        }
+        if std::thread::panicking() {
+            let log = fs::read_to_string(self.proxy_log_path()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "--- last {} lines of the proxy log ({}) ---\n{}",
+                tail.len(),
+                self.proxy_log_path().display(),
+                tail.join("\n")
+            );
+        }
+    }
+}
