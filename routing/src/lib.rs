@@ -1,4 +1,5 @@
-//! Routing pieces shared by Roost's proxy and workers. Pure: no I/O.
+//! Routing pieces shared by Roost's proxy and workers: pure logic, no
+//! network I/O.
 //!
 //! # Layout
 //!
@@ -6,7 +7,10 @@
 //!   stable, seeded 64-bit hash. Every proxy (and later every worker) with the
 //!   same seed and the same live set computes the same owner for a key.
 //! - [`headers`]: names of the HTTP headers both sides of the proxy use.
+//! - [`config_file`]: how both binaries load YAML config, with errors that
+//!   name the file, the line and the field.
 
+pub mod config_file;
 pub mod headers;
 pub mod hrw;
 
