@@ -32,7 +32,7 @@ async fn one_key_from_two_devices_always_reaches_one_worker() {
     let mut tasks = Vec::new();
     for task in 0..4 {
         let client = fleet.client();
-        let url = format!("{}/v1/session", fleet.proxy_url());
+        let url = format!("{}/v1/whoami", fleet.proxy_url());
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::with_capacity(250);
             for i in 0..250 {
@@ -82,7 +82,7 @@ async fn ten_thousand_keys_spread_evenly_over_three_equal_workers() {
     let mut tasks = Vec::new();
     for task in 0..CLIENTS {
         let client = fleet.client();
-        let url = format!("{}/", fleet.proxy_url());
+        let url = format!("{}/v1/whoami", fleet.proxy_url());
         tasks.push(tokio::spawn(async move {
             let mut counts: HashMap<String, usize> = HashMap::new();
             for i in (task..KEYS).step_by(CLIENTS) {
@@ -256,7 +256,7 @@ async fn kill9_moves_only_the_dead_workers_keys_and_they_come_back() {
     let load = Arc::new(LoadControl::default());
     let mut tasks = Vec::new();
     for task in 0..CLIENTS {
-        let (client, url) = (fleet.client(), format!("{}/load", fleet.proxy_url()));
+        let (client, url) = (fleet.client(), format!("{}/v1/whoami", fleet.proxy_url()));
         let (keys, records, load) = (keys.clone(), Arc::clone(&records), Arc::clone(&load));
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(2));

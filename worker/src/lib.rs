@@ -1,16 +1,25 @@
-//! `roost-worker`: the process that will hold each user's state in memory.
-//!
-//! For now it is the test worker the proxy is built against: it answers
-//! `/healthz` and every other path with 200 and `x-roost-worker: ID`, echoing
-//! the routing key the proxy forwarded. The entity runtime comes next
-//! (see `DESIGN.md`, "Ownership").
+//! `roost-worker`: keeps each user's state in memory, applies the user's
+//! requests one at a time, and flushes batches to Postgres or SQLite, fenced
+//! by epoch so a stale owner can never overwrite a newer one. See DESIGN.md
+//! ("Ownership").
 //!
 //! # Layout
 //!
-//! - [`server`]: accept loop and shutdown.
-//! - [`routes`]: what each path answers.
+//! - [`entity`]: the trait every entity type implements (start here to write
+//!   your own).
+//! - [`runtime`]: the entity map, per-entity serial execution, the flusher,
+//!   passivation and drain.
+//! - [`ownership`]: claims and epochs, and the invariants they uphold.
+//! - [`store`]: the `Store` trait; Postgres and SQLite.
+//! - [`entities`]: the built-in types: session, cart, quota.
+//! - [`http`]: the accept loop and the HTTP API.
+//! - [`config`], [`metrics`]: what the worker is told and what it reports.
 
-pub mod routes;
-pub mod server;
-
-pub use server::{run, WorkerIdentity};
+pub mod config;
+pub mod entities;
+pub mod entity;
+pub mod http;
+pub mod metrics;
+pub mod ownership;
+pub mod runtime;
+pub mod store;

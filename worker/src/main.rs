@@ -1,10 +1,20 @@
-//! `roost-worker --id ID --listen ADDR`
+//! `roost-worker --id ID --listen ADDR [--store URL] [--config FILE]`
+//!
+//! Runs until SIGTERM or SIGINT, then drains: `/readyz` fails, requests in
+//! flight finish, everything dirty is flushed, and the process exits 0 (1 if
+//! the last flush could not complete).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use roost_worker::WorkerIdentity;
+use roost_worker::config::{WorkerConfig, DEFAULT_STORE};
+use roost_worker::http::{serve, Api};
+use roost_worker::runtime::Runtime;
 
 #[derive(Parser)]
 #[command(version, about = "Roost's worker")]
@@ -15,26 +25,83 @@ struct Args {
     /// Address to serve on.
     #[arg(long)]
     listen: SocketAddr,
+    /// `postgres://…` or `sqlite://PATH`.
+    #[arg(long, default_value = DEFAULT_STORE)]
+    store: String,
+    /// Optional YAML file: flush timing, durability defaults, limits.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> ExitCode {
     let args = Args::parse();
+    let config = match args.config.as_deref().map(WorkerConfig::load).transpose() {
+        Ok(config) => config.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("roost-worker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(args, config));
+    // Idle blocking-pool threads (SQLite) would otherwise hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("roost-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serve until a signal, then drain. `Ok(false)`: the drain left changes
+/// unflushed.
+async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
+    let store = roost_worker::store::open(&args.store)
+        .await
+        .with_context(|| format!("cannot open the store {}", args.store))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(id = %args.id, listen = %args.listen, "roost-worker ready");
-    let identity = WorkerIdentity { id: args.id.into() };
-    roost_worker::run(listener, identity, shutdown_signal()).await;
-    tracing::info!("roost-worker stopped");
-    Ok(())
+    let runtime = Runtime::start(&args.id, store, config.runtime());
+    let grace = config.drain_timeout();
+    let api = Arc::new(Api::new(Arc::clone(&runtime), config));
+    tracing::info!(id = %args.id, listen = %args.listen, store = runtime.store().kind(), "roost-worker ready");
+
+    let finished = serve(listener, api, shutdown_signal(), grace).await;
+    tracing::info!(
+        in_flight_finished = finished,
+        "draining: flushing everything dirty"
+    );
+    let flushed = runtime.drain(Instant::now() + grace).await;
+    if flushed {
+        tracing::info!("roost-worker stopped");
+    } else {
+        tracing::error!(
+            active = runtime.active(),
+            "drain timed out with changes unflushed"
+        );
+    }
+    Ok(flushed)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Resolves on SIGINT or SIGTERM.

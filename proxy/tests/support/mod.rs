@@ -567,8 +567,11 @@ impl TestFleet {
     fn spawn_worker(&self, index: usize, bin: &Path) -> Result<Child, String> {
         let worker = &self.workers[index];
         let log = self.dir.path().join(format!("worker-{}.log", worker.id));
+        // The fleet's workers share one SQLite file in the fleet's temp dir.
+        let store = format!("sqlite://{}", self.dir.path().join("roost.db").display());
         Command::new(bin)
             .args(["--id", &worker.id, "--listen", &worker.addr.to_string()])
+            .args(["--store", &store])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -755,9 +758,10 @@ impl TestFleet {
         Served::from_response(response).await
     }
 
-    /// `GET /` with the key in the `x-user-id` header.
+    /// `GET /v1/whoami` (the worker route that touches no state) with the
+    /// key in the `x-user-id` header.
     pub async fn get_keyed(&self, key: &str) -> Served {
-        self.get("/", &[(KEY_HEADER, key)]).await
+        self.get("/v1/whoami", &[(KEY_HEADER, key)]).await
     }
 
     /// `GET path` on the admin listener: status and body text.

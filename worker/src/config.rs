@@ -1,0 +1,116 @@
+//! The worker's configuration: command-line flags for what differs per
+//! process (`--id`, `--listen`, `--store`), and an optional YAML file for
+//! what a fleet shares (flush timing, durability defaults, limits).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use roost_routing::config_file::{self, ConfigError, Invalid, Validate};
+
+use crate::runtime::flusher::FlushConfig;
+use crate::runtime::{Durability, RuntimeConfig};
+
+/// The default store: an SQLite file every local worker can share.
+pub const DEFAULT_STORE: &str = "sqlite://./roost-data/roost.db";
+
+/// The `--config` file of `roost-worker`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Flush dirty entities at least this often.
+    pub flush_interval_ms: u64,
+    /// Rows per flush batch; a full batch is flushed at once.
+    pub flush_batch_max: usize,
+    /// Entities unused this long are flushed and dropped from memory.
+    pub idle_ms: u64,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// On SIGTERM, how long to wait for in-flight requests and the last flush.
+    pub drain_timeout_ms: u64,
+    /// Durability when a request does not choose, per entity type
+    /// (`session`, `cart`, `quota`).
+    pub durability: HashMap<String, Durability>,
+    /// Per-SKU, per-user purchase limits for carts: `{tee-limited: 1}`.
+    pub limits: HashMap<String, u64>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            flush_interval_ms: 50,
+            flush_batch_max: 512,
+            idle_ms: 300_000,
+            max_body_bytes: 1 << 20,
+            drain_timeout_ms: 10_000,
+            durability: HashMap::new(),
+            limits: HashMap::new(),
+        }
+    }
+}
+
+/// Entity types a durability default may name.
+const KINDS: [&str; 3] = ["session", "cart", "quota"];
+
+impl WorkerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        config_file::load(path)
+    }
+
+    /// Durability for `kind` when the request does not choose:
+    /// write-behind unless configured.
+    pub fn durability_of(&self, kind: &str) -> Durability {
+        self.durability
+            .get(kind)
+            .copied()
+            .unwrap_or(Durability::WriteBehind)
+    }
+
+    pub fn runtime(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            flush: FlushConfig {
+                interval: Duration::from_millis(self.flush_interval_ms),
+                batch_max: self.flush_batch_max,
+            },
+            idle: Duration::from_millis(self.idle_ms),
+        }
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+impl Validate for WorkerConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        let positive = [
+            ("flush_interval_ms", self.flush_interval_ms),
+            ("flush_batch_max", self.flush_batch_max as u64),
+            ("idle_ms", self.idle_ms),
+            ("max_body_bytes", self.max_body_bytes as u64),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(Invalid::top(field, "must be greater than zero"));
+        }
+        if let Some(kind) = self
+            .durability
+            .keys()
+            .find(|k| !KINDS.contains(&k.as_str()))
+        {
+            let message = format!(
+                "unknown entity type {kind:?}; expected one of {}",
+                KINDS.join(", ")
+            );
+            return Err(Invalid::top("durability", message));
+        }
+        if let Some((sku, _)) = self.limits.iter().find(|(_, limit)| **limit == 0) {
+            return Err(Invalid::top(
+                "limits",
+                format!("limit of {sku:?} must be at least 1"),
+            ));
+        }
+        Ok(())
+    }
+}

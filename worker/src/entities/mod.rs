@@ -1,0 +1,19 @@
+//! The built-in entity types. They are written against the same
+//! [`crate::entity::Entity`] trait as any user's type.
+
+pub mod cart;
+pub mod quota;
+pub mod session;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// JSON encoding shared by the built-ins (their state is small and JSON keeps
+/// the store readable with `psql`).
+pub(crate) fn encode_json<T: Serialize>(state: &T) -> Vec<u8> {
+    serde_json::to_vec(state).unwrap_or_default()
+}
+
+pub(crate) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}

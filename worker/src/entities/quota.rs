@@ -1,0 +1,178 @@
+//! `quota`: per-user concurrency limits with expiring tokens ("at most N
+//! uploads at once"). Acquiring returns a token, or 429 while `limit` tokens
+//! are live; releasing frees one; a token past its `ttl_ms` frees itself.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{decode_json, encode_json};
+use crate::entity::{Context, Entity, Outcome, Reply};
+
+/// The quota entity type.
+pub struct Quota;
+
+/// Live tokens per quota name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuotaState {
+    pub quotas: BTreeMap<String, Vec<Token>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    /// Wall-clock expiry, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum QuotaRequest {
+    /// `limit` and `ttl_ms` are ≥ 1 (checked by the API).
+    Acquire {
+        name: String,
+        limit: u64,
+        ttl_ms: u64,
+    },
+    Release {
+        name: String,
+        token: String,
+    },
+}
+
+impl Entity for Quota {
+    type State = QuotaState;
+    type Request = QuotaRequest;
+    const KIND: &'static str = "quota";
+
+    fn encode(&self, state: &QuotaState) -> Vec<u8> {
+        encode_json(state)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<QuotaState, String> {
+        decode_json(bytes)
+    }
+
+    fn handle(&self, state: &mut QuotaState, request: QuotaRequest, ctx: &Context) -> Outcome {
+        let expired = state.expire(ctx.now_ms);
+        let mut outcome = match request {
+            QuotaRequest::Acquire {
+                name,
+                limit,
+                ttl_ms,
+            } => acquire(state, name, limit, ttl_ms, ctx),
+            QuotaRequest::Release { name, token } => release(state, &name, &token),
+        };
+        outcome.changed |= expired;
+        outcome
+    }
+}
+
+impl QuotaState {
+    /// Drop expired tokens (and empty quotas); returns whether any went.
+    fn expire(&mut self, now_ms: u64) -> bool {
+        let before: usize = self.quotas.values().map(Vec::len).sum();
+        for tokens in self.quotas.values_mut() {
+            tokens.retain(|t| t.expires_at_ms > now_ms);
+        }
+        self.quotas.retain(|_, tokens| !tokens.is_empty());
+        before != self.quotas.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+fn acquire(
+    state: &mut QuotaState,
+    name: String,
+    limit: u64,
+    ttl_ms: u64,
+    ctx: &Context,
+) -> Outcome {
+    let tokens = state.quotas.entry(name.clone()).or_default();
+    if tokens.len() as u64 >= limit {
+        let retry_in_ms = tokens
+            .iter()
+            .map(|t| t.expires_at_ms)
+            .min()
+            .map_or(0, |expiry| expiry.saturating_sub(ctx.now_ms));
+        let message = format!("{limit} tokens of {name} are in use");
+        let mut reply = Reply::error(429, "quota_exhausted", message);
+        if let Some(serde_json::Value::Object(body)) = reply.body.as_mut() {
+            body.insert("retry_in_ms".into(), json!(retry_in_ms));
+        }
+        return Outcome::read(reply);
+    }
+    let token = Token {
+        id: format!("{:016x}", ctx.random),
+        expires_at_ms: ctx.now_ms.saturating_add(ttl_ms),
+    };
+    let reply = Reply::ok(
+        json!({"token": token.id, "expires_at_ms": token.expires_at_ms, "live": tokens.len() + 1, "limit": limit}),
+    );
+    tokens.push(token);
+    Outcome::changed(reply)
+}
+
+fn release(state: &mut QuotaState, name: &str, token: &str) -> Outcome {
+    let Some(tokens) = state.quotas.get_mut(name) else {
+        return Outcome::read(unknown(name));
+    };
+    let Some(position) = tokens.iter().position(|t| t.id == token) else {
+        return Outcome::read(unknown(name));
+    };
+    tokens.remove(position);
+    let live = tokens.len();
+    if live == 0 {
+        state.quotas.remove(name);
+    }
+    Outcome::changed(Reply::ok(json!({"released": true, "live": live})))
+}
+
+fn unknown(name: &str) -> Reply {
+    Reply::error(
+        404,
+        "unknown_token",
+        format!("no live token with that id in {name}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(now_ms: u64, random: u64) -> Context {
+        Context {
+            now_ms,
+            version: 0,
+            random,
+        }
+    }
+
+    fn acquire_at(state: &mut QuotaState, now_ms: u64, random: u64) -> Outcome {
+        let request = QuotaRequest::Acquire {
+            name: "uploads".into(),
+            limit: 2,
+            ttl_ms: 1000,
+        };
+        Quota.handle(state, request, &ctx(now_ms, random))
+    }
+
+    #[test]
+    fn limit_holds_until_release_or_expiry() {
+        let mut state = QuotaState::default();
+        assert_eq!(acquire_at(&mut state, 0, 1).reply.status, 200);
+        assert_eq!(acquire_at(&mut state, 0, 2).reply.status, 200);
+        assert_eq!(acquire_at(&mut state, 10, 3).reply.status, 429);
+        let release = QuotaRequest::Release {
+            name: "uploads".into(),
+            token: format!("{:016x}", 1),
+        };
+        assert_eq!(
+            Quota.handle(&mut state, release, &ctx(20, 0)).reply.status,
+            200
+        );
+        assert_eq!(acquire_at(&mut state, 30, 4).reply.status, 200);
+        assert_eq!(acquire_at(&mut state, 999, 5).reply.status, 429);
+        // Token 2 expires at 1000, so a slot is free at 1000.
+        assert_eq!(acquire_at(&mut state, 1000, 6).reply.status, 200);
+    }
+}

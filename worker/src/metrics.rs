@@ -1,0 +1,112 @@
+//! Prometheus metrics of the worker, registered once in the default registry
+//! and served at `GET /metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram, register_histogram_vec, register_int_counter, register_int_gauge,
+    Histogram, HistogramVec, IntCounter, IntGauge,
+};
+
+/// Latency buckets in seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Batch sizes: 1 to 4096 rows.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+/// Every metric the worker exports.
+pub struct Metrics {
+    pub active_entities: IntGauge,
+    pub dirty_entities: IntGauge,
+    pub claims: IntCounter,
+    pub claim_failures: IntCounter,
+    pub flush_batch_rows: Histogram,
+    pub flush_batch_seconds: Histogram,
+    pub flush_failures: IntCounter,
+    pub durable_ack_seconds: Histogram,
+    pub fenced_writes: IntCounter,
+    pub passivations: IntCounter,
+    pub request_seconds: HistogramVec,
+}
+
+/// Registration only fails on a name clash inside this file.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let buckets = || LATENCY_BUCKETS.to_vec();
+    Metrics {
+        active_entities: register_int_gauge!(
+            "roost_worker_active_entities",
+            "Entities held in memory."
+        )
+        .expect("register active_entities"),
+        dirty_entities: register_int_gauge!(
+            "roost_worker_dirty_entities",
+            "Entities with changes not yet flushed."
+        )
+        .expect("register dirty_entities"),
+        claims: register_int_counter!(
+            "roost_worker_claims_total",
+            "Entities claimed from the store."
+        )
+        .expect("register claims"),
+        claim_failures: register_int_counter!(
+            "roost_worker_claim_failures_total",
+            "Claims the store could not answer."
+        )
+        .expect("register claim_failures"),
+        flush_batch_rows: register_histogram!(
+            "roost_worker_flush_batch_rows",
+            "Rows per flush batch.",
+            BATCH_BUCKETS.to_vec()
+        )
+        .expect("register flush_batch_rows"),
+        flush_batch_seconds: register_histogram!(
+            "roost_worker_flush_batch_seconds",
+            "Time to write one flush batch, in seconds.",
+            buckets()
+        )
+        .expect("register flush_batch_seconds"),
+        flush_failures: register_int_counter!(
+            "roost_worker_flush_failures_total",
+            "Flush batches the store rejected or could not take."
+        )
+        .expect("register flush_failures"),
+        durable_ack_seconds: register_histogram!(
+            "roost_worker_durable_ack_seconds",
+            "Time a durable write waited for its batch to commit, in seconds.",
+            buckets()
+        )
+        .expect("register durable_ack_seconds"),
+        fenced_writes: register_int_counter!(
+            "roost_worker_fenced_writes_total",
+            "Rows not written because another worker claimed the entity; the entity was dropped."
+        )
+        .expect("register fenced_writes"),
+        passivations: register_int_counter!(
+            "roost_worker_passivations_total",
+            "Idle entities flushed and dropped from memory."
+        )
+        .expect("register passivations"),
+        request_seconds: register_histogram_vec!(
+            "roost_worker_request_seconds",
+            "Request latency by route, in seconds.",
+            &["route"],
+            buckets()
+        )
+        .expect("register request_seconds"),
+    }
+});
+
+/// The Prometheus text of every registered metric.
+pub fn render() -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut buffer = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut buffer) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    buffer
+}

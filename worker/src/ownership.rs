@@ -1,0 +1,66 @@
+//! Ownership: claims and epochs, the part of DESIGN.md's protocol that keeps a
+//! stale owner from overwriting a newer one.
+//!
+//! # Invariants and who upholds them
+//!
+//! 1. **A worker serves an entity only under a claim.** An activation holds
+//!    no state until [`claim`] has returned; the claim bumps the stored epoch
+//!    and sets the owner in one statement ([`crate::store::Store::claim`]), so
+//!    two claims are always ordered and the later one has the higher epoch.
+//! 2. **Every write is guarded by the epoch it was claimed with.** Rows carry
+//!    their claim's epoch ([`crate::store::FlushRow::epoch`]); the store
+//!    writes a row only while the stored epoch still equals it. A worker whose
+//!    entity was claimed by another therefore writes nothing for it, ever
+//!    (G1: no stale owner overwrites a newer one).
+//! 3. **A fenced entity leaves memory at once.** When a flush reports a row
+//!    fenced, the flusher evicts the activation
+//!    ([`crate::runtime::flusher`]); the next request for it on this worker
+//!    claims it afresh from the store's latest state.
+//! 4. **A durable write is acknowledged only after its batch committed**, and
+//!    a durable write whose batch failed is undone in memory before the 503
+//!    ([`crate::runtime::Runtime::execute`]), so an acknowledged durable
+//!    write is in the store and an unacknowledged one is nowhere.
+//!
+//! Leases, hand-over and self-fencing (the rest of G2 and G3) build on these.
+
+use crate::entity::Entity;
+use crate::runtime::activation::Loaded;
+use crate::runtime::envelope;
+use crate::store::{Store, StoreError};
+
+/// Why an entity could not be activated.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClaimError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored bytes do not decode as this entity type.
+    #[error("stored state of {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Claim `key` for `owner` and rebuild its state.
+pub async fn claim<E: Entity>(
+    store: &dyn Store,
+    entity: &E,
+    key: &str,
+    owner: &str,
+) -> Result<Loaded, ClaimError> {
+    let claim = store.claim(key, owner).await?;
+    let corrupt = |reason: String| ClaimError::Corrupt {
+        key: key.to_owned(),
+        reason,
+    };
+    let (replies, state) = match claim.state.as_deref() {
+        None => (envelope::ReplyCache::default(), E::State::default()),
+        Some(bytes) => {
+            let (replies, state) = envelope::decode(bytes).map_err(corrupt)?;
+            (replies, entity.decode(state).map_err(corrupt)?)
+        }
+    };
+    Ok(Loaded {
+        state: Box::new(state),
+        replies,
+        version: u64::try_from(claim.version).unwrap_or(0),
+        epoch: claim.epoch,
+    })
+}

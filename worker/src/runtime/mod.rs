@@ -1,0 +1,345 @@
+//! The entity runtime: entities in memory, one request at a time per entity,
+//! flushed in fenced batches.
+//!
+//! [`Runtime::execute`] is the whole request path for one entity:
+//!
+//! 1. find or create the activation in the [`map::EntityMap`];
+//! 2. lock it (per-entity serial execution); if it left the map meanwhile,
+//!    start over;
+//! 3. claim it from the store on first use ([`crate::ownership::claim`]);
+//! 4. answer a repeated `Idempotency-Key` from the remembered reply;
+//! 5. run the handler; on a change, bump the version, encode the state and
+//!    hand the row to the [`flusher::Flusher`];
+//! 6. durable: hold the entity until the batch commits; on failure undo the
+//!    change and answer 503.
+//!
+//! A background sweep passivates entities idle longer than `idle`.
+
+pub mod activation;
+pub mod envelope;
+pub mod flusher;
+pub mod map;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use self::activation::{Activation, FlushFailure, Loaded};
+use self::flusher::{FlushConfig, Flusher};
+use self::map::EntityMap;
+use crate::entity::{Context, Entity, Reply};
+use crate::metrics::METRICS;
+use crate::ownership::{self, ClaimError};
+use crate::store::{FlushRow, Store, StoreError};
+
+/// How a change is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Acknowledged at once; flushed within the flush interval.
+    WriteBehind,
+    /// Acknowledged after the batch holding the change has committed.
+    Durable,
+}
+
+/// A reply about one entity, with what identifies the answering owner.
+#[derive(Debug, Clone)]
+pub struct EntityReply {
+    pub reply: Reply,
+    /// Version after the request (the ETag).
+    pub version: u64,
+    /// Epoch of the claim this worker served it under.
+    pub epoch: i64,
+}
+
+/// Why a request could not be served (mapped to 503 or 500 by the API).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot activate the entity: {0}")]
+    Claim(#[from] ClaimError),
+    #[error("the change was not made durable: {0}")]
+    NotDurable(FlushFailure),
+    #[error("the entity was claimed by another worker")]
+    Fenced,
+}
+
+/// Runtime settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeConfig {
+    pub flush: FlushConfig,
+    /// Entities unused this long are flushed and dropped.
+    pub idle: Duration,
+}
+
+/// The entity runtime of one worker.
+pub struct Runtime {
+    owner: Arc<str>,
+    store: Arc<dyn Store>,
+    entities: Arc<EntityMap>,
+    flusher: Arc<Flusher>,
+    config: RuntimeConfig,
+    /// Origin of the runtime's millisecond clock (monotonic).
+    started: Instant,
+    /// Tells the background tasks to stop.
+    stop: watch::Sender<bool>,
+}
+
+impl Runtime {
+    /// Start the runtime and its background tasks (flusher, passivation).
+    pub fn start(owner: &str, store: Arc<dyn Store>, config: RuntimeConfig) -> Arc<Self> {
+        let entities = Arc::new(EntityMap::default());
+        let flusher = Arc::new(Flusher::new(
+            Arc::clone(&store),
+            Arc::clone(&entities),
+            config.flush,
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let runtime = Arc::new(Runtime {
+            owner: owner.into(),
+            store,
+            entities,
+            flusher,
+            config,
+            started: Instant::now(),
+            stop,
+        });
+        let flusher = Arc::clone(&runtime.flusher);
+        let flusher_stop = stopped.clone();
+        tokio::spawn(async move { flusher.run(flusher_stop).await });
+        tokio::spawn(Arc::clone(&runtime).passivate_forever(stopped));
+        runtime
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Entities held in memory.
+    pub fn active(&self) -> usize {
+        self.entities.len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Apply `request` to the entity `id` of type `E`, one request at a time.
+    pub async fn execute<E: Entity>(
+        &self,
+        entity: &E,
+        id: &str,
+        request: E::Request,
+        durability: Durability,
+        idempotency_key: Option<String>,
+    ) -> Result<EntityReply, RuntimeError> {
+        let key = format!("{}/{}", E::KIND, id);
+        loop {
+            let activation = self.entities.get_or_insert(&key, self.now_ms()).await;
+            let mut slot = activation.slot.lock().await;
+            if activation.is_gone() {
+                continue;
+            }
+            activation.touch(self.now_ms());
+            if slot.loaded.is_none() {
+                slot.loaded = Some(self.claim(entity, &activation).await?);
+            }
+            let Some(loaded) = slot.loaded.as_mut() else {
+                continue;
+            };
+            return self
+                .apply(
+                    entity,
+                    &activation,
+                    loaded,
+                    request,
+                    durability,
+                    idempotency_key,
+                )
+                .await;
+        }
+    }
+
+    async fn claim<E: Entity>(
+        &self,
+        entity: &E,
+        activation: &Arc<Activation>,
+    ) -> Result<Loaded, RuntimeError> {
+        match ownership::claim(self.store.as_ref(), entity, &activation.key, &self.owner).await {
+            Ok(loaded) => {
+                METRICS.claims.inc();
+                Ok(loaded)
+            }
+            Err(e) => {
+                METRICS.claim_failures.inc();
+                self.entities.evict(activation);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Steps 4 to 6 of the request path, with the entity locked.
+    async fn apply<E: Entity>(
+        &self,
+        entity: &E,
+        activation: &Arc<Activation>,
+        loaded: &mut Loaded,
+        request: E::Request,
+        durability: Durability,
+        idempotency_key: Option<String>,
+    ) -> Result<EntityReply, RuntimeError> {
+        if let Some(reply) = idempotency_key
+            .as_deref()
+            .and_then(|k| loaded.replies.get(k))
+        {
+            return Ok(EntityReply {
+                reply: reply.clone(),
+                version: loaded.version,
+                epoch: loaded.epoch,
+            });
+        }
+        let Some(state) = loaded.state.downcast_mut::<E::State>() else {
+            return Err(ClaimError::Corrupt {
+                key: activation.key.to_string(),
+                reason: format!("held state is not a {}", E::KIND),
+            }
+            .into());
+        };
+        let durable = durability == Durability::Durable;
+        let before = durable.then(|| (state.clone(), loaded.replies.clone(), loaded.version));
+        let ctx = Context {
+            now_ms: wall_clock_ms(),
+            version: loaded.version,
+            random: rand::random(),
+        };
+        let outcome = entity.handle(state, request, &ctx);
+        if !outcome.changed {
+            return Ok(EntityReply {
+                reply: outcome.reply,
+                version: loaded.version,
+                epoch: loaded.epoch,
+            });
+        }
+        loaded.version += 1;
+        if let Some(k) = idempotency_key {
+            loaded.replies.remember(k, outcome.reply.clone());
+        }
+        let row = self.row(entity, activation, loaded, state_of::<E>(loaded));
+        let reply = EntityReply {
+            reply: outcome.reply,
+            version: loaded.version,
+            epoch: loaded.epoch,
+        };
+        let Some(committed) = activation.deposit(row, durable) else {
+            self.flusher.schedule(activation, false);
+            return Ok(reply);
+        };
+        self.flusher.schedule(activation, true);
+        let waited = Instant::now();
+        let result = committed.await.unwrap_or_else(|_| {
+            Err(FlushFailure::Store(StoreError::Unavailable(
+                "the flusher stopped".into(),
+            )))
+        });
+        METRICS
+            .durable_ack_seconds
+            .observe(waited.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => Ok(reply),
+            Err(FlushFailure::Fenced) => Err(RuntimeError::Fenced),
+            Err(failure) => {
+                if let Some((state, replies, version)) = before {
+                    self.undo(entity, activation, loaded, state, replies, version);
+                }
+                Err(RuntimeError::NotDurable(failure))
+            }
+        }
+    }
+
+    /// Put back the state from before a durable change that did not commit,
+    /// and queue it so earlier write-behind changes still reach the store.
+    fn undo<E: Entity>(
+        &self,
+        entity: &E,
+        activation: &Arc<Activation>,
+        loaded: &mut Loaded,
+        state: E::State,
+        replies: envelope::ReplyCache,
+        version: u64,
+    ) {
+        loaded.state = Box::new(state);
+        loaded.replies = replies;
+        loaded.version = version;
+        let row = self.row(entity, activation, loaded, state_of::<E>(loaded));
+        activation.deposit(row, false);
+        self.flusher.schedule(activation, false);
+    }
+
+    fn row<E: Entity>(
+        &self,
+        entity: &E,
+        activation: &Activation,
+        loaded: &Loaded,
+        state: Option<&E::State>,
+    ) -> FlushRow {
+        let bytes = state.map(|s| entity.encode(s)).unwrap_or_default();
+        FlushRow {
+            key: activation.key.to_string(),
+            epoch: loaded.epoch,
+            version: i64::try_from(loaded.version).unwrap_or(i64::MAX),
+            state: envelope::encode(&bytes, &loaded.replies),
+        }
+    }
+
+    /// Passivate idle entities every quarter of `idle` until stopped.
+    async fn passivate_forever(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let period = (self.config.idle / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(period) => self.passivate_idle(),
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Drop entities idle longer than `idle` whose changes are all flushed;
+    /// dirty ones go at a later sweep, after the flusher wrote them.
+    pub fn passivate_idle(&self) {
+        let idle_ms = u64::try_from(self.config.idle.as_millis()).unwrap_or(u64::MAX);
+        let now = self.now_ms();
+        for activation in self.entities.snapshot() {
+            if now.saturating_sub(activation.idle_since_ms()) < idle_ms || !activation.is_clean() {
+                continue;
+            }
+            // A request holding the lock is using it: not idle.
+            let Ok(_slot) = activation.slot.try_lock() else {
+                continue;
+            };
+            if activation.is_clean() {
+                self.entities.evict(&activation);
+                METRICS.passivations.inc();
+            }
+        }
+    }
+
+    /// Stop the background tasks and flush everything dirty, until
+    /// `deadline`. Returns whether everything was written.
+    pub async fn drain(&self, deadline: Instant) -> bool {
+        let _ = self.stop.send(true);
+        self.flusher.flush_all(deadline).await
+    }
+}
+
+fn state_of<E: Entity>(loaded: &Loaded) -> Option<&E::State> {
+    loaded.state.downcast_ref::<E::State>()
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,161 @@
+//! The SQLite store, the embedded default: rusqlite (bundled SQLite) in WAL
+//! mode, so several worker processes on one machine can share one file.
+//!
+//! SQLite serialises writers itself; each process keeps one connection behind
+//! a mutex and runs statements on tokio's blocking pool. A claim is one
+//! `INSERT … ON CONFLICT DO UPDATE … RETURNING`; a flush is one `BEGIN
+//! IMMEDIATE` transaction running the epoch-guarded `UPDATE` per row (there
+//! is no network round trip to save, so one statement per row costs nothing
+//! extra). `synchronous = FULL`: a committed flush survives a crash of the
+//! process and of the machine.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Claim, FlushRow, Store, StoreError, StoreResult};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS roost_entities (
+    key        TEXT PRIMARY KEY,
+    epoch      INTEGER NOT NULL,
+    owner      TEXT NOT NULL,
+    version    INTEGER NOT NULL DEFAULT 0,
+    state      BLOB,
+    updated_at INTEGER NOT NULL DEFAULT (unixepoch())
+) WITHOUT ROWID";
+
+const CLAIM: &str = "
+INSERT INTO roost_entities (key, epoch, owner) VALUES (?1, 1, ?2)
+ON CONFLICT (key) DO UPDATE SET epoch = epoch + 1, owner = excluded.owner
+RETURNING epoch, version, state";
+
+const FLUSH_ROW: &str = "
+UPDATE roost_entities SET state = ?4, version = ?3, updated_at = unixepoch()
+WHERE key = ?1 AND epoch = ?2";
+
+const PEEK: &str = "SELECT epoch, version, state FROM roost_entities WHERE key = ?1";
+
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    /// One connection; a std mutex because it is only locked on the blocking
+    /// pool, never across an `.await`.
+    connection: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Open (creating the file and its folder if needed) and set up WAL and
+    /// the schema.
+    pub async fn open(path: &str) -> StoreResult<Self> {
+        let path = PathBuf::from(path);
+        let opened = path.clone();
+        let connection = tokio::task::spawn_blocking(move || open_connection(&opened))
+            .await
+            .map_err(|e| StoreError::Fatal(format!("sqlite open task failed: {e}")))??;
+        Ok(SqliteStore {
+            connection: Arc::new(Mutex::new(connection)),
+            path,
+        })
+    }
+
+    /// Run `f` with the connection on the blocking pool.
+    async fn with<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let connection = Arc::clone(&self.connection);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut connection).map_err(|e| unavailable(&path, e))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("sqlite task failed: {e}")))?
+    }
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder)
+            .map_err(|e| StoreError::Fatal(format!("cannot create {}: {e}", folder.display())))?;
+    }
+    let fatal = |e: rusqlite::Error| StoreError::Fatal(format!("sqlite {}: {e}", path.display()));
+    let connection = Connection::open(path).map_err(fatal)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(fatal)?;
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(fatal)?;
+    connection
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(fatal)?;
+    connection.execute_batch(SCHEMA).map_err(fatal)?;
+    Ok(connection)
+}
+
+fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite {}: {e}", path.display()))
+}
+
+fn claim_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Claim> {
+    Ok(Claim {
+        epoch: row.get(0)?,
+        version: row.get(1)?,
+        state: row.get(2)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn claim(&self, key: &str, owner: &str) -> StoreResult<Claim> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.with(move |c| {
+            c.prepare_cached(CLAIM)?
+                .query_row(params![key, owner], claim_of)
+        })
+        .await
+    }
+
+    async fn flush(&self, rows: Arc<[FlushRow]>) -> StoreResult<Vec<usize>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(move |c| {
+            let transaction =
+                c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut fenced = Vec::new();
+            {
+                let mut update = transaction.prepare_cached(FLUSH_ROW)?;
+                for (i, row) in rows.iter().enumerate() {
+                    if update.execute(params![row.key, row.epoch, row.version, row.state])? == 0 {
+                        fenced.push(i);
+                    }
+                }
+            }
+            transaction.commit()?;
+            Ok(fenced)
+        })
+        .await
+    }
+
+    async fn peek(&self, key: &str) -> StoreResult<Option<Claim>> {
+        let key = key.to_owned();
+        self.with(move |c| {
+            c.prepare_cached(PEEK)?
+                .query_row(params![key], claim_of)
+                .optional()
+        })
+        .await
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}
