@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs a local fleet: roost-proxy in front of 3 roost-workers, all on
-# 127.0.0.1, until Ctrl-C. Usage: deploy/local/fleet.sh [--debug]
+# Runs a local fleet: roost-proxy in front of 3 roost-workers sharing one
+# SQLite file (roost-data/roost.db), all on 127.0.0.1, until Ctrl-C.
+# Usage: deploy/local/fleet.sh [--debug]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
@@ -13,6 +14,7 @@ command -v curl >/dev/null || apt_install curl
 cargo build "${flag[@]}" -p roost-proxy -p roost-worker
 bin="$ROOT/target/$profile"
 config="$ROOT/deploy/config/proxy.example.yaml"
+store="sqlite://$ROOT/roost-data/roost.db"
 
 pids=()
 stop() {
@@ -23,7 +25,8 @@ stop() {
 trap stop EXIT INT TERM
 
 for i in 1 2 3; do
-  "$bin/roost-worker" --id "w$i" --listen "127.0.0.1:900$i" &
+  "$bin/roost-worker" --id "w$i" --listen "127.0.0.1:900$i" --store "$store" \
+    --config "$ROOT/deploy/config/worker.example.yaml" &
   pids+=($!)
 done
 "$bin/roost-proxy" --config "$config" &
@@ -35,12 +38,12 @@ for _ in $(seq 50); do
 done
 cat <<MSG
 
-Roost is running (config: deploy/config/proxy.example.yaml):
-  proxy     http://127.0.0.1:8080/        try: curl -H 'x-user-id: alice' http://127.0.0.1:8080/
+Roost is running (proxy config: deploy/config/proxy.example.yaml; store: $store):
+  proxy     http://127.0.0.1:8080/        try: curl -H 'x-user-id: alice' http://127.0.0.1:8080/v1/cart
   workers   http://127.0.0.1:9090/admin/workers
   routing   http://127.0.0.1:9090/admin/route?key=alice
-  metrics   http://127.0.0.1:9090/metrics
-Ctrl-C stops everything.
+  metrics   http://127.0.0.1:9090/metrics (proxy), http://127.0.0.1:900{1,2,3}/metrics (workers)
+More curl examples: README.md ("Entity API"). Ctrl-C stops everything.
 
 MSG
 wait
