@@ -13,13 +13,17 @@
 //! - [`store`]: the `Store` trait; Postgres and SQLite.
 //! - [`entities`]: the built-in types: session, cart, quota.
 //! - [`http`]: the accept loop and the HTTP API.
+//! - [`engine`], [`stateless`]: what the API executes requests with: the
+//!   runtime, or the Postgres-per-request baseline benchmarks compare with.
 //! - [`config`], [`metrics`]: what the worker is told and what it reports.
 
 pub mod config;
+pub mod engine;
 pub mod entities;
 pub mod entity;
 pub mod http;
 pub mod metrics;
 pub mod ownership;
 pub mod runtime;
+pub mod stateless;
 pub mod store;

@@ -13,8 +13,11 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use roost_worker::config::{WorkerConfig, DEFAULT_STORE};
+use roost_worker::engine::Engine;
 use roost_worker::http::{serve, Api};
 use roost_worker::runtime::Runtime;
+use roost_worker::stateless::StatelessEngine;
+use roost_worker::store::postgres::PostgresStore;
 
 #[derive(Parser)]
 #[command(version, about = "Roost's worker")]
@@ -31,6 +34,10 @@ struct Args {
     /// Optional YAML file: flush timing, durability defaults, limits.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Benchmark baseline: keep nothing in memory, run one Postgres
+    /// transaction per request (needs a postgres:// store).
+    #[arg(long)]
+    stateless: bool,
 }
 
 fn main() -> ExitCode {
@@ -66,22 +73,39 @@ fn main() -> ExitCode {
 /// Serve until a signal, then drain. `Ok(false)`: the drain left changes
 /// unflushed.
 async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
-    let store = roost_worker::store::open(&args.store)
-        .await
-        .with_context(|| format!("cannot open the store {}", args.store))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let runtime = Runtime::start(&args.id, store, config.runtime());
     let grace = config.drain_timeout();
-    let api = Arc::new(Api::new(Arc::clone(&runtime), config));
-    tracing::info!(id = %args.id, listen = %args.listen, store = runtime.store().kind(), "roost-worker ready");
+    let (engine, runtime) = if args.stateless {
+        let store = PostgresStore::connect(&args.store).await.with_context(|| {
+            format!(
+                "--stateless needs a postgres store; cannot open {}",
+                args.store
+            )
+        })?;
+        (
+            Engine::Stateless(Arc::new(StatelessEngine::new(&store, &args.id))),
+            None,
+        )
+    } else {
+        let store = roost_worker::store::open(&args.store)
+            .await
+            .with_context(|| format!("cannot open the store {}", args.store))?;
+        let runtime = Runtime::start(&args.id, store, config.runtime());
+        (Engine::Memory(Arc::clone(&runtime)), Some(runtime))
+    };
+    tracing::info!(id = %args.id, listen = %args.listen, store = %redact(&args.store), stateless = args.stateless, "roost-worker ready");
 
+    let api = Arc::new(Api::new(engine, config));
     let finished = serve(listener, api, shutdown_signal(), grace).await;
     tracing::info!(
         in_flight_finished = finished,
         "draining: flushing everything dirty"
     );
+    let Some(runtime) = runtime else {
+        return Ok(true);
+    };
     let flushed = runtime.drain(Instant::now() + grace).await;
     if flushed {
         tracing::info!("roost-worker stopped");
@@ -92,6 +116,20 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
         );
     }
     Ok(flushed)
+}
+
+/// The store URL without a password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn init_logging() {

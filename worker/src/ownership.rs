@@ -46,21 +46,29 @@ pub async fn claim<E: Entity>(
     owner: &str,
 ) -> Result<Loaded, ClaimError> {
     let claim = store.claim(key, owner).await?;
-    let corrupt = |reason: String| ClaimError::Corrupt {
-        key: key.to_owned(),
-        reason,
-    };
-    let (replies, state) = match claim.state.as_deref() {
-        None => (envelope::ReplyCache::default(), E::State::default()),
-        Some(bytes) => {
-            let (replies, state) = envelope::decode(bytes).map_err(corrupt)?;
-            (replies, entity.decode(state).map_err(corrupt)?)
-        }
-    };
+    let (replies, state) = decode_state(entity, key, claim.state.as_deref())?;
     Ok(Loaded {
         state: Box::new(state),
         replies,
         version: u64::try_from(claim.version).unwrap_or(0),
         epoch: claim.epoch,
     })
+}
+
+/// Rebuild an entity's state and remembered replies from stored bytes
+/// (`None`: a key never written).
+pub fn decode_state<E: Entity>(
+    entity: &E,
+    key: &str,
+    bytes: Option<&[u8]>,
+) -> Result<(envelope::ReplyCache, E::State), ClaimError> {
+    let Some(bytes) = bytes else {
+        return Ok((envelope::ReplyCache::default(), E::State::default()));
+    };
+    let corrupt = |reason: String| ClaimError::Corrupt {
+        key: key.to_owned(),
+        reason,
+    };
+    let (replies, state) = envelope::decode(bytes).map_err(corrupt)?;
+    Ok((replies, entity.decode(state).map_err(corrupt)?))
 }

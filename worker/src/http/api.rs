@@ -21,7 +21,6 @@
 //! write-behind`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,12 +35,13 @@ use serde_json::json;
 
 use super::body;
 use crate::config::WorkerConfig;
+use crate::engine::Engine;
 use crate::entities::cart::{Cart, CartRequest};
 use crate::entities::quota::{Quota, QuotaRequest};
 use crate::entities::session::{IfMatch, Session, SessionRequest};
 use crate::entity::{Entity, Reply};
 use crate::metrics::METRICS;
-use crate::runtime::{Durability, EntityReply, Runtime, RuntimeError};
+use crate::runtime::{Durability, EntityReply, RuntimeError};
 
 /// Header a request chooses its durability with.
 pub const DURABILITY: &str = "roost-durability";
@@ -53,7 +53,7 @@ const MAX_NAME_BYTES: usize = 256;
 
 /// Everything a request needs.
 pub struct Api {
-    runtime: Arc<Runtime>,
+    engine: Engine,
     config: WorkerConfig,
     worker: HeaderValue,
     /// Set on SIGTERM: `/readyz` fails from then on.
@@ -174,12 +174,12 @@ struct Release {
 }
 
 impl Api {
-    pub fn new(runtime: Arc<Runtime>, config: WorkerConfig) -> Self {
-        let worker = HeaderValue::from_str(runtime.owner())
+    pub fn new(engine: Engine, config: WorkerConfig) -> Self {
+        let worker = HeaderValue::from_str(engine.owner())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
         Api {
             cart: Cart::new(config.limits.clone()),
-            runtime,
+            engine,
             config,
             worker,
             draining: AtomicBool::new(false),
@@ -270,7 +270,7 @@ impl Api {
             })
             .collect();
         let key = forwarded.get(headers::KEY).cloned();
-        Reply::ok(json!({"worker": self.runtime.owner(), "key": key, "roost_headers": forwarded}))
+        Reply::ok(json!({"worker": self.engine.owner(), "key": key, "roost_headers": forwarded}))
     }
 
     async fn session(
@@ -397,7 +397,7 @@ impl Api {
         request: E::Request,
         (durability, idempotency_key): (Durability, Option<String>),
     ) -> Result<Answer, Answer> {
-        self.runtime
+        self.engine
             .execute(entity, key, request, durability, idempotency_key)
             .await
             .map(Answer::Entity)

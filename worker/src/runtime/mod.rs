@@ -338,7 +338,8 @@ fn state_of<E: Entity>(loaded: &Loaded) -> Option<&E::State> {
     loaded.state.downcast_ref::<E::State>()
 }
 
-fn wall_clock_ms() -> u64 {
+/// Milliseconds since the Unix epoch (handlers' notion of now).
+pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

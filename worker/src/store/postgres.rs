@@ -14,6 +14,7 @@ use tokio_postgres::NoTls;
 use super::{fenced_rows, Claim, FlushRow, Store, StoreError, StoreResult};
 
 const SCHEMA: &str = "
+SET client_min_messages TO warning;
 CREATE TABLE IF NOT EXISTS roost_entities (
     key        text PRIMARY KEY,
     epoch      bigint NOT NULL,
@@ -67,6 +68,12 @@ impl PostgresStore {
             .await
             .map_err(unavailable)?;
         Ok(store)
+    }
+
+    /// The connection pool (the stateless baseline runs its own
+    /// transactions on it).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {

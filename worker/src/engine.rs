@@ -1,0 +1,46 @@
+//! What executes entity requests for the API: Roost's in-memory runtime, or
+//! the stateless Postgres-per-request baseline that benchmarks compare it to.
+
+use std::sync::Arc;
+
+use crate::entity::Entity;
+use crate::runtime::{Durability, EntityReply, Runtime, RuntimeError};
+use crate::stateless::StatelessEngine;
+
+/// The executor behind the HTTP API.
+#[derive(Clone)]
+pub enum Engine {
+    /// Entities in memory, flushed in fenced batches.
+    Memory(Arc<Runtime>),
+    /// Nothing in memory: one Postgres transaction per request.
+    Stateless(Arc<StatelessEngine>),
+}
+
+impl Engine {
+    pub fn owner(&self) -> &str {
+        match self {
+            Engine::Memory(runtime) => runtime.owner(),
+            Engine::Stateless(engine) => engine.owner(),
+        }
+    }
+
+    /// Apply `request` to entity `id` of type `E`. The stateless engine is
+    /// always durable: it commits before it answers.
+    pub async fn execute<E: Entity>(
+        &self,
+        entity: &E,
+        id: &str,
+        request: E::Request,
+        durability: Durability,
+        idempotency_key: Option<String>,
+    ) -> Result<EntityReply, RuntimeError> {
+        match self {
+            Engine::Memory(runtime) => {
+                runtime
+                    .execute(entity, id, request, durability, idempotency_key)
+                    .await
+            }
+            Engine::Stateless(engine) => engine.execute(entity, id, request, idempotency_key).await,
+        }
+    }
+}

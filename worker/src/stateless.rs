@@ -1,0 +1,108 @@
+//! The stateless baseline: the same HTTP API with nothing kept in memory.
+//! Every request is one Postgres transaction — `SELECT … FOR UPDATE`, run
+//! the handler, `UPDATE` — the way a conventional service keeps per-user
+//! state. It exists so benchmarks can measure what the in-memory runtime
+//! saves (`roost-worker --stateless`); it is not meant for production.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+
+use crate::entity::{Context, Entity};
+use crate::ownership::{self, ClaimError};
+use crate::runtime::{envelope, EntityReply, RuntimeError};
+use crate::store::postgres::PostgresStore;
+use crate::store::StoreError;
+
+const ENSURE: &str = "INSERT INTO roost_entities (key, epoch, owner) VALUES ($1, 0, $2) ON CONFLICT (key) DO NOTHING";
+const LOCK: &str = "SELECT epoch, version, state FROM roost_entities WHERE key = $1 FOR UPDATE";
+const WRITE: &str =
+    "UPDATE roost_entities SET state = $2, version = $3, updated_at = now() WHERE key = $1";
+
+/// Serves every request straight from Postgres.
+pub struct StatelessEngine {
+    pool: Pool,
+    owner: Arc<str>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Claim(ClaimError::Store(StoreError::Unavailable(format!(
+        "postgres: {e}"
+    ))))
+}
+
+impl StatelessEngine {
+    pub fn new(store: &PostgresStore, owner: &str) -> Self {
+        StatelessEngine {
+            pool: store.pool().clone(),
+            owner: owner.into(),
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// One transaction: lock the row, apply the request, write it back.
+    pub async fn execute<E: Entity>(
+        &self,
+        entity: &E,
+        id: &str,
+        request: E::Request,
+        idempotency_key: Option<String>,
+    ) -> Result<EntityReply, RuntimeError> {
+        let key = format!("{}/{}", E::KIND, id);
+        let mut client = self.pool.get().await.map_err(unavailable)?;
+        let transaction = client.transaction().await.map_err(unavailable)?;
+        let mut row = transaction
+            .query_opt(LOCK, &[&key])
+            .await
+            .map_err(unavailable)?;
+        if row.is_none() {
+            transaction
+                .execute(ENSURE, &[&key, &&*self.owner])
+                .await
+                .map_err(unavailable)?;
+            row = transaction
+                .query_opt(LOCK, &[&key])
+                .await
+                .map_err(unavailable)?;
+        }
+        let row = row.ok_or_else(|| unavailable("the row vanished"))?;
+        let (epoch, version): (i64, i64) = (row.get(0), row.get(1));
+        let bytes: Option<Vec<u8>> = row.get(2);
+        let (mut replies, mut state) = ownership::decode_state(entity, &key, bytes.as_deref())?;
+        let version = u64::try_from(version).unwrap_or(0);
+        if let Some(reply) = idempotency_key.as_deref().and_then(|k| replies.get(k)) {
+            return Ok(EntityReply {
+                reply: reply.clone(),
+                version,
+                epoch,
+            });
+        }
+        let ctx = Context {
+            now_ms: crate::runtime::wall_clock_ms(),
+            version,
+            random: rand::random(),
+        };
+        let outcome = entity.handle(&mut state, request, &ctx);
+        let version = version + u64::from(outcome.changed);
+        if outcome.changed {
+            if let Some(k) = idempotency_key {
+                replies.remember(k, outcome.reply.clone());
+            }
+            let bytes = envelope::encode(&entity.encode(&state), &replies);
+            let stored_version = i64::try_from(version).unwrap_or(i64::MAX);
+            transaction
+                .execute(WRITE, &[&key, &bytes, &stored_version])
+                .await
+                .map_err(unavailable)?;
+        }
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(EntityReply {
+            reply: outcome.reply,
+            version,
+            epoch,
+        })
+    }
+}
