@@ -73,10 +73,10 @@ impl StatelessEngine {
         let bytes: Option<Vec<u8>> = row.get(2);
         let (mut replies, mut state) = ownership::decode_state(entity, &key, bytes.as_deref())?;
         let version = u64::try_from(version).unwrap_or(0);
-        if let Some(reply) = idempotency_key.as_deref().and_then(|k| replies.get(k)) {
+        if let Some(first) = idempotency_key.as_deref().and_then(|k| replies.get(k)) {
             return Ok(EntityReply {
-                reply: reply.clone(),
-                version,
+                reply: first.reply.clone(),
+                version: first.version,
                 epoch,
             });
         }
@@ -89,7 +89,7 @@ impl StatelessEngine {
         let version = version + u64::from(outcome.changed);
         if outcome.changed {
             if let Some(k) = idempotency_key {
-                replies.remember(k, outcome.reply.clone());
+                replies.remember(k, outcome.reply.clone(), version);
             }
             let bytes = envelope::encode(&entity.encode(&state), &replies);
             let stored_version = i64::try_from(version).unwrap_or(i64::MAX);

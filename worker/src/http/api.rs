@@ -225,7 +225,7 @@ impl Api {
             )
             .into());
         }
-        let key = user_key(request.headers());
+        let key = user_key(request.headers())?;
         if route.needs_key() && key.is_none() {
             return Err(
                 Reply::error(401, "missing_key", "the request carries no x-roost-key").into(),
@@ -285,11 +285,11 @@ impl Api {
             Method::GET => SessionRequest::Get,
             Method::DELETE => SessionRequest::Delete { if_match },
             Method::PUT => SessionRequest::Put {
-                document: self.json_body(request).await?,
+                document: body::json(&self.body(request).await?)?,
                 if_match,
             },
             _ => SessionRequest::Patch {
-                patch: self.json_body(request).await?,
+                patch: body::json(&self.body(request).await?)?,
                 if_match,
             },
         };
@@ -313,7 +313,7 @@ impl Api {
             },
             (Route::Checkout, _) => CartRequest::Checkout,
             _ => {
-                let item: AddItem = self.json_body(request).await?;
+                let item: AddItem = body::json_object(&self.body(request).await?)?;
                 if item.qty == 0 {
                     return Err(Reply::error(400, "invalid_qty", "qty must be at least 1").into());
                 }
@@ -336,7 +336,7 @@ impl Api {
         let call = self.call_options(request.headers(), Quota::KIND)?;
         let name = decode_segment(name)?;
         let quota_request = if let Route::QuotaAcquire(_) = route {
-            let acquire: Acquire = self.json_body(request).await?;
+            let acquire: Acquire = body::json_object(&self.body(request).await?)?;
             if acquire.limit == 0 || acquire.ttl_ms == 0 {
                 return Err(Reply::error(
                     400,
@@ -351,7 +351,7 @@ impl Api {
                 ttl_ms: acquire.ttl_ms,
             }
         } else {
-            let release: Release = self.json_body(request).await?;
+            let release: Release = body::json_object(&self.body(request).await?)?;
             QuotaRequest::Release {
                 name,
                 token: release.token,
@@ -360,12 +360,8 @@ impl Api {
         self.execute(&self.quota, key, quota_request, call).await
     }
 
-    async fn json_body<T: serde::de::DeserializeOwned>(
-        &self,
-        request: Request<Incoming>,
-    ) -> Result<T, Answer> {
-        let bytes = body::read(request, self.config.max_body_bytes).await?;
-        Ok(body::json(&bytes)?)
+    async fn body(&self, request: Request<Incoming>) -> Result<Bytes, Answer> {
+        Ok(body::read(request, self.config.max_body_bytes).await?)
     }
 
     /// Durability (header or the type's default) and idempotency key.
@@ -475,10 +471,14 @@ fn header_str<K: hyper::header::AsHeaderName>(headers: &HeaderMap, name: K) -> O
 }
 
 /// The proxy-set user key, if present and non-empty.
-fn user_key(headers: &HeaderMap) -> Option<String> {
-    let key = headers.get(headers::KEY)?;
-    let key = String::from_utf8_lossy(key.as_bytes());
-    (!key.is_empty()).then(|| key.into_owned())
+/// Not UTF-8: 400, since lossy decoding would make distinct keys collide.
+fn user_key(headers: &HeaderMap) -> Result<Option<String>, Reply> {
+    let Some(key) = headers.get(headers::KEY) else {
+        return Ok(None);
+    };
+    let key = std::str::from_utf8(key.as_bytes())
+        .map_err(|_| Reply::error(400, "invalid_key", "x-roost-key is not UTF-8"))?;
+    Ok((!key.is_empty()).then(|| key.to_owned()))
 }
 
 /// A percent-decoded path segment, checked like any name.

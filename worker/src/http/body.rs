@@ -44,3 +44,17 @@ pub fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
         .map_err(|e| Reply::error(400, "invalid_json", format!("the body is not JSON: {e}")))?;
     serde_json::from_value(value).map_err(|e| Reply::error(400, "invalid_request", e.to_string()))
 }
+
+/// Like [`json`], for bodies that must be a JSON object (serde would
+/// otherwise accept a struct written as a positional array).
+pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+    let value: serde_json::Value = json(body)?;
+    if !value.is_object() {
+        return Err(Reply::error(
+            400,
+            "invalid_request",
+            "the body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| Reply::error(400, "invalid_request", e.to_string()))
+}

@@ -53,8 +53,9 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
+    // Readiness fails first, then the listener closes.
     api.start_draining();
+    drop(listener);
     tokio::select! {
         () = graceful.shutdown() => true,
         () = tokio::time::sleep(grace) => false,

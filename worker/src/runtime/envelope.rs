@@ -7,6 +7,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use crate::entity::Reply;
 
 /// How many idempotency keys an entity remembers (oldest forgotten first).
@@ -16,19 +18,32 @@ pub const REMEMBERED_REPLIES: usize = 64;
 /// `Idempotency-Key`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReplyCache {
-    entries: VecDeque<(String, Reply)>,
+    entries: VecDeque<Remembered>,
+}
+
+/// A first reply, with the version it produced (a replay answers with that
+/// version as its ETag, not the entity's current one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Remembered {
+    pub key: String,
+    pub reply: Reply,
+    pub version: u64,
 }
 
 impl ReplyCache {
-    pub fn get(&self, key: &str) -> Option<&Reply> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, r)| r)
+    pub fn get(&self, key: &str) -> Option<&Remembered> {
+        self.entries.iter().find(|r| r.key == key)
     }
 
-    pub fn remember(&mut self, key: String, reply: Reply) {
+    pub fn remember(&mut self, key: String, reply: Reply, version: u64) {
         if self.entries.len() == REMEMBERED_REPLIES {
             self.entries.pop_front();
         }
-        self.entries.push_back((key, reply));
+        self.entries.push_back(Remembered {
+            key,
+            reply,
+            version,
+        });
     }
 }
 
@@ -64,7 +79,7 @@ mod tests {
     fn round_trips_and_forgets_the_oldest() {
         let mut replies = ReplyCache::default();
         for i in 0..=REMEMBERED_REPLIES {
-            replies.remember(format!("k{i}"), Reply::no_content());
+            replies.remember(format!("k{i}"), Reply::no_content(), i as u64);
         }
         assert!(replies.get("k0").is_none());
         assert!(replies.get("k1").is_some());

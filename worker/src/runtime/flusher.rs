@@ -79,8 +79,9 @@ impl Flusher {
         self.lock_queue().len()
     }
 
-    /// Run rounds until `stop` turns true, then return (the caller drains
-    /// with [`Flusher::flush_all`]).
+    /// Run rounds until `stop` turns true, then return once the round in
+    /// flight (if any) has finished; the caller then drains with
+    /// [`Flusher::flush_all`], so no batch is ever abandoned mid-write.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -88,8 +89,12 @@ impl Flusher {
                 () = self.wake.notified() => {}
                 _ = stop.changed() => return,
             }
-            while self.round().await {}
+            while !self.stopping(&stop) && self.round().await {}
         }
+    }
+
+    fn stopping(&self, stop: &watch::Receiver<bool>) -> bool {
+        *stop.borrow()
     }
 
     /// Flush rounds until nothing is queued, or `deadline` passes. Returns
@@ -178,9 +183,20 @@ impl Flusher {
     /// goes back in if a newer row arrived while its batch was in flight.
     /// (It stays marked queued during the flight, so passivation leaves it
     /// alone and a new row does not queue it twice.)
+    ///
+    /// A fenced (gone) activation's newer row can never be written: it is
+    /// discarded and its waiters told.
     fn settle(&self, activation: &Arc<Activation>) {
         activation.dequeue();
-        if activation.has_pending() {
+        if activation.is_gone() {
+            for waiter in activation
+                .take()
+                .into_iter()
+                .flat_map(|taken| taken.waiters)
+            {
+                let _ = waiter.send(Err(FlushFailure::Fenced));
+            }
+        } else if activation.has_pending() {
             self.schedule(activation, false);
         }
     }

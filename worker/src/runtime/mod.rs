@@ -83,6 +83,9 @@ pub struct Runtime {
     started: Instant,
     /// Tells the background tasks to stop.
     stop: watch::Sender<bool>,
+    /// The flusher task: drain waits for it, so a batch it has taken is
+    /// written (or failed and requeued) before the final flush.
+    flusher_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Runtime {
@@ -103,10 +106,15 @@ impl Runtime {
             config,
             started: Instant::now(),
             stop,
+            flusher_task: std::sync::Mutex::new(None),
         });
         let flusher = Arc::clone(&runtime.flusher);
         let flusher_stop = stopped.clone();
-        tokio::spawn(async move { flusher.run(flusher_stop).await });
+        let task = tokio::spawn(async move { flusher.run(flusher_stop).await });
+        *runtime
+            .flusher_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(task);
         tokio::spawn(Arc::clone(&runtime).passivate_forever(stopped));
         runtime
     }
@@ -192,13 +200,13 @@ impl Runtime {
         durability: Durability,
         idempotency_key: Option<String>,
     ) -> Result<EntityReply, RuntimeError> {
-        if let Some(reply) = idempotency_key
+        if let Some(first) = idempotency_key
             .as_deref()
             .and_then(|k| loaded.replies.get(k))
         {
             return Ok(EntityReply {
-                reply: reply.clone(),
-                version: loaded.version,
+                reply: first.reply.clone(),
+                version: first.version,
                 epoch: loaded.epoch,
             });
         }
@@ -226,7 +234,9 @@ impl Runtime {
         }
         loaded.version += 1;
         if let Some(k) = idempotency_key {
-            loaded.replies.remember(k, outcome.reply.clone());
+            loaded
+                .replies
+                .remember(k, outcome.reply.clone(), loaded.version);
         }
         let row = self.row(entity, activation, loaded, state_of::<E>(loaded));
         let reply = EntityReply {
@@ -330,6 +340,17 @@ impl Runtime {
     /// `deadline`. Returns whether everything was written.
     pub async fn drain(&self, deadline: Instant) -> bool {
         let _ = self.stop.send(true);
+        let task = self
+            .flusher_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, task).await.is_err() {
+                return false;
+            }
+        }
         self.flusher.flush_all(deadline).await
     }
 }

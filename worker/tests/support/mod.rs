@@ -1,0 +1,1219 @@
+//! The fixture of the worker's integration tests: real `roost-worker`
+//! processes on 127.0.0.1, against an SQLite file or Postgres.
+//!
+//! ```ignore
+//! both_stores!(my_test);            // my_test::sqlite and my_test::postgres
+//! async fn my_test(store: Store) {
+//!     let mut worker = Worker::start("w1", &store, Some("flush_interval_ms: 50")).await;
+//!     let reply = worker.api().add_item(&unique_key("u"), "mug", 1).send().await;
+//!     worker.kill9();
+//!     worker.restart().await;
+//! }
+//! ```
+//!
+//! - [`Worker`]: one process; SIGKILLed and reaped on drop, its temp dir
+//!   (config, log) removed (set `ROOST_TEST_KEEP_DIR=1` to keep it). When a
+//!   test panics the end of every live worker's log is printed.
+//! - [`Store`]: an SQLite file in a fresh temp dir, or Postgres:
+//!   `DATABASE_URL` when it is set and answers, otherwise a throwaway cluster
+//!   started once per test binary (see [`postgres_url`]).
+//! - [`Api`], [`Call`], [`Reply`]: HTTP to one worker, sending `x-roost-key`
+//!   directly as the proxy would.
+//! - [`Store::peek`] reads a `roost_entities` row directly;
+//!   [`Store::lock_row`] holds a lock the worker's flush must wait for.
+//! - User keys are unique per run ([`unique_key`]), so nothing depends on
+//!   rows an earlier run left in a shared database.
+//! - The tests of one binary run one at a time ([`run_on`]).
+
+#![allow(dead_code)] // each test binary uses a different part of the fixture
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long a worker may take to answer `/healthz` after it is spawned.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a single HTTP request from a test may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The header the proxy puts the verified user key in.
+pub const KEY: &str = "x-roost-key";
+
+// ---------------------------------------------------------------------------
+// Running a body against both stores
+// ---------------------------------------------------------------------------
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// `both_stores!(name)` turns `async fn name(store: Store)` into two tests,
+/// `name::sqlite` and `name::postgres`. Attributes before the name (e.g.
+/// `#[ignore = "why"]`) go on both.
+macro_rules! both_stores {
+    ($(#[$meta:meta])* $name:ident) => {
+        mod $name {
+            #[test]
+            $(#[$meta])*
+            fn sqlite() {
+                $crate::support::run_on($crate::support::StoreKind::Sqlite, super::$name);
+            }
+
+            #[test]
+            $(#[$meta])*
+            fn postgres() {
+                $crate::support::run_on($crate::support::StoreKind::Postgres, super::$name);
+            }
+        }
+    };
+}
+
+/// Run `body` against a fresh store of `kind`, on a two-thread tokio runtime.
+///
+/// Tests of one binary run one at a time: they start processes and put load
+/// on a small machine, and the timing bounds some of them check (write-behind
+/// loss) must not measure another test's load.
+pub fn run_on<F, Fut>(kind: StoreKind, body: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = TempDir::new("store");
+    let store = match kind {
+        StoreKind::Sqlite => Store::Sqlite(dir.path().join("roost.db")),
+        // Outside any tokio runtime: it may block on a connection check.
+        StoreKind::Postgres => Store::Postgres(postgres_url().to_owned()),
+    };
+    eprintln!("store: {store}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build the test's tokio runtime");
+    runtime.block_on(body(store));
+    drop(runtime);
+    drop(dir);
+}
+
+/// Run `body` against SQLite, then against Postgres, in one test (for a
+/// caller that wants one test rather than [`both_stores!`]'s two).
+pub fn run_on_both<F, Fut>(body: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for kind in [StoreKind::Sqlite, StoreKind::Postgres] {
+        run_on(kind, &body);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Unique names, temp dirs, ports
+// ---------------------------------------------------------------------------
+
+/// Random per test-binary run, so keys never collide with an earlier run's
+/// rows in a shared database.
+pub fn run_prefix() -> &'static str {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    PREFIX.get_or_init(|| format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff))
+}
+
+/// A user key no other test of any run uses.
+pub fn unique_key(label: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{label}-{}",
+        run_prefix(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh directory under the system temp dir, removed on drop (unless
+/// `ROOST_TEST_KEEP_DIR` is set).
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "roost-worker-test-{label}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+        ));
+        fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot create test dir {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write `name` in the dir and return its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(name);
+        fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("ROOST_TEST_KEEP_DIR").is_some() {
+            eprintln!("keeping test dir {}", self.path.display());
+            return;
+        }
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!("cannot remove test dir {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// A 127.0.0.1 port that was free a moment ago and that nothing else in
+/// this test binary has been given.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..100 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a port");
+        let port = listener
+            .local_addr()
+            .expect("local address of a bound listener")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("could not find a free 127.0.0.1 port in 100 tries")
+}
+
+/// Whether something accepts TCP connections at `addr`.
+pub fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+fn open_log(path: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------
+// Stores
+// ---------------------------------------------------------------------------
+
+/// Where a worker keeps its entities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl fmt::Display for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url())
+    }
+}
+
+/// One row of `roost_entities`, read directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    pub epoch: i64,
+    pub owner: String,
+    pub version: i64,
+    pub state: Option<Vec<u8>>,
+}
+
+impl StoredRow {
+    /// The entity's own state (the envelope's JSON after the replies);
+    /// `Value::Null` when nothing was ever flushed.
+    pub fn entity_state(&self) -> Value {
+        self.state
+            .as_deref()
+            .map_or(Value::Null, |bytes| decode_envelope(bytes).1)
+    }
+
+    /// The remembered idempotency replies of the envelope.
+    pub fn replies(&self) -> Value {
+        self.state
+            .as_deref()
+            .map_or(Value::Null, |bytes| decode_envelope(bytes).0)
+    }
+}
+
+/// Split stored state bytes: `u32` LE length, that many bytes of replies
+/// JSON, then the entity's JSON state.
+pub fn decode_envelope(bytes: &[u8]) -> (Value, Value) {
+    let (length, rest) = bytes
+        .split_first_chunk::<4>()
+        .expect("stored state starts with a 4-byte length");
+    let length = u32::from_le_bytes(*length) as usize;
+    assert!(rest.len() >= length, "stored state shorter than its header");
+    let (replies, state) = rest.split_at(length);
+    let replies = serde_json::from_slice(replies).expect("stored replies are JSON");
+    let state = serde_json::from_slice(state).expect("stored entity state is JSON");
+    (replies, state)
+}
+
+impl Store {
+    /// The `--store` URL.
+    pub fn url(&self) -> String {
+        match self {
+            Store::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Store::Postgres(url) => url.clone(),
+        }
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            Store::Sqlite(_) => StoreKind::Sqlite,
+            Store::Postgres(_) => StoreKind::Postgres,
+        }
+    }
+
+    /// `roost_entities` row of `store_key` (`KIND/USERKEY`), read directly.
+    pub async fn peek(&self, store_key: &str) -> Option<StoredRow> {
+        const SELECT: &str = "SELECT epoch, owner, version, state FROM roost_entities WHERE key = ";
+        match self {
+            Store::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect to {url} to check the store: {e}"));
+                let connection = tokio::spawn(connection);
+                let row = client
+                    .query_opt(&format!("{SELECT}$1"), &[&store_key])
+                    .await
+                    .unwrap_or_else(|e| panic!("read {store_key} from postgres: {e}"));
+                drop(client);
+                let _ = connection.await;
+                row.map(|row| StoredRow {
+                    epoch: row.get(0),
+                    owner: row.get(1),
+                    version: row.get(2),
+                    state: row.get(3),
+                })
+            }
+            Store::Sqlite(path) => {
+                let (path, key) = (path.clone(), store_key.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let connection = rusqlite::Connection::open(&path).unwrap_or_else(|e| {
+                        panic!("open {} to check the store: {e}", path.display())
+                    });
+                    connection
+                        .busy_timeout(Duration::from_secs(10))
+                        .expect("set a busy timeout");
+                    let result = connection.query_row(
+                        &format!("{SELECT}?1"),
+                        rusqlite::params![key],
+                        |row| {
+                            Ok(StoredRow {
+                                epoch: row.get(0)?,
+                                owner: row.get(1)?,
+                                version: row.get(2)?,
+                                state: row.get(3)?,
+                            })
+                        },
+                    );
+                    match result {
+                        Ok(row) => Some(row),
+                        Err(rusqlite::Error::QueryReturnedNoRows) => None,
+                        Err(e) => panic!("read {key} from {}: {e}", path.display()),
+                    }
+                })
+                .await
+                .expect("the sqlite check task")
+            }
+        }
+    }
+
+    /// Wait (bounded) until the stored row of `store_key` has `version`.
+    pub async fn wait_version(&self, store_key: &str, version: i64) -> StoredRow {
+        let what = format!("{store_key} to be flushed at version {version} to {self}");
+        eventually(Duration::from_secs(5), &what, || async {
+            self.peek(store_key)
+                .await
+                .filter(|row| row.version == version)
+        })
+        .await
+    }
+}
+
+/// A lock a test holds on the store, so the worker's next flush of that
+/// row waits: Postgres `SELECT … FOR UPDATE` on the row in an open
+/// transaction; SQLite `BEGIN IMMEDIATE` (the file's write lock, as another
+/// worker process sharing the file would hold it during a long flush).
+pub enum StoreLock {
+    Postgres {
+        client: tokio_postgres::Client,
+        connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    },
+    Sqlite(rusqlite::Connection),
+}
+
+impl Store {
+    /// Take a [`StoreLock`] covering `store_key`'s row (which must exist).
+    pub async fn lock_row(&self, store_key: &str) -> StoreLock {
+        match self {
+            Store::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect to {url} to lock a row: {e}"));
+                let connection = tokio::spawn(connection);
+                client
+                    .batch_execute("BEGIN")
+                    .await
+                    .expect("BEGIN to lock a row");
+                let locked = client
+                    .query(
+                        "SELECT 1 FROM roost_entities WHERE key = $1 FOR UPDATE",
+                        &[&store_key],
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("lock {store_key}: {e}"));
+                assert_eq!(locked.len(), 1, "{store_key} exists to be locked");
+                StoreLock::Postgres { client, connection }
+            }
+            Store::Sqlite(path) => {
+                let connection = rusqlite::Connection::open(path)
+                    .unwrap_or_else(|e| panic!("open {} to lock it: {e}", path.display()));
+                connection
+                    .busy_timeout(Duration::from_secs(10))
+                    .expect("set a busy timeout");
+                connection
+                    .execute_batch("BEGIN IMMEDIATE")
+                    .expect("BEGIN IMMEDIATE takes the write lock");
+                StoreLock::Sqlite(connection)
+            }
+        }
+    }
+}
+
+impl StoreLock {
+    /// Commit the (empty) transaction: the lock is free.
+    pub async fn release(self) {
+        match self {
+            StoreLock::Postgres { client, connection } => {
+                client.batch_execute("COMMIT").await.expect("COMMIT");
+                drop(client);
+                let _ = connection.await;
+            }
+            StoreLock::Sqlite(connection) => {
+                connection.execute_batch("COMMIT").expect("COMMIT");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Postgres
+// ---------------------------------------------------------------------------
+
+/// The Postgres URL of this test binary: `DATABASE_URL` when it is set and a
+/// connection succeeds within two seconds; otherwise a throwaway cluster
+/// (`initdb` + `pg_ctl`, as the `postgres` user when running as root) in a
+/// temp dir, on a free port, listening on 127.0.0.1 only, started once and
+/// stopped by a watchdog when this process exits.
+///
+/// Must be called outside a tokio runtime (it may block).
+pub fn postgres_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+            match postgres_answers(&url) {
+                Ok(()) => return url,
+                Err(e) => eprintln!(
+                    "DATABASE_URL is set but does not answer ({e}); starting a throwaway cluster"
+                ),
+            }
+        }
+        start_throwaway_cluster()
+    })
+}
+
+/// Connect to `url` and run `SELECT 1`, within two seconds.
+fn postgres_answers(url: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let check = async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(2), check)
+            .await
+            .map_err(|_| "no answer within 2 s".to_string())?
+    })
+}
+
+/// Whether this process runs as root (`/proc/self` belongs to our euid).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// `[runuser -u postgres --] program`: the server refuses to run as root.
+fn as_postgres(program: &str) -> Command {
+    if running_as_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--", program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run_checked(mut command: Command, what: &str) -> Result<(), String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+fn start_throwaway_cluster() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "roost-worker-test-pg-{}-{nanos}",
+        std::process::id()
+    ));
+    let data = dir.join("data");
+    let socket = dir.join("socket");
+    for path in [&dir, &socket] {
+        fs::create_dir_all(path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    }
+    let root = running_as_root();
+    if root {
+        let mut chown = Command::new("chown");
+        chown.args(["-R", "postgres:postgres"]).arg(&dir);
+        run_checked(chown, "chown the postgres test dir").unwrap_or_else(|e| panic!("{e}"));
+    }
+    // The watchdog first, so the cluster and the dir go away with this
+    // process whatever happens from here on (statics are never dropped).
+    // It is detached: started in the background by a shell that exits at
+    // once (so nothing is left to reap), in its own process group (so a
+    // Ctrl-C to the test run does not kill it before it has cleaned up).
+    let pg_ctl_stop = if root {
+        "runuser -u postgres -- pg_ctl"
+    } else {
+        "pg_ctl"
+    };
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+         {pg_ctl_stop} -D '{data}' stop -m immediate >/dev/null 2>&1; \
+         rm -rf '{dir}'",
+        pid = std::process::id(),
+        data = data.display(),
+        dir = dir.display(),
+    );
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            &format!("( {watchdog} ) </dev/null >/dev/null 2>&1 &"),
+        ])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot start the postgres watchdog: {e}"));
+    assert!(status.success(), "starting the postgres watchdog: {status}");
+
+    let mut initdb = as_postgres("initdb");
+    initdb
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "-D",
+        ])
+        .arg(&data);
+    run_checked(initdb, "initdb (is PostgreSQL installed and on PATH?)")
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let log = dir.join("postgres.log");
+    let mut last_error = String::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200",
+            socket.display()
+        );
+        let mut start = as_postgres("pg_ctl");
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "30", "-o", &options, "start"]);
+        match run_checked(start, "pg_ctl start") {
+            Ok(()) => {
+                let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+                postgres_answers(&url)
+                    .unwrap_or_else(|e| panic!("the throwaway cluster does not answer: {e}"));
+                eprintln!("throwaway postgres cluster at {url} in {}", dir.display());
+                return url;
+            }
+            Err(e) => {
+                last_error = format!(
+                    "{e}\n--- postgres log ---\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
+    }
+    panic!("cannot start a throwaway postgres cluster: {last_error}")
+}
+
+// ---------------------------------------------------------------------------
+// Worker processes
+// ---------------------------------------------------------------------------
+
+/// One `roost-worker` process (restartable on the same port, store and
+/// config).
+pub struct Worker {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub store: Store,
+    config: Option<PathBuf>,
+    child: Option<Child>,
+    client: reqwest::Client,
+    // Dropped last: the child writes its log here.
+    dir: TempDir,
+}
+
+impl Worker {
+    pub fn bin() -> &'static str {
+        env!("CARGO_BIN_EXE_roost-worker")
+    }
+
+    /// Spawn a worker with `config` YAML (if any) and wait until `/healthz`
+    /// answers. A start that fails (e.g. the port was taken meanwhile) is
+    /// retried on another port.
+    pub async fn start(id: &str, store: &Store, config: Option<&str>) -> Worker {
+        let dir = TempDir::new(&format!("worker-{id}"));
+        let config = config.map(|yaml| dir.write("worker.yaml", yaml));
+        let mut worker = Worker {
+            id: id.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            store: store.clone(),
+            config,
+            child: None,
+            client: client(),
+            dir,
+        };
+        let mut last_error = String::new();
+        for attempt in 1..=3 {
+            match worker.spawn_and_wait().await {
+                Ok(()) => return worker,
+                Err(e) => {
+                    eprintln!("worker {id} start attempt {attempt} failed: {e}");
+                    last_error = e;
+                    worker.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                }
+            }
+        }
+        panic!("could not start worker {id} in 3 attempts; last error:\n{last_error}")
+    }
+
+    /// Start the worker again (same id, port, store, config) after it was
+    /// killed or exited, and wait until `/healthz` answers.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "worker {} is still running; kill9 it or wait for its exit first",
+            self.id
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn_and_wait().await {
+                Ok(()) => return,
+                // Most likely the port is briefly unavailable: try again.
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("restart of worker {} failed ({e}); retrying", self.id);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("could not restart worker {}: {e}", self.id),
+            }
+        }
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let mut command = Command::new(Self::bin());
+        command
+            .args(["--id", &self.id, "--listen", &self.addr.to_string()])
+            .args(["--store", &self.store.url()]);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let log = self.log_path();
+        let child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(open_log(&log)?)
+            .spawn()
+            .map_err(|e| format!("cannot spawn {}: {e}", Self::bin()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return Err(format!(
+                    "worker {} exited early ({status}); log tail:\n{}",
+                    self.id,
+                    self.log_tail(20)
+                ));
+            }
+            if let Ok(response) = self.client.get(self.url("/healthz")).send().await {
+                if response.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                return Err(format!(
+                    "worker {} did not answer /healthz within {START_TIMEOUT:?}; log tail:\n{}",
+                    self.id,
+                    self.log_tail(20)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A client for this worker with its own connection pool (one "device").
+    pub fn api(&self) -> Api {
+        Api::new(&format!("http://{}", self.addr))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn pid(&self) -> Pid {
+        let child = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("worker {} is not running", self.id));
+        Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"))
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).unwrap_or_else(|e| panic!("{signal} to worker {}: {e}", self.id));
+    }
+
+    /// `kill -9` and reap: when this returns, the process is gone.
+    pub fn kill9(&mut self) {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("worker {} is not running", self.id));
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        kill(pid, Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 worker {}: {e}", self.id));
+        child
+            .wait()
+            .unwrap_or_else(|e| panic!("reap killed worker {}: {e}", self.id));
+    }
+
+    /// SIGTERM: the worker drains and exits (see [`Worker::wait_exit`]).
+    pub fn sigterm(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// SIGSTOP: the process freezes, keeping its sockets and connections.
+    pub fn sigstop(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    pub fn sigcont(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    /// The exit status if the process has exited (it is then reaped).
+    pub fn poll_exit(&mut self) -> Option<ExitStatus> {
+        self.try_exit_status()
+    }
+
+    fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("wait for worker {}: {e}", self.id))?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Wait (bounded) for the process to exit on its own; reaps it.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} did not exit within {limit:?}; log tail:\n{}",
+                self.id,
+                self.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("worker.log")
+    }
+
+    /// Everything the worker wrote to stderr so far (all its starts).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics of worker {}: {e}", self.id));
+        assert_eq!(response.status(), 200, "/metrics of worker {}", self.id);
+        response
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("read /metrics of worker {}: {e}", self.id))
+    }
+
+    /// One unlabelled sample of `/metrics`, e.g.
+    /// `roost_worker_fenced_writes_total`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        metric_value(&text, name, &[])
+            .unwrap_or_else(|| panic!("worker {} exports no {name}:\n{text}", self.id))
+    }
+
+    /// Wait (bounded) until `metric` satisfies `check`; returns its value.
+    pub async fn wait_metric(&self, name: &str, what: &str, check: impl Fn(f64) -> bool) -> f64 {
+        let what = format!("{name} of worker {} {what}", self.id);
+        eventually(Duration::from_secs(5), &what, || async {
+            let value = self.metric(name).await;
+            check(value).then_some(value)
+        })
+        .await
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL (works on a stopped process too), then reap.
+            if let Err(e) = child.kill() {
+                eprintln!("cannot kill worker {} ({}): {e}", self.id, child.id());
+            }
+            if let Err(e) = child.wait() {
+                eprintln!("cannot reap worker {} ({}): {e}", self.id, child.id());
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last lines of worker {}'s log ({}) ---\n{}",
+                self.id,
+                self.log_path().display(),
+                self.log_tail(30)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------
+
+/// An HTTP client for tests: keep-alive, no system proxy, bounded requests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("build a reqwest client")
+}
+
+/// Requests to one worker, with their own connection pool.
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+/// One request being built; [`Call::send`] panics on a transport error,
+/// [`Call::try_send`] returns it.
+pub struct Call {
+    builder: reqwest::RequestBuilder,
+    what: String,
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            client: client(),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// `method path` with no key yet.
+    pub fn call(&self, method: reqwest::Method, path: &str) -> Call {
+        Call {
+            what: format!("{method} {path}"),
+            builder: self.client.request(method, format!("{}{path}", self.base)),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Call {
+        self.call(reqwest::Method::GET, path)
+    }
+
+    pub fn get_cart(&self, key: &str) -> Call {
+        self.get("/v1/cart").key(key)
+    }
+
+    pub fn add_item(&self, key: &str, sku: &str, qty: u64) -> Call {
+        self.call(reqwest::Method::POST, "/v1/cart/items")
+            .key(key)
+            .json(&serde_json::json!({"sku": sku, "qty": qty}))
+    }
+
+    /// `sku` is put in the path as is (no percent-encoding).
+    pub fn remove_item(&self, key: &str, sku: &str) -> Call {
+        self.call(reqwest::Method::DELETE, &format!("/v1/cart/items/{sku}"))
+            .key(key)
+    }
+
+    pub fn clear_cart(&self, key: &str) -> Call {
+        self.call(reqwest::Method::DELETE, "/v1/cart").key(key)
+    }
+
+    pub fn checkout(&self, key: &str) -> Call {
+        self.call(reqwest::Method::POST, "/v1/cart/checkout")
+            .key(key)
+    }
+
+    pub fn get_session(&self, key: &str) -> Call {
+        self.get("/v1/session").key(key)
+    }
+
+    pub fn put_session(&self, key: &str, document: &Value) -> Call {
+        self.call(reqwest::Method::PUT, "/v1/session")
+            .key(key)
+            .json(document)
+    }
+
+    pub fn patch_session(&self, key: &str, patch: &Value) -> Call {
+        self.call(reqwest::Method::PATCH, "/v1/session")
+            .key(key)
+            .json(patch)
+    }
+}
+
+impl Call {
+    pub fn key(self, key: &str) -> Call {
+        self.header(KEY, key)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Call {
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    /// A header value given as raw bytes (which need not be UTF-8).
+    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Call {
+        let value = reqwest::header::HeaderValue::from_bytes(value)
+            .unwrap_or_else(|e| panic!("{value:?} is not a valid header value: {e}"));
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    /// `roost-durability: durable | write-behind | …`.
+    pub fn durability(self, value: &str) -> Call {
+        self.header("roost-durability", value)
+    }
+
+    pub fn idempotency_key(self, value: &str) -> Call {
+        self.header("idempotency-key", value)
+    }
+
+    pub fn if_match(self, value: &str) -> Call {
+        self.header("if-match", value)
+    }
+
+    /// A JSON body (sets `content-type`).
+    pub fn json(mut self, value: &Value) -> Call {
+        self.builder = self.builder.json(value);
+        self
+    }
+
+    /// A raw body.
+    pub fn body(mut self, body: impl Into<reqwest::Body>) -> Call {
+        self.builder = self.builder.body(body);
+        self
+    }
+
+    pub async fn try_send(self) -> Result<Reply, reqwest::Error> {
+        let response = self.builder.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.text().await?;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub async fn send(self) -> Reply {
+        let what = self.what.clone();
+        self.try_send()
+            .await
+            .unwrap_or_else(|e| panic!("{what} failed: {e}"))
+    }
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as JSON; panics with the body when it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "expected a JSON body (status {}), got {:?}: {e}",
+                self.status, self.body
+            )
+        })
+    }
+
+    /// The entity version from `ETag: "N"`.
+    pub fn version(&self) -> Option<u64> {
+        let tag = self.header("etag")?;
+        tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+    }
+
+    /// `version()`, or a panic naming the reply.
+    pub fn expect_version(&self) -> u64 {
+        self.version()
+            .unwrap_or_else(|| panic!("no ETag version on {} {}", self.status, self.body))
+    }
+
+    /// `x-roost-epoch`.
+    pub fn epoch(&self) -> Option<i64> {
+        self.header("x-roost-epoch")?.parse().ok()
+    }
+
+    pub fn expect_epoch(&self) -> i64 {
+        self.epoch()
+            .unwrap_or_else(|| panic!("no x-roost-epoch on {} {}", self.status, self.body))
+    }
+
+    /// `x-roost-worker`.
+    pub fn worker(&self) -> Option<&str> {
+        self.header("x-roost-worker")
+    }
+
+    /// Panic unless the status is `status`.
+    pub fn expect_status(&self, status: u16, context: &str) -> &Self {
+        assert_eq!(
+            self.status, status,
+            "{context}: status; body {:?}",
+            self.body
+        );
+        self
+    }
+
+    /// Panic unless this is the JSON error `{"error": code, "message": …}`
+    /// (exactly those two fields, a non-empty message) with `status`.
+    pub fn expect_error(&self, status: u16, code: &str, context: &str) {
+        self.expect_status(status, context);
+        let value = self.json();
+        let object = value
+            .as_object()
+            .unwrap_or_else(|| panic!("{context}: the body is not a JSON object: {}", self.body));
+        let mut fields: Vec<&str> = object.keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            ["error", "message"],
+            "{context}: error body fields: {}",
+            self.body
+        );
+        assert_eq!(value["error"], code, "{context}: error code: {}", self.body);
+        assert!(
+            value["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{context}: a non-empty message: {}",
+            self.body
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{context}: content type"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cart bodies
+// ---------------------------------------------------------------------------
+
+/// SKU → quantity.
+pub type Items = BTreeMap<String, u64>;
+/// Order id and items, in order.
+pub type Orders = Vec<(String, Items)>;
+
+/// `[{"sku", "qty"}]` as a map.
+pub fn items_of(items: &Value) -> Items {
+    items
+        .as_array()
+        .unwrap_or_else(|| panic!("items must be an array: {items}"))
+        .iter()
+        .map(|item| {
+            let sku = item["sku"]
+                .as_str()
+                .unwrap_or_else(|| panic!("sku must be a string: {item}"));
+            let qty = item["qty"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("qty must be a number: {item}"));
+            (sku.to_owned(), qty)
+        })
+        .collect()
+}
+
+/// A cart reply `{"items", "orders"}`: the items, and each order's id and
+/// items.
+pub fn cart_of(body: &Value) -> (Items, Orders) {
+    let orders = body["orders"]
+        .as_array()
+        .unwrap_or_else(|| panic!("orders must be an array: {body}"))
+        .iter()
+        .map(|order| {
+            let id = order["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("order id must be a string: {order}"));
+            (id.to_owned(), items_of(&order["items"]))
+        })
+        .collect();
+    (items_of(&body["items"]), orders)
+}
+
+// ---------------------------------------------------------------------------
+// Polling and metrics
+// ---------------------------------------------------------------------------
+
+/// Poll `check` every 20 ms until it returns `Some`, or panic after `limit`
+/// with `what` in the message.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A value from Prometheus text: the sample of `name` whose labels include
+/// every `(label, value)` pair given.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels.iter().all(|(label, wanted)| {
+                label_text
+                    .split(',')
+                    .any(|pair| pair == format!("{label}=\"{wanted}\""))
+            });
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
