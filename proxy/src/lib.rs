@@ -82,6 +82,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
 fn server_conf(config: &ProxyConfig) -> ServerConf {
     ServerConf {
         threads: config.thread_count(),
+        work_stealing: false,
         // SIGTERM: stop accepting at once, give in-flight requests 5 s.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),

@@ -8,6 +8,11 @@ use clap::Parser;
 use roost_proxy::config::{ConfigError, ProxyConfig};
 use roost_proxy::logging::{self, LogFormat};
 
+/// mimalloc: the proxy allocates and frees small buffers on every request;
+/// glibc's malloc showed up at ~10% of the proxy's CPU in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Roost's sticky reverse proxy")]
 struct Args {
