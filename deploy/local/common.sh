@@ -29,3 +29,18 @@ ensure_build_deps() {
     apt_install cmake build-essential
   fi
 }
+
+# The worker tests start a throwaway PostgreSQL cluster unless DATABASE_URL
+# answers: make initdb and pg_ctl reachable on PATH (Debian keeps them in
+# /usr/lib/postgresql/VERSION/bin), installing PostgreSQL if needed.
+ensure_postgres_binaries() {
+  command -v initdb >/dev/null && command -v pg_ctl >/dev/null && return 0
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$bin" ]; then
+    apt_install postgresql
+    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  fi
+  [ -n "$bin" ] || { echo "cannot find initdb/pg_ctl after installing postgresql" >&2; exit 1; }
+  export PATH="$bin:$PATH"
+}
