@@ -35,7 +35,8 @@
 # Before each measurement the script waits while another benchmark
 # (loadtest/bench/proxy.sh) runs, then for quiet CPUs. Raw results go to
 # loadtest/results/worker-<UTC time>/, the Markdown summary to stdout (and
-# summary.md there); progress to stderr.
+# summary.md there); progress to stderr. A default run takes about 12
+# minutes on the 2-vCPU test VM (the memory part about 2).
 #
 # Settings (flag, or environment variable of the same meaning):
 #   -d DURATION     measured seconds per run                 (default 8)
@@ -51,9 +52,11 @@
 #                   0 skips it)
 #   MEM_TIMEOUT     longest the activation may take, s       (default 600)
 #   MEM_CONNECTIONS wrk connections for the activation       (default 64)
-#   DATABASE_URL    Postgres to use when set and reachable; else
-#                   postgres://postgres@127.0.0.1:5432/test when reachable;
-#                   else a throwaway cluster (initdb) in a temp dir
+#   DATABASE_URL    Postgres to use when set and reachable; else LOCAL_PG
+#                   (default postgres://postgres@127.0.0.1:5432/test) when
+#                   reachable; else a throwaway cluster (initdb/pg_ctl, as
+#                   the postgres user when run as root) in a temp dir on a
+#                   free port, stopped on exit
 #   KEEP_ROWS       1: leave this run's rows in roost_entities
 #   PERF_LINES      lines to profile after the reps (e.g. "durable"): one
 #                   extra, uncounted proxied run each under
@@ -80,7 +83,7 @@ ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 # (DATABASE_URL is shown by name only: it may hold a password).
 COMMAND=""
 for var in DURATION WARMUP REPS CONNECTIONS LINES MODES USERS SKUS MEM_ENTITIES MEM_TIMEOUT MEM_CONNECTIONS \
-  KEEP_ROWS PERF_LINES PERF_KEEP PORT_BASE LOADGEN_CPU SERVER_CPU FOREIGN_LIMIT RETRIES QUIET_LIMIT QUIET_WAIT OTHER_WAIT; do
+  KEEP_ROWS PERF_LINES PERF_KEEP LOCAL_PG PORT_BASE LOADGEN_CPU SERVER_CPU FOREIGN_LIMIT RETRIES QUIET_LIMIT QUIET_WAIT OTHER_WAIT; do
   if [ -n "${!var:-}" ]; then
     COMMAND+="$var=$(printf '%q' "${!var}") "
   fi
@@ -282,6 +285,8 @@ cleanup() {
   if [ -n "$PG_THROWAWAY" ]; then
     log "stopping the throwaway Postgres cluster"
     ${PG_RUNAS[@]+"${PG_RUNAS[@]}"} "$PG_CTL" -D "$PG_THROWAWAY/data" -m fast -w stop >/dev/null 2>&1 || true
+    cp "$PG_THROWAWAY/postgres.log" "$RESULTS/logs/postgres-throwaway.log" 2>/dev/null || true
+    rm -rf "$PG_THROWAWAY"
   fi
   [ -n "$WORK" ] && rm -rf "$WORK"
   if [ "$rc" -ne 0 ] && [ -n "$RESULTS" ]; then
@@ -343,7 +348,7 @@ start_throwaway_postgres() {
   pg_ok "$PG_URL" || die "the throwaway cluster does not answer at $PG_URL"
 }
 
-LOCAL_PG="postgres://postgres@127.0.0.1:5432/test"
+LOCAL_PG=${LOCAL_PG:-postgres://postgres@127.0.0.1:5432/test}
 if [ -n "${DATABASE_URL:-}" ] && pg_ok "$DATABASE_URL"; then
   PG_URL=$DATABASE_URL
   PG_SOURCE="\$DATABASE_URL"
@@ -473,14 +478,15 @@ use_workers() {
   done
   WORKER_STARTS=$((WORKER_STARTS + 1))
   WORKER_PIDS=()
+  # One after the other: each worker runs CREATE TABLE IF NOT EXISTS at
+  # start, and on an empty database concurrent ones collide (Postgres:
+  # duplicate key in pg_type_typname_nsp_index; the loser exits).
   for i in 1 2 3; do
     RUST_LOG=info start_server "$set worker w$i" "$RESULTS/logs/$(printf '%02d' "$WORKER_STARTS")-$set-w$i.log" TERM \
       "$BIN/roost-worker" --id "w$i" --listen "127.0.0.1:${WORKER_PORTS[$((i - 1))]}" \
       --store "$PG_URL" --config "$RESULTS/worker.yaml" ${flags[@]+"${flags[@]}"}
     WORKER_PIDS+=("$SERVER_PID")
-  done
-  for i in 0 1 2; do
-    wait_healthy "worker w$((i + 1))" "${WORKER_PIDS[$i]}" "${WORKER_PORTS[$i]}"
+    wait_healthy "worker w$i" "$SERVER_PID" "${WORKER_PORTS[$((i - 1))]}"
   done
   WORKER_SET=$set
 }
@@ -989,7 +995,7 @@ summary="$RESULTS/summary.md"
 {
   echo "Worker benchmark, $DATE (roost $GIT_REV)"
   echo
-  echo "| path | line | req/s (median) | req/s min–max | p50 ms | p99 ms | errors | 404 not_in_cart | CPU µs/req: workers / proxy / Postgres | flush rows/batch | durable ack ms | flushes > 50 ms |"
+  echo "| path | line | req/s (median) | req/s min–max | p50 ms | p99 ms | errors | 404 not_in_cart | CPU µs/req: workers / proxy / Postgres | flush rows/batch | durable ack ms | flushes > 50 ms (all reps) |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for mode in $MODES; do
     [ "$mode" = proxy ] && path="through roost-proxy" || path="direct to the workers"
