@@ -54,8 +54,13 @@ impl StatelessEngine {
         let key = format!("{}/{}", E::KIND, id);
         let mut client = self.pool.get().await.map_err(unavailable)?;
         let transaction = client.transaction().await.map_err(unavailable)?;
+        // Statements are prepared once per connection, as a tuned service would.
+        let lock = transaction
+            .prepare_cached(LOCK)
+            .await
+            .map_err(unavailable)?;
         let mut row = transaction
-            .query_opt(LOCK, &[&key])
+            .query_opt(&lock, &[&key])
             .await
             .map_err(unavailable)?;
         if row.is_none() {
@@ -64,7 +69,7 @@ impl StatelessEngine {
                 .await
                 .map_err(unavailable)?;
             row = transaction
-                .query_opt(LOCK, &[&key])
+                .query_opt(&lock, &[&key])
                 .await
                 .map_err(unavailable)?;
         }
@@ -93,8 +98,12 @@ impl StatelessEngine {
             }
             let bytes = envelope::encode(&entity.encode(&state), &replies);
             let stored_version = i64::try_from(version).unwrap_or(i64::MAX);
+            let write = transaction
+                .prepare_cached(WRITE)
+                .await
+                .map_err(unavailable)?;
             transaction
-                .execute(WRITE, &[&key, &bytes, &stored_version])
+                .execute(&write, &[&key, &bytes, &stored_version])
                 .await
                 .map_err(unavailable)?;
         }

@@ -13,8 +13,12 @@ use tokio_postgres::NoTls;
 
 use super::{fenced_rows, Claim, FlushRow, Store, StoreError, StoreResult};
 
+/// Serialised by an advisory lock: concurrent `CREATE TABLE IF NOT EXISTS`
+/// from workers starting together can otherwise fail on the catalog.
 const SCHEMA: &str = "
 SET client_min_messages TO warning;
+BEGIN;
+SELECT pg_advisory_xact_lock(7265000001);
 CREATE TABLE IF NOT EXISTS roost_entities (
     key        text PRIMARY KEY,
     epoch      bigint NOT NULL,
@@ -22,7 +26,8 @@ CREATE TABLE IF NOT EXISTS roost_entities (
     version    bigint NOT NULL DEFAULT 0,
     state      bytea,
     updated_at timestamptz NOT NULL DEFAULT now()
-)";
+);
+COMMIT;";
 
 const CLAIM: &str = "
 INSERT INTO roost_entities AS e (key, epoch, owner) VALUES ($1, 1, $2)
@@ -84,8 +89,14 @@ impl PostgresStore {
     }
 }
 
-fn unavailable(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(format!("postgres: {e}"))
+/// The server's own message when there is one ("db error" alone hides it).
+pub(crate) fn unavailable(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => {
+            StoreError::Unavailable(format!("postgres: {} ({})", db.message(), db.code().code()))
+        }
+        None => StoreError::Unavailable(format!("postgres: {e}")),
+    }
 }
 
 fn claim_of(row: &tokio_postgres::Row) -> StoreResult<Claim> {
