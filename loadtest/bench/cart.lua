@@ -1,6 +1,6 @@
 -- wrk script for loadtest/bench/worker.sh: USERS users with two devices
--- each, adding and removing cart items (or, for the ceiling, asking
--- GET /v1/whoami with the same shape).
+-- each, adding and removing cart items (or, for the ceilings, the same
+-- requests to /v1/whoami, which touches no state).
 --
 --   wrk -t1 ... -s cart.lua PROXY_URL -- proxied LINE USERS PREFIX [SKUS]
 --   ROOST_WORKER_PORTS=P1,P2,P3 wrk -t3 ... -s cart.lua http://127.0.0.1:P1 -- direct LINE USERS PREFIX [SKUS]
@@ -11,7 +11,12 @@
 --                          roost-durability header
 --   stateless              the same requests as durable (the --stateless
 --                          worker commits before it answers anyway)
---   ceiling                GET /v1/whoami (touches no state)
+--   ceiling                the write-behind requests (same methods, headers
+--                          and bodies) sent to /v1/whoami, which reads the
+--                          body and touches no state: the same load minus
+--                          the state
+--   ceiling-get            GET /v1/whoami, no body (the proxy benchmark's
+--                          request)
 --   activate               not a measurement: one GET /v1/cart per user
 --                          (claims the entity, or creates its row for the
 --                          stateless worker), then GET /v1/whoami until
@@ -81,9 +86,13 @@ local idle = nil
 
 local function device_requests(line, headers, device, skus)
   local list = {}
-  if line == "ceiling" then
+  if line == "ceiling-get" then
     list[1] = wrk.format("GET", "/v1/whoami", headers)
     return list
+  end
+  local add_path, remove_prefix = "/v1/cart/items", "/v1/cart/items/"
+  if line == "ceiling" then
+    add_path, remove_prefix = "/v1/whoami", "/v1/whoami?sku="
   end
   local post_headers = {}
   for k, v in pairs(headers) do
@@ -92,10 +101,10 @@ local function device_requests(line, headers, device, skus)
   post_headers["content-type"] = "application/json"
   for s = 1, skus do
     local body = string.format('{"sku":"%s%d","qty":1}', device, s)
-    list[#list + 1] = wrk.format("POST", "/v1/cart/items", post_headers, body)
+    list[#list + 1] = wrk.format("POST", add_path, post_headers, body)
   end
   for s = 1, skus do
-    list[#list + 1] = wrk.format("DELETE", string.format("/v1/cart/items/%s%d", device, s), headers)
+    list[#list + 1] = wrk.format("DELETE", string.format("%s%s%d", remove_prefix, device, s), headers)
   end
   return list
 end
@@ -108,7 +117,8 @@ function init(args)
   local skus = tonumber(args[5] or "") or 3
   assert(mode == "proxied" or mode == "direct", "mode must be proxied or direct")
   assert(line == "write-behind" or line == "durable" or line == "stateless" or line == "ceiling"
-    or line == "activate", "line must be write-behind, durable, stateless, ceiling or activate")
+    or line == "ceiling-get" or line == "activate",
+    "line must be write-behind, durable, stateless, ceiling, ceiling-get or activate")
   assert(users and users >= 1, "USERS must be a positive number")
   assert(prefix and prefix ~= "", "PREFIX is required")
   local part = (thread_number or 1) - 1
@@ -150,8 +160,8 @@ function init(args)
       if mode == "direct" then
         headers["x-roost-key"] = id
       end
-      if line ~= "ceiling" then
-        headers["roost-durability"] = (line == "write-behind") and "write-behind" or "durable"
+      if line ~= "ceiling-get" then
+        headers["roost-durability"] = (line == "write-behind" or line == "ceiling") and "write-behind" or "durable"
       end
       per_device[#per_device + 1] = device_requests(line, headers, "a", skus)
       per_device[#per_device + 1] = device_requests(line, headers, "b", skus)

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Worker benchmark (issue 3): cart updates on roost-workers with write-behind
 # and durable acknowledgement, against the stateless baseline (the same
-# workers with --stateless: one Postgres transaction per request) and a
-# ceiling (GET /v1/whoami, no state); then memory per active entity.
+# workers with --stateless: one Postgres transaction per request) and two
+# ceilings that touch no state: the same requests sent to /v1/whoami
+# ("ceiling", what the targets compare against) and plain GET /v1/whoami
+# ("ceiling-get", for reference); then memory per active entity.
 #
 #   loadtest/bench/worker.sh [-d SECONDS] [-w SECONDS] [-r REPS] [-c CONNECTIONS]
-#                            [-l "ceiling write-behind durable stateless"] [-m "proxy direct"]
+#                            [-l "ceiling ceiling-get write-behind durable stateless"] [-m "proxy direct"]
 #
 # Load: USERS users with two devices each (two connections sending the same
 # x-user-id), each device adding then removing its own few SKUs
@@ -44,7 +46,7 @@
 #   -r REPS         repetitions of every line                (default 5)
 #   -c CONNECTIONS  wrk connections, in total                (default 60;
 #                   direct: a third per worker)
-#   -l LINES        subset/order of lines        (default all four, as above)
+#   -l LINES        subset/order of lines        (default all five, as above)
 #   -m MODES        proxy and/or direct                      (default both)
 #   USERS           users (two devices each)                 (default 10000)
 #   SKUS            SKUs per device                          (default 3)
@@ -98,7 +100,7 @@ DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-3}
 REPS=${REPS:-5}
 CONNECTIONS=${CONNECTIONS:-60}
-LINES=${LINES:-ceiling write-behind durable stateless}
+LINES=${LINES:-ceiling ceiling-get write-behind durable stateless}
 MODES=${MODES:-proxy direct}
 USERS=${USERS:-10000}
 SKUS=${SKUS:-3}
@@ -150,8 +152,8 @@ if [ "$CONNECTIONS" -lt 6 ] || [ $((CONNECTIONS % 3)) -ne 0 ]; then
 fi
 for line in $LINES $PERF_LINES; do
   case "$line" in
-    ceiling | write-behind | durable | stateless) ;;
-    *) echo "unknown line '$line' (ceiling, write-behind, durable, stateless)" >&2; exit 2 ;;
+    ceiling | ceiling-get | write-behind | durable | stateless) ;;
+    *) echo "unknown line '$line' (ceiling, ceiling-get, write-behind, durable, stateless)" >&2; exit 2 ;;
   esac
 done
 for mode in $MODES; do
@@ -543,7 +545,8 @@ dirty_total() {
 }
 
 # line_abbrev LINE: the line's part of the key prefix.
-line_abbrev() { case "$1" in ceiling) echo c ;; write-behind) echo wb ;; durable) echo du ;; stateless) echo sl ;; esac; }
+is_ceiling() { [ "$1" = ceiling ] || [ "$1" = ceiling-get ]; }
+line_abbrev() { case "$1" in ceiling) echo c ;; ceiling-get) echo cg ;; write-behind) echo wb ;; durable) echo du ;; stateless) echo sl ;; esac; }
 
 # wrk_cmd LINE MODE: sets WRK (the command) and WRK_ENV for a run.
 wrk_cmd() {
@@ -572,7 +575,7 @@ declare -A ACTIVE=() # "set:prefix" of every user namespace already activated
 # 200 (marker files), up to 120 s.
 activate() {
   local line=$1 mode=$2 prefix threads=1 url ports=()
-  [ "$line" = ceiling ] && return 0
+  is_ceiling "$line" && return 0
   prefix="$RUN_ID-$(line_abbrev "$line")-${mode:0:1}"
   [ -n "${ACTIVE[$WORKER_SET:$prefix]:-}" ] && return 0
   url="http://127.0.0.1:$PROXY_PORT"
@@ -657,7 +660,7 @@ measure() {
 
   # Unflushed changes must drain within a few flush intervals.
   local settle_ms=0 s0=$EPOCHREALTIME dirty=0
-  if [ "$WORKER_SET" = memory ] && [ "$line" != ceiling ]; then
+  if [ "$WORKER_SET" = memory ] && ! is_ceiling "$line"; then
     for _ in $(seq 100); do
       dirty=$(dirty_total)
       [ "$dirty" -eq 0 ] && break
@@ -984,7 +987,8 @@ paired() {
 
 line_name() {
   case "$1" in
-    ceiling) echo "ceiling (GET /v1/whoami)" ;;
+    ceiling) echo "ceiling (the same requests to /v1/whoami)" ;;
+    ceiling-get) echo "ceiling, GET (\`GET /v1/whoami\`)" ;;
     write-behind) echo "Roost write-behind" ;;
     durable) echo "Roost durable" ;;
     stateless) echo "stateless baseline (--stateless)" ;;
@@ -1009,7 +1013,7 @@ summary="$RESULTS/summary.md"
       rows=$(med "$line" "$mode" flush_rows_per_batch)
       ack=$(med "$line" "$mode" durable_ack_ms)
       slow=$(column_of "$line" "$mode" flush_over_50ms | awk '{ s += $1 } END { print s + 0 }')
-      [ "$line" = ceiling ] || [ "$line" = stateless ] && slow="–"
+      is_ceiling "$line" || [ "$line" = stateless ] && slow="–"
       proxy_cpu=$(med "$line" "$mode" proxy_us_per_req)
       [ "$mode" = direct ] && proxy_cpu="–"
       awk -v path="$path" -v name="$(line_name "$line")" -v rps="$rps" -v lo="$lo" -v hi="$hi" \
@@ -1026,7 +1030,7 @@ summary="$RESULTS/summary.md"
   for mode in $MODES; do
     [ "$mode" = proxy ] && label="Targets (through roost-proxy)" || label="The same ratios direct to the workers (for reference; the targets are about the proxy path)"
     awk -v label="$label" -v c="$(med ceiling "$mode" req_per_s)" -v wb="$(med write-behind "$mode" req_per_s)" \
-      -v du="$(med durable "$mode" req_per_s)" -v sl="$(med stateless "$mode" req_per_s)" \
+      -v du="$(med durable "$mode" req_per_s)" -v sl="$(med stateless "$mode" req_per_s)" -v cg="$(med ceiling-get "$mode" req_per_s)" \
       -v wbp="$(med write-behind "$mode" p99_ms)" -v slp="$(med stateless "$mode" p99_ms)" \
       -v r1="$(paired write-behind ceiling "$mode" req_per_s)" -v r2="$(paired durable ceiling "$mode" req_per_s)" \
       -v r3="$(paired write-behind stateless "$mode" req_per_s)" -v r4="$(paired write-behind stateless "$mode" p99_ms)" 'BEGIN {
@@ -1034,6 +1038,7 @@ summary="$RESULTS/summary.md"
         printf "%s (ratio of the medians; in brackets, each rep paired with the same rep of the other line):\n\n", label
         if (c != "NaN" && wb != "NaN") printf "- write-behind ≥ 0.9× ceiling req/s: %.2f× (%s) → **%s**\n", wb / c, r1, (wb >= 0.9 * c) ? "met" : "not met"
         if (c != "NaN" && du != "NaN") printf "- durable ≥ 0.6× ceiling req/s: %.2f× (%s) → **%s**\n", du / c, r2, (du >= 0.6 * c) ? "met" : "not met"
+        if (cg != "NaN" && wb != "NaN") printf "- for reference, against ceiling-get (GET, no body): write-behind %.2f×, durable %s\n", wb / cg, (du == "NaN") ? "n/a" : sprintf("%.2f×", du / cg)
         if (sl != "NaN" && wb != "NaN") printf "- write-behind ≥ 5× stateless req/s: %.2f× (%s) → **%s**\n", wb / sl, r3, (wb >= 5 * sl) ? "met" : "not met"
         if (slp != "NaN" && wbp != "NaN") printf "- write-behind p99 ≤ 1/3 of stateless p99: %.3f ms vs %.3f ms, %.2f× (%s) → **%s**\n", wbp, slp, wbp / slp, r4, (wbp * 3 <= slp) ? "met" : "not met"
         printf "\n"

@@ -44,7 +44,8 @@
 //! locked. Anything that varies between runs (time, randomness) comes from
 //! the [`Context`], so a handler is a pure function of its inputs.
 
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 /// One entity type.
 pub trait Entity: Send + Sync + 'static {
@@ -103,25 +104,36 @@ impl Outcome {
     }
 }
 
-/// An HTTP-shaped reply: status and JSON body (`None`: no body, e.g. 204).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// An HTTP-shaped reply: status and a JSON body (`None`: no body, e.g.
+/// 204). The body is serialized when the reply is made, so the runtime and
+/// the HTTP layer move bytes and never walk a JSON tree.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Reply {
     pub status: u16,
-    pub body: Option<Value>,
+    pub body: Option<Box<RawValue>>,
+}
+
+impl PartialEq for Reply {
+    fn eq(&self, other: &Self) -> bool {
+        self.status == other.status && self.body_text() == other.body_text()
+    }
 }
 
 impl Reply {
-    pub fn ok(body: Value) -> Self {
-        Reply {
-            status: 200,
-            body: Some(body),
-        }
+    /// 200 with `body` as JSON.
+    pub fn ok(body: impl Serialize) -> Self {
+        Reply::with_status(200, body)
     }
 
-    pub fn with_status(status: u16, body: Value) -> Self {
-        Reply {
-            status,
-            body: Some(body),
+    /// `status` with `body` as JSON. A body that cannot be serialized (a
+    /// map with non-string keys, say) becomes a 500 error reply.
+    pub fn with_status(status: u16, body: impl Serialize) -> Self {
+        match serde_json::value::to_raw_value(&body) {
+            Ok(raw) => Reply {
+                status,
+                body: Some(raw),
+            },
+            Err(e) => Reply::error(500, "unserializable_reply", e.to_string()),
         }
     }
 
@@ -134,7 +146,31 @@ impl Reply {
 
     /// The JSON error shape every API error uses.
     pub fn error(status: u16, error: &str, message: impl Into<String>) -> Self {
-        let body = serde_json::json!({"error": error, "message": message.into()});
-        Reply::with_status(status, body)
+        Reply::with_status(status, ErrorBody::new(error, message.into()))
+    }
+
+    /// The body's JSON text (empty without a body).
+    pub fn body_text(&self) -> &str {
+        self.body.as_deref().map_or("", RawValue::get)
+    }
+}
+
+/// `{"error": ..., "message": ...}`, plus any fields an entity adds (such as
+/// quota's `retry_in_ms`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ErrorBody<Extra: Serialize = ()> {
+    pub error: String,
+    pub message: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ErrorBody {
+    pub fn new(error: &str, message: String) -> Self {
+        ErrorBody {
+            error: error.to_owned(),
+            message,
+            extra: (),
+        }
     }
 }

@@ -19,6 +19,12 @@ use roost_worker::runtime::Runtime;
 use roost_worker::stateless::StatelessEngine;
 use roost_worker::store::postgres::PostgresStore;
 
+/// mimalloc: every request allocates and frees small buffers (parsed JSON,
+/// replies, encoded rows); glibc's malloc (`malloc_consolidate`,
+/// `unlink_chunk`) took about 5 µs of a cart update in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Roost's worker")]
 struct Args {

@@ -16,10 +16,11 @@
 //!    fenced, the flusher evicts the activation
 //!    ([`crate::runtime::flusher`]); the next request for it on this worker
 //!    claims it afresh from the store's latest state.
-//! 4. **A durable write is acknowledged only after its batch committed**, and
-//!    a durable write whose batch failed is undone in memory before the 503
-//!    ([`crate::runtime::Runtime::execute`]), so an acknowledged durable
-//!    write is in the store and an unacknowledged one is nowhere.
+//! 4. **A durable write is acknowledged only after its batch committed**, no
+//!    reply that may reveal it goes out before then, and a durable write
+//!    whose batch failed is undone in memory before any further request runs
+//!    (the output gate, [`crate::runtime::activation`]), so an acknowledged
+//!    durable write is in the store and an unacknowledged one is nowhere.
 //!
 //! Leases, hand-over and self-fencing (the rest of G2 and G3) build on these.
 

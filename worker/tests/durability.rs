@@ -774,3 +774,160 @@ async fn drain_waits_for_the_batch_in_flight(store: Store) {
 }
 
 both_stores!(drain_waits_for_the_batch_in_flight);
+
+// ---------------------------------------------------------------------------
+// 5. The output gate
+// ---------------------------------------------------------------------------
+
+/// How long a held reply is watched to make sure it stays held.
+const HELD: Duration = Duration::from_millis(400);
+
+/// A worker, and a fresh user whose cart has one durably stored line
+/// (`first`, version 1). Returns the worker, the user key and the store key.
+async fn worker_with_a_stored_cart(store: &Store, label: &str) -> (Worker, String, String) {
+    let worker = Worker::start("w1", store, None).await;
+    let key = unique_key(label);
+    worker
+        .api()
+        .add_item(&key, "first", 1)
+        .durability("durable")
+        .send()
+        .await
+        .expect_status(200, "a first durable add");
+    let store_key = format!("cart/{key}");
+    (worker, key, store_key)
+}
+
+/// Requests sent while a durable change waits at the store.
+struct Held {
+    durable: tokio::task::JoinHandle<support::Reply>,
+    behind: tokio::task::JoinHandle<support::Reply>,
+    read: tokio::task::JoinHandle<support::Reply>,
+}
+
+impl Held {
+    /// A durable add (its flush then waits for the lock the caller holds on
+    /// the row), then a write-behind add from a second device and a read
+    /// from a third; returns after watching them for [`HELD`].
+    async fn send(api: &Api, key: &str) -> Held {
+        let durable = tokio::spawn(api.add_item(key, "durable", 1).durability("durable").send());
+        tokio::time::sleep(FLUSH_INTERVAL).await;
+        let behind = tokio::spawn(
+            api.add_item(key, "behind", 1)
+                .durability("write-behind")
+                .send(),
+        );
+        let read = tokio::spawn(api.get_cart(key).send());
+        tokio::time::sleep(HELD).await;
+        Held {
+            durable,
+            behind,
+            read,
+        }
+    }
+
+    async fn replies(self) -> [support::Reply; 3] {
+        [
+            self.durable.await.expect("durable add task"),
+            self.behind.await.expect("write-behind add task"),
+            self.read.await.expect("read task"),
+        ]
+    }
+}
+
+/// A durable change waits at the store (the test holds the row's lock);
+/// meanwhile a second device's write-behind change and a third device's
+/// read are applied after it but must not be answered before it commits,
+/// since both would reveal it. Once the lock goes, all three answer 200, in
+/// version order.
+async fn gate_holds_replies_that_depend_on_a_durable_change(store: Store) {
+    let (worker, key, store_key) = worker_with_a_stored_cart(&store, "gate-holds").await;
+    let lock = store.lock_row(&store_key).await;
+    let held = Held::send(&worker.api(), &key).await;
+    for (what, task) in [
+        ("durable add", &held.durable),
+        ("write-behind add", &held.behind),
+        ("read", &held.read),
+    ] {
+        assert!(
+            !task.is_finished(),
+            "the {what} was answered while the durable change it follows had not committed"
+        );
+    }
+    lock.release().await;
+
+    let [durable, behind, read] = held.replies().await;
+    durable.expect_status(200, "the durable add, once committed");
+    behind.expect_status(200, "the write-behind add behind it");
+    read.expect_status(200, "the read behind it");
+    assert_eq!(durable.expect_version(), 2, "the durable add is version 2");
+    assert_eq!(
+        behind.expect_version(),
+        3,
+        "the write-behind add follows it"
+    );
+    let (items, _) = cart_of(&read.json());
+    assert!(
+        items.contains_key("durable"),
+        "the held read saw the durable add: {items:?}"
+    );
+    store.wait_version(&store_key, 3).await;
+}
+
+both_stores!(gate_holds_replies_that_depend_on_a_durable_change);
+
+/// A durable change whose flush fails: its reply is 503, and so is every
+/// reply that depended on it (a second device's change applied on top, a
+/// read). The entity goes back to its state before the failed change, which
+/// keeps a write-behind change acknowledged before it, and that state is
+/// what the store ends up with.
+async fn failed_durable_write_is_undone_with_what_depended_on_it(store: Store) {
+    let (worker, key, store_key) = worker_with_a_stored_cart(&store, "gate-fails").await;
+    let api = worker.api();
+    let fault = store.fail_updates_of(&store_key).await;
+    api.add_item(&key, "acknowledged", 1)
+        .durability("write-behind")
+        .send()
+        .await
+        .expect_status(200, "a write-behind add, acknowledged at once");
+    let lock = store.lock_row(&store_key).await;
+    let held = Held::send(&api, &key).await;
+    lock.release().await;
+
+    let [durable, behind, read] = held.replies().await;
+    durable.expect_error(
+        503,
+        "store_unavailable",
+        "the durable add whose flush failed",
+    );
+    behind.expect_error(503, "store_unavailable", "a change applied on top of it");
+    read.expect_error(503, "store_unavailable", "a read that saw it");
+
+    let (items, _) = cart_of(&api.get_cart(&key).send().await.json());
+    let expected: BTreeMap<String, u64> =
+        [("acknowledged".to_string(), 1), ("first".to_string(), 1)]
+            .into_iter()
+            .collect();
+    assert_eq!(items, expected, "the cart after the failure, in memory");
+    fault.clear().await;
+    let stored = store.wait_version(&store_key, 2).await;
+    assert_eq!(
+        stored.entity_state()["items"],
+        json!({"acknowledged": 1, "first": 1}),
+        "the store holds the state before the failed change"
+    );
+    let after = api
+        .add_item(&key, "after", 1)
+        .durability("durable")
+        .send()
+        .await;
+    after.expect_status(200, "a durable add once the store works again");
+    assert_eq!(
+        after.expect_version(),
+        3,
+        "versions go on from the kept state"
+    );
+    assert!(worker.metric("roost_worker_flush_failures_total").await >= 1.0);
+}
+
+both_stores!(failed_durable_write_is_undone_with_what_depended_on_it);

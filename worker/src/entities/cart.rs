@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::{decode_json, encode_json};
 use crate::entity::{Context, Entity, Outcome, Reply};
@@ -55,8 +54,12 @@ pub enum CartRequest {
 }
 
 impl CartState {
-    fn view(&self) -> Value {
-        json!({"items": items_view(&self.items), "orders": self.orders.iter().map(Order::view).collect::<Vec<_>>()})
+    /// The reply body: `{"items": [{"sku", "qty"}...], "orders": [...]}`.
+    fn view(&self) -> CartView<'_> {
+        CartView {
+            items: ItemsView(&self.items),
+            orders: self.orders.iter().map(Order::view).collect(),
+        }
     }
 
     fn ordered(&self, sku: &str) -> u64 {
@@ -65,16 +68,39 @@ impl CartState {
 }
 
 impl Order {
-    fn view(&self) -> Value {
-        json!({"id": self.id, "items": items_view(&self.items)})
+    fn view(&self) -> OrderView<'_> {
+        OrderView {
+            id: &self.id,
+            items: ItemsView(&self.items),
+        }
     }
 }
 
-fn items_view(items: &BTreeMap<String, u64>) -> Vec<Value> {
-    items
-        .iter()
-        .map(|(sku, qty)| json!({"sku": sku, "qty": qty}))
-        .collect()
+/// Reply bodies, serialized straight from the state they borrow.
+#[derive(Serialize)]
+struct CartView<'a> {
+    items: ItemsView<'a>,
+    orders: Vec<OrderView<'a>>,
+}
+
+#[derive(Serialize)]
+struct OrderView<'a> {
+    id: &'a str,
+    items: ItemsView<'a>,
+}
+
+/// SKU → quantity as a list of `{"sku", "qty"}`.
+struct ItemsView<'a>(&'a BTreeMap<String, u64>);
+
+impl Serialize for ItemsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Item<'a> {
+            sku: &'a str,
+            qty: u64,
+        }
+        serializer.collect_seq(self.0.iter().map(|(sku, &qty)| Item { sku, qty }))
+    }
 }
 
 impl Entity for Cart {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{decode_json, encode_json};
-use crate::entity::{Context, Entity, Outcome, Reply};
+use crate::entity::{Context, Entity, ErrorBody, Outcome, Reply};
 
 /// The quota entity type.
 pub struct Quota;
@@ -94,12 +94,12 @@ fn acquire(
             .map(|t| t.expires_at_ms)
             .min()
             .map_or(0, |expiry| expiry.saturating_sub(ctx.now_ms));
-        let message = format!("{limit} tokens of {name} are in use");
-        let mut reply = Reply::error(429, "quota_exhausted", message);
-        if let Some(serde_json::Value::Object(body)) = reply.body.as_mut() {
-            body.insert("retry_in_ms".into(), json!(retry_in_ms));
-        }
-        return Outcome::read(reply);
+        let body = ErrorBody {
+            error: "quota_exhausted".into(),
+            message: format!("{limit} tokens of {name} are in use"),
+            extra: json!({ "retry_in_ms": retry_in_ms }),
+        };
+        return Outcome::read(Reply::with_status(429, body));
     }
     let token = Token {
         id: format!("{:016x}", ctx.random),

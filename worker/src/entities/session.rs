@@ -86,21 +86,23 @@ impl Entity for Session {
         };
         match request {
             SessionRequest::Get => Outcome::read(match state {
-                Some(document) => Reply::ok(document.clone()),
+                Some(document) => Reply::ok(document),
                 None => Reply::error(404, "not_found", "this user has no session yet"),
             }),
             SessionRequest::Put { document, if_match } => {
                 precondition(&if_match).unwrap_or_else(|| {
-                    *state = Some(document.clone());
-                    Outcome::changed(Reply::ok(document))
+                    let reply = Reply::ok(&document);
+                    *state = Some(document);
+                    Outcome::changed(reply)
                 })
             }
             SessionRequest::Patch { patch, if_match } => {
                 precondition(&if_match).unwrap_or_else(|| {
                     let mut document = state.take().unwrap_or(Value::Null);
                     merge_patch(&mut document, patch);
-                    *state = Some(document.clone());
-                    Outcome::changed(Reply::ok(document))
+                    let reply = Reply::ok(&document);
+                    *state = Some(document);
+                    Outcome::changed(reply)
                 })
             }
             SessionRequest::Delete { if_match } => precondition(&if_match).unwrap_or_else(|| {

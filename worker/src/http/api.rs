@@ -14,7 +14,7 @@
 //! | `/v1/cart/checkout` | POST |
 //! | `/v1/quota/{name}/acquire` | POST `{"limit", "ttl_ms"}` |
 //! | `/v1/quota/{name}/release` | POST `{"token"}` |
-//! | `/v1/whoami` | GET: who answered; touches no state |
+//! | `/v1/whoami` | any of GET, POST, PUT, PATCH, DELETE: who answered; reads and drops the body, touches no state (the benchmark ceiling) |
 //! | `/healthz`, `/readyz`, `/metrics` | GET |
 //!
 //! Mutations accept `Idempotency-Key` and `roost-durability: durable |
@@ -117,7 +117,14 @@ impl<'p> Route<'p> {
 
     fn methods(self) -> &'static [Method] {
         match self {
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::WhoAmI => &[Method::GET],
+            Route::Healthz | Route::Readyz | Route::Metrics => &[Method::GET],
+            Route::WhoAmI => &[
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ],
             Route::Session => &[Method::GET, Method::PUT, Method::PATCH, Method::DELETE],
             Route::Cart => &[Method::GET, Method::DELETE],
             Route::CartItem(_) => &[Method::DELETE],
@@ -239,7 +246,11 @@ impl Api {
                 content_type: "text/plain; version=0.0.4",
                 body: crate::metrics::render().into(),
             }),
-            Route::WhoAmI => Ok(self.whoami(request.headers()).into()),
+            Route::WhoAmI => {
+                let reply = self.whoami(request.headers());
+                self.body(request).await?;
+                Ok(reply.into())
+            }
             Route::Session => self.session(&key, method, request).await,
             Route::Cart | Route::CartItems | Route::CartItem(_) | Route::Checkout => {
                 self.cart(&key, route, method, request).await
@@ -413,7 +424,9 @@ impl Api {
                 return self.build(200, body, content_type, None, None);
             }
         };
-        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let bytes = body
+            .map(|b| Bytes::from(Box::<str>::from(b).into_boxed_bytes()))
+            .unwrap_or_default();
         let allow = allow.filter(|_| status == 405);
         self.build(status, bytes, content_type, entity, allow)
     }

@@ -1,7 +1,27 @@
 //! One entity in memory: its state behind a per-entity lock, its newest
-//! unflushed row, and the flags the flusher and the passivation sweep use.
+//! unflushed row, the output gate, and the flags the flusher and the
+//! passivation sweep use.
+//!
+//! # The output gate
+//!
+//! As in Durable Objects, a request is applied at once and only its *reply*
+//! waits: a durable change's reply until the row holding it has committed,
+//! and any other reply (a read, a write-behind change) until the newest
+//! durable change it may have seen has committed. So the entity lock is held
+//! for the handler alone, a user's second device does not wait behind the
+//! first device's commit, and both changes can share one batch; yet nothing
+//! is ever acknowledged that depends on a change that then fails.
+//!
+//! When a row holding a durable change fails to commit, every held reply
+//! fails (503), and the entity goes back to the state just before the oldest
+//! durable change not yet committed: the row of that state (which still
+//! holds every write-behind change acknowledged before it) is queued for
+//! writing and restored in memory by the next request to lock the entity.
+//! A request that was applying its change while the failure happened sees
+//! it when it settles ([`BuiltOnFailure`]) and fails too.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,13 +42,17 @@ pub enum FlushFailure {
 
 pub type FlushResult = Result<(), FlushFailure>;
 
+/// A reply held at the output gate: resolves when what it depends on has
+/// committed, or failed.
+pub type Gate = oneshot::Receiver<FlushResult>;
+
 /// An entity that is (or is being) activated on this worker.
 pub struct Activation {
     /// Store key: `KIND/ID`.
     pub key: Arc<str>,
-    /// Serialises requests to this entity. A tokio mutex because a durable
-    /// request holds it across the wait for its commit: nothing may read a
-    /// change before it is durable (the output gate).
+    /// Serialises requests to this entity: held while a request is applied
+    /// (a tokio mutex, since the first request also claims under it), not
+    /// while a reply waits at the output gate.
     pub slot: tokio::sync::Mutex<Slot>,
     /// Set once this activation has left the map (passivated, fenced, claim
     /// failed). A request that finds it set after locking the slot goes back
@@ -36,9 +60,8 @@ pub struct Activation {
     gone: AtomicBool,
     /// When a request last used the entity (ms on the runtime's clock).
     last_used_ms: AtomicU64,
-    /// The newest row not yet handed to the flusher, and the durable requests
-    /// waiting for it. A std mutex: held for a few instructions, never across
-    /// an `.await`.
+    /// The newest row not yet handed to the flusher and the output gate. A
+    /// std mutex: held for a few instructions, never across an `.await`.
     pending: Mutex<Pending>,
     /// Whether this activation is in the flusher's queue or its row is in a
     /// batch in flight, so it is queued once and not passivated meanwhile.
@@ -63,17 +86,50 @@ pub struct Loaded {
     pub epoch: i64,
 }
 
+/// Between the entity and the flusher: the newest unwritten row, the output
+/// gate, and what a failed durable flush goes back to.
 #[derive(Default)]
 struct Pending {
     row: Option<FlushRow>,
-    waiters: Vec<oneshot::Sender<FlushResult>>,
+    /// Durable changes not yet committed, oldest first.
+    unconfirmed: VecDeque<Unconfirmed>,
+    /// Replies held by the output gate.
+    waiters: Vec<Waiter>,
+    /// After a durable change failed to commit: the state to go back to.
+    /// The next request to lock the entity restores it.
+    revert: Option<FlushRow>,
+    /// Durable flush failures so far: a request that read the state under
+    /// an older count was built on a change that failed.
+    failures: u64,
 }
 
-/// A row taken by the flusher, with the durable requests waiting on it.
-pub struct TakenRow {
-    pub row: FlushRow,
-    pub waiters: Vec<oneshot::Sender<FlushResult>>,
+/// A durable change and the row of the state just before it.
+struct Unconfirmed {
+    version: i64,
+    before: FlushRow,
 }
+
+/// A reply released once `version` has committed.
+struct Waiter {
+    version: i64,
+    reply: oneshot::Sender<FlushResult>,
+}
+
+/// What a request did to the entity, for [`Activation::settle_request`].
+pub enum Effect {
+    /// Nothing changed (a read, a refused change, a replayed reply).
+    Read,
+    /// A change acknowledged at once.
+    WriteBehind(FlushRow),
+    /// A change acknowledged once committed; `before` is the row of the
+    /// state before it.
+    Durable { row: FlushRow, before: FlushRow },
+}
+
+/// A request whose view of the state included a durable change that failed
+/// to commit while the request ran.
+#[derive(Debug)]
+pub struct BuiltOnFailure;
 
 impl Activation {
     pub fn new(key: Arc<str>, now_ms: u64) -> Self {
@@ -107,36 +163,105 @@ impl Activation {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Replace the pending row with a newer one; returns a receiver for its
-    /// commit when `durable`.
-    pub fn deposit(&self, row: FlushRow, durable: bool) -> Option<oneshot::Receiver<FlushResult>> {
+    /// The failure count to hand to [`Activation::settle_request`], and the
+    /// state to restore first if a durable change failed since the last
+    /// request. Called with the entity locked.
+    pub fn revert_point(&self) -> (u64, Option<FlushRow>) {
         let mut pending = self.pending();
-        pending.row = Some(row);
-        durable.then(|| {
-            let (tx, rx) = oneshot::channel();
-            pending.waiters.push(tx);
-            rx
-        })
+        (pending.failures, pending.revert.take())
+    }
+
+    /// Record what a request did, through the output gate: a durable change
+    /// waits for its own commit; any other request waits for the newest
+    /// durable change it may have seen. Returns what to wait on (`None`:
+    /// answer at once), or [`BuiltOnFailure`] when a durable change failed
+    /// since `seen_failures` (nothing is recorded then).
+    pub fn settle_request(
+        &self,
+        effect: Effect,
+        seen_failures: u64,
+    ) -> Result<Option<Gate>, BuiltOnFailure> {
+        let mut pending = self.pending();
+        if pending.failures != seen_failures {
+            return Err(BuiltOnFailure);
+        }
+        match effect {
+            Effect::Read => {}
+            Effect::WriteBehind(row) => pending.row = Some(row),
+            Effect::Durable { row, before } => {
+                pending.unconfirmed.push_back(Unconfirmed {
+                    version: row.version,
+                    before,
+                });
+                pending.row = Some(row);
+            }
+        }
+        let Some(version) = pending.unconfirmed.back().map(|u| u.version) else {
+            return Ok(None);
+        };
+        let (reply, wait) = oneshot::channel();
+        pending.waiters.push(Waiter { version, reply });
+        Ok(Some(wait))
     }
 
     /// Take the pending row for a flush, if any.
-    pub fn take(&self) -> Option<TakenRow> {
-        let mut pending = self.pending();
-        let row = pending.row.take()?;
-        Some(TakenRow {
-            row,
-            waiters: std::mem::take(&mut pending.waiters),
-        })
+    pub fn take(&self) -> Option<FlushRow> {
+        self.pending().row.take()
     }
 
-    /// Give back a row whose flush failed, unless a newer one replaced it.
-    pub fn give_back(&self, row: FlushRow) {
+    /// The row up to `version` has committed: release what waited for it.
+    pub fn confirm(&self, version: i64) {
         let mut pending = self.pending();
-        if pending.row.is_none() {
-            pending.row = Some(row);
+        while pending
+            .unconfirmed
+            .front()
+            .is_some_and(|u| u.version <= version)
+        {
+            pending.unconfirmed.pop_front();
         }
+        let (released, held) = std::mem::take(&mut pending.waiters)
+            .into_iter()
+            .partition(|w| w.version <= version);
+        pending.waiters = held;
+        drop(pending);
+        release(released, &Ok(()));
     }
 
+    /// Writing `row` failed. If it held a durable change, every reply held
+    /// by the gate fails, and the entity goes back to the state before the
+    /// oldest unconfirmed durable change: that row is queued in its place
+    /// (it holds acknowledged write-behind changes) and restored by the next
+    /// request. A write-behind row is kept for a retry unless a newer row
+    /// replaced it.
+    pub fn fail(&self, row: FlushRow, failure: &FlushFailure) {
+        let mut pending = self.pending();
+        let durable_failed = pending
+            .unconfirmed
+            .front()
+            .is_some_and(|u| u.version <= row.version);
+        if !durable_failed {
+            pending.row.get_or_insert(row);
+            return;
+        }
+        let before = pending.unconfirmed.drain(..).next().map(|u| u.before);
+        pending.row.clone_from(&before);
+        pending.revert = before;
+        pending.failures += 1;
+        let failed = std::mem::take(&mut pending.waiters);
+        drop(pending);
+        release(failed, &Err(failure.clone()));
+    }
+
+    /// Another worker owns the entity: nothing pending can be written and
+    /// nothing held may be acknowledged.
+    pub fn fence(&self) {
+        let mut pending = self.pending();
+        pending.row = None;
+        pending.unconfirmed.clear();
+        let fenced = std::mem::take(&mut pending.waiters);
+        drop(pending);
+        release(fenced, &Err(FlushFailure::Fenced));
+    }
     pub fn has_pending(&self) -> bool {
         self.pending().row.is_some()
     }
@@ -153,5 +278,12 @@ impl Activation {
 
     pub fn dequeue(&self) {
         self.queued.store(false, Ordering::Release);
+    }
+}
+
+/// Answer held replies (a waiter whose client has gone is fine to skip).
+fn release(waiters: Vec<Waiter>, result: &FlushResult) {
+    for waiter in waiters {
+        let _ = waiter.reply.send(result.clone());
     }
 }

@@ -7,12 +7,13 @@
 //! the newest row of up to `batch_max` queued entities and writes them in one
 //! store call:
 //!
-//! - written: durable waiters are acknowledged;
+//! - written: replies held for it at the output gate are released;
 //! - fenced (the epoch moved on): the entity is dropped from memory at once
-//!   and its waiters get [`FlushFailure::Fenced`];
-//! - store error: write-behind rows go back to their entity to be retried
-//!   (unless a newer row replaced them); durable waiters get the error and
-//!   undo their change themselves, so a failed durable write is never
+//!   and every held reply gets [`FlushFailure::Fenced`];
+//! - store error: a write-behind row goes back to its entity to be retried
+//!   (unless a newer row replaced it); a row holding a durable change fails
+//!   every held reply and puts the entity back to its state before that
+//!   change ([`Activation::fail`]), so a failed durable write is never
 //!   written later behind the client's back.
 
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use super::activation::{Activation, FlushFailure, TakenRow};
+use super::activation::{Activation, FlushFailure};
 use super::map::EntityMap;
 use crate::metrics::METRICS;
 use crate::store::{FlushRow, Store};
@@ -115,11 +116,11 @@ impl Flusher {
     /// One batch. Returns true when another should follow at once (more
     /// queued than one batch holds, and this one succeeded).
     async fn round(&self) -> bool {
-        let batch = self.take_batch();
+        let (batch, rows) = self.take_batch();
         if batch.is_empty() {
             return false;
         }
-        let rows: Arc<[FlushRow]> = batch.iter().map(|(_, taken)| taken.row.clone()).collect();
+        let rows: Arc<[FlushRow]> = rows.into();
         let started = Instant::now();
         let result = self.store.flush(Arc::clone(&rows)).await;
         METRICS
@@ -128,20 +129,20 @@ impl Flusher {
         METRICS.flush_batch_rows.observe(rows.len() as f64);
         match result {
             Ok(fenced) => {
-                self.complete(batch, &fenced);
+                self.complete(&batch, &rows, &fenced);
                 self.queued() > 0
             }
             Err(e) => {
                 METRICS.flush_failures.inc();
                 tracing::warn!(error = %e, rows = rows.len(), "flush failed; will retry");
-                self.fail(batch, &e.into());
+                self.fail(&batch, &rows, &e.into());
                 false
             }
         }
     }
 
     /// Up to `batch_max` queued entities with their pending rows.
-    fn take_batch(&self) -> Vec<(Arc<Activation>, TakenRow)> {
+    fn take_batch(&self) -> (Vec<Arc<Activation>>, Vec<FlushRow>) {
         let drained: Vec<Arc<Activation>> = {
             let mut queue = self.lock_queue();
             let n = queue.len().min(self.config.batch_max);
@@ -149,33 +150,31 @@ impl Flusher {
             METRICS.dirty_entities.set(queue.len() as i64);
             drained
         };
-        drained
-            .into_iter()
-            .filter_map(|activation| match activation.take() {
-                Some(taken) => Some((activation, taken)),
-                None => {
-                    activation.dequeue();
-                    None
+        let mut batch = Vec::with_capacity(drained.len());
+        let mut rows = Vec::with_capacity(drained.len());
+        for activation in drained {
+            match activation.take() {
+                Some(row) => {
+                    batch.push(activation);
+                    rows.push(row);
                 }
-            })
-            .collect()
+                None => activation.dequeue(),
+            }
+        }
+        (batch, rows)
     }
 
-    fn complete(&self, batch: Vec<(Arc<Activation>, TakenRow)>, fenced: &[usize]) {
-        for (i, (activation, taken)) in batch.into_iter().enumerate() {
-            let result = if fenced.contains(&i) {
+    fn complete(&self, batch: &[Arc<Activation>], rows: &[FlushRow], fenced: &[usize]) {
+        for (i, (activation, row)) in batch.iter().zip(rows).enumerate() {
+            if fenced.contains(&i) {
                 METRICS.fenced_writes.inc();
-                tracing::info!(key = %activation.key, epoch = taken.row.epoch, "write fenced: another worker owns the entity; dropping it");
-                self.entities.evict(&activation);
-                Err(FlushFailure::Fenced)
+                tracing::info!(key = %activation.key, epoch = row.epoch, "write fenced: another worker owns the entity; dropping it");
+                self.entities.evict(activation);
+                activation.fence();
             } else {
-                Ok(())
-            };
-            for waiter in taken.waiters {
-                // A waiter that gave up (client gone) is fine to ignore.
-                let _ = waiter.send(result.clone());
+                activation.confirm(row.version);
             }
-            self.settle(&activation);
+            self.settle(activation);
         }
     }
 
@@ -185,31 +184,20 @@ impl Flusher {
     /// alone and a new row does not queue it twice.)
     ///
     /// A fenced (gone) activation's newer row can never be written: it is
-    /// discarded and its waiters told.
+    /// discarded and its held replies told.
     fn settle(&self, activation: &Arc<Activation>) {
         activation.dequeue();
         if activation.is_gone() {
-            for waiter in activation
-                .take()
-                .into_iter()
-                .flat_map(|taken| taken.waiters)
-            {
-                let _ = waiter.send(Err(FlushFailure::Fenced));
-            }
+            activation.fence();
         } else if activation.has_pending() {
             self.schedule(activation, false);
         }
     }
 
-    fn fail(&self, batch: Vec<(Arc<Activation>, TakenRow)>, failure: &FlushFailure) {
-        for (activation, taken) in batch {
-            if taken.waiters.is_empty() {
-                activation.give_back(taken.row);
-            }
-            for waiter in taken.waiters {
-                let _ = waiter.send(Err(failure.clone()));
-            }
-            self.settle(&activation);
+    fn fail(&self, batch: &[Arc<Activation>], rows: &[FlushRow], failure: &FlushFailure) {
+        for (activation, row) in batch.iter().zip(rows) {
+            activation.fail(row.clone(), failure);
+            self.settle(activation);
         }
     }
 }

@@ -5,13 +5,16 @@
 //!
 //! 1. find or create the activation in the [`map::EntityMap`];
 //! 2. lock it (per-entity serial execution); if it left the map meanwhile,
-//!    start over;
+//!    start over; if a durable change failed since the last request, go
+//!    back to the state before it;
 //! 3. claim it from the store on first use ([`crate::ownership::claim`]);
 //! 4. answer a repeated `Idempotency-Key` from the remembered reply;
 //! 5. run the handler; on a change, bump the version, encode the state and
 //!    hand the row to the [`flusher::Flusher`];
-//! 6. durable: hold the entity until the batch commits; on failure undo the
-//!    change and answer 503.
+//! 6. unlock, and hold the reply at the output gate while it depends on a
+//!    durable change not yet committed (its own, or one it may have seen);
+//!    if that change fails, answer 503
+//!    ([`activation`](self::activation#the-output-gate)).
 //!
 //! A background sweep passivates entities idle longer than `idle`.
 
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use self::activation::{Activation, FlushFailure, Loaded};
+use self::activation::{Activation, BuiltOnFailure, Effect, FlushFailure, Gate, Loaded};
 use self::flusher::{FlushConfig, Flusher};
 use self::map::EntityMap;
 use crate::entity::{Context, Entity, Reply};
@@ -136,7 +139,9 @@ impl Runtime {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Apply `request` to the entity `id` of type `E`, one request at a time.
+    /// Apply `request` to the entity `id` of type `E`, one request at a time;
+    /// the reply waits at the output gate when it must
+    /// ([`activation`](self::activation#the-output-gate)).
     pub async fn execute<E: Entity>(
         &self,
         entity: &E,
@@ -146,7 +151,7 @@ impl Runtime {
         idempotency_key: Option<String>,
     ) -> Result<EntityReply, RuntimeError> {
         let key = format!("{}/{}", E::KIND, id);
-        loop {
+        let (reply, gate) = loop {
             let activation = self.entities.get_or_insert(&key, self.now_ms()).await;
             let mut slot = activation.slot.lock().await;
             if activation.is_gone() {
@@ -159,17 +164,22 @@ impl Runtime {
             let Some(loaded) = slot.loaded.as_mut() else {
                 continue;
             };
-            return self
-                .apply(
-                    entity,
-                    &activation,
-                    loaded,
-                    request,
-                    durability,
-                    idempotency_key,
-                )
-                .await;
+            let applied = self.apply(
+                entity,
+                &activation,
+                loaded,
+                request,
+                durability,
+                idempotency_key,
+            );
+            // Held replies wait with the entity unlocked.
+            drop(slot);
+            break applied?;
+        };
+        if let Some(gate) = gate {
+            self.wait_at_gate(gate).await?;
         }
+        Ok(reply)
     }
 
     async fn claim<E: Entity>(
@@ -190,8 +200,9 @@ impl Runtime {
         }
     }
 
-    /// Steps 4 to 6 of the request path, with the entity locked.
-    async fn apply<E: Entity>(
+    /// Steps 4 and 5 of the request path, with the entity locked. Returns
+    /// the reply and, when the output gate holds it, what it waits for.
+    fn apply<E: Entity>(
         &self,
         entity: &E,
         activation: &Arc<Activation>,
@@ -199,17 +210,62 @@ impl Runtime {
         request: E::Request,
         durability: Durability,
         idempotency_key: Option<String>,
-    ) -> Result<EntityReply, RuntimeError> {
-        if let Some(first) = idempotency_key
+    ) -> Result<(EntityReply, Option<Gate>), RuntimeError> {
+        let (seen_failures, revert) = activation.revert_point();
+        if let Some(row) = revert {
+            Self::restore(entity, loaded, &row)?;
+        }
+        let replayed = idempotency_key
             .as_deref()
             .and_then(|k| loaded.replies.get(k))
-        {
-            return Ok(EntityReply {
+            .map(|first| EntityReply {
                 reply: first.reply.clone(),
                 version: first.version,
                 epoch: loaded.epoch,
             });
+        let (reply, effect) = match replayed {
+            Some(reply) => (reply, Effect::Read),
+            None => self.run_handler(
+                entity,
+                activation,
+                loaded,
+                request,
+                durability,
+                idempotency_key,
+            )?,
+        };
+        match activation.settle_request(effect, seen_failures) {
+            Ok(gate) => {
+                self.flusher
+                    .schedule(activation, durability == Durability::Durable);
+                Ok((reply, gate))
+            }
+            Err(BuiltOnFailure) => {
+                // A durable change under this request's view failed to commit
+                // while it ran: go back now, and fail it like the others.
+                if let (_, Some(row)) = activation.revert_point() {
+                    Self::restore(entity, loaded, &row)?;
+                }
+                Err(RuntimeError::NotDurable(FlushFailure::Store(
+                    StoreError::Unavailable(
+                        "an earlier durable change to this entity did not commit".into(),
+                    ),
+                )))
+            }
         }
+    }
+
+    /// Run the handler; on a change, bump the version, remember the reply
+    /// for its idempotency key and encode the row.
+    fn run_handler<E: Entity>(
+        &self,
+        entity: &E,
+        activation: &Activation,
+        loaded: &mut Loaded,
+        request: E::Request,
+        durability: Durability,
+        idempotency_key: Option<String>,
+    ) -> Result<(EntityReply, Effect), RuntimeError> {
         let Some(state) = loaded.state.downcast_mut::<E::State>() else {
             return Err(ClaimError::Corrupt {
                 key: activation.key.to_string(),
@@ -218,7 +274,7 @@ impl Runtime {
             .into());
         };
         let durable = durability == Durability::Durable;
-        let before = durable.then(|| (state.clone(), loaded.replies.clone(), loaded.version));
+        let before_state = durable.then(|| state.clone());
         let ctx = Context {
             now_ms: wall_clock_ms(),
             version: loaded.version,
@@ -226,31 +282,42 @@ impl Runtime {
         };
         let outcome = entity.handle(state, request, &ctx);
         if !outcome.changed {
-            return Ok(EntityReply {
+            let reply = EntityReply {
                 reply: outcome.reply,
                 version: loaded.version,
                 epoch: loaded.epoch,
-            });
+            };
+            return Ok((reply, Effect::Read));
         }
+        let epoch = loaded.epoch;
+        let before = before_state.map(|before| {
+            let bytes = entity.encode(&before);
+            row(activation, epoch, loaded.version, &loaded.replies, &bytes)
+        });
         loaded.version += 1;
         if let Some(k) = idempotency_key {
             loaded
                 .replies
                 .remember(k, outcome.reply.clone(), loaded.version);
         }
-        let row = self.row(entity, activation, loaded, state_of::<E>(loaded));
+        let bytes = entity.encode(state);
+        let row = row(activation, epoch, loaded.version, &loaded.replies, &bytes);
         let reply = EntityReply {
             reply: outcome.reply,
             version: loaded.version,
-            epoch: loaded.epoch,
+            epoch,
         };
-        let Some(committed) = activation.deposit(row, durable) else {
-            self.flusher.schedule(activation, false);
-            return Ok(reply);
+        let effect = match before {
+            Some(before) => Effect::Durable { row, before },
+            None => Effect::WriteBehind(row),
         };
-        self.flusher.schedule(activation, true);
+        Ok((reply, effect))
+    }
+
+    /// Wait for the commit a held reply depends on.
+    async fn wait_at_gate(&self, gate: Gate) -> Result<(), RuntimeError> {
         let waited = Instant::now();
-        let result = committed.await.unwrap_or_else(|_| {
+        let result = gate.await.unwrap_or_else(|_| {
             Err(FlushFailure::Store(StoreError::Unavailable(
                 "the flusher stopped".into(),
             )))
@@ -259,50 +326,23 @@ impl Runtime {
             .durable_ack_seconds
             .observe(waited.elapsed().as_secs_f64());
         match result {
-            Ok(()) => Ok(reply),
+            Ok(()) => Ok(()),
             Err(FlushFailure::Fenced) => Err(RuntimeError::Fenced),
-            Err(failure) => {
-                if let Some((state, replies, version)) = before {
-                    self.undo(entity, activation, loaded, state, replies, version);
-                }
-                Err(RuntimeError::NotDurable(failure))
-            }
+            Err(failure) => Err(RuntimeError::NotDurable(failure)),
         }
     }
 
-    /// Put back the state from before a durable change that did not commit,
-    /// and queue it so earlier write-behind changes still reach the store.
-    fn undo<E: Entity>(
-        &self,
+    /// Go back to the state in `row` (a durable change after it failed).
+    fn restore<E: Entity>(
         entity: &E,
-        activation: &Arc<Activation>,
         loaded: &mut Loaded,
-        state: E::State,
-        replies: envelope::ReplyCache,
-        version: u64,
-    ) {
+        row: &FlushRow,
+    ) -> Result<(), RuntimeError> {
+        let (replies, state) = ownership::decode_state(entity, &row.key, Some(&row.state))?;
         loaded.state = Box::new(state);
         loaded.replies = replies;
-        loaded.version = version;
-        let row = self.row(entity, activation, loaded, state_of::<E>(loaded));
-        activation.deposit(row, false);
-        self.flusher.schedule(activation, false);
-    }
-
-    fn row<E: Entity>(
-        &self,
-        entity: &E,
-        activation: &Activation,
-        loaded: &Loaded,
-        state: Option<&E::State>,
-    ) -> FlushRow {
-        let bytes = state.map(|s| entity.encode(s)).unwrap_or_default();
-        FlushRow {
-            key: activation.key.to_string(),
-            epoch: loaded.epoch,
-            version: i64::try_from(loaded.version).unwrap_or(i64::MAX),
-            state: envelope::encode(&bytes, &loaded.replies),
-        }
+        loaded.version = u64::try_from(row.version).unwrap_or(0);
+        Ok(())
     }
 
     /// Passivate idle entities every quarter of `idle` until stopped.
@@ -355,8 +395,20 @@ impl Runtime {
     }
 }
 
-fn state_of<E: Entity>(loaded: &Loaded) -> Option<&E::State> {
-    loaded.state.downcast_ref::<E::State>()
+/// The row for an entity state's bytes, as of `version`.
+fn row(
+    activation: &Activation,
+    epoch: i64,
+    version: u64,
+    replies: &envelope::ReplyCache,
+    state: &[u8],
+) -> FlushRow {
+    FlushRow {
+        key: activation.key.to_string(),
+        epoch,
+        version: i64::try_from(version).unwrap_or(i64::MAX),
+        state: envelope::encode(state, replies),
+    }
 }
 
 /// Milliseconds since the Unix epoch (handlers' notion of now).

@@ -88,15 +88,3 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
         )))
     }
 }
-
-/// The fenced indices: rows whose key is not among the `written` keys.
-pub(crate) fn fenced_rows(
-    rows: &[FlushRow],
-    written: &std::collections::HashSet<String>,
-) -> Vec<usize> {
-    rows.iter()
-        .enumerate()
-        .filter(|(_, row)| !written.contains(&row.key))
-        .map(|(i, _)| i)
-        .collect()
-}

@@ -2,16 +2,16 @@
 //!
 //! A claim is one `INSERT … ON CONFLICT DO UPDATE … RETURNING`; a flush is
 //! one `UPDATE … FROM UNNEST(…)` over the whole batch, guarded per row by
-//! its epoch, returning the keys it wrote.
+//! its epoch, answering with the positions of the rows it did not write
+//! (usually none, so a batch's answer is a few bytes whatever its size).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::{fenced_rows, Claim, FlushRow, Store, StoreError, StoreResult};
+use super::{Claim, FlushRow, Store, StoreError, StoreResult};
 
 /// Serialised by an advisory lock: concurrent `CREATE TABLE IF NOT EXISTS`
 /// from workers starting together can otherwise fail on the catalog.
@@ -34,12 +34,19 @@ INSERT INTO roost_entities AS e (key, epoch, owner) VALUES ($1, 1, $2)
 ON CONFLICT (key) DO UPDATE SET epoch = e.epoch + 1, owner = EXCLUDED.owner
 RETURNING epoch, version, state";
 
+/// Returns the 1-based positions of the fenced rows.
 const FLUSH: &str = "
-UPDATE roost_entities AS e
-SET state = u.state, version = u.version, updated_at = now()
-FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(key, epoch, version, state)
-WHERE e.key = u.key AND e.epoch = u.epoch
-RETURNING e.key";
+WITH u AS (
+    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])
+        WITH ORDINALITY AS u(key, epoch, version, state, position)
+), written AS (
+    UPDATE roost_entities AS e
+    SET state = u.state, version = u.version, updated_at = now()
+    FROM u
+    WHERE e.key = u.key AND e.epoch = u.epoch
+    RETURNING u.position
+)
+SELECT position FROM u WHERE position NOT IN (SELECT position FROM written)";
 
 const PEEK: &str = "SELECT epoch, version, state FROM roost_entities WHERE key = $1";
 
@@ -99,6 +106,13 @@ pub(crate) fn unavailable(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// A fenced row's 0-based index in the batch.
+fn fenced_position(row: &tokio_postgres::Row) -> StoreResult<usize> {
+    let position: i64 = row.try_get(0).map_err(unavailable)?;
+    usize::try_from(position - 1)
+        .map_err(|_| StoreError::Unavailable(format!("postgres: bad row position {position}")))
+}
+
 fn claim_of(row: &tokio_postgres::Row) -> StoreResult<Claim> {
     Ok(Claim {
         epoch: row.try_get(0).map_err(unavailable)?,
@@ -129,16 +143,11 @@ impl Store for PostgresStore {
         let states: Vec<&[u8]> = rows.iter().map(|r| r.state.as_slice()).collect();
         let client = self.client().await?;
         let statement = client.prepare_cached(FLUSH).await.map_err(unavailable)?;
-        let written = client
+        let fenced = client
             .query(&statement, &[&keys, &epochs, &versions, &states])
             .await
             .map_err(unavailable)?;
-        let written: HashSet<String> = written
-            .iter()
-            .map(|row| row.try_get::<_, String>(0))
-            .collect::<Result<_, _>>()
-            .map_err(unavailable)?;
-        Ok(fenced_rows(&rows, &written))
+        fenced.iter().map(fenced_position).collect()
     }
 
     async fn peek(&self, key: &str) -> StoreResult<Option<Claim>> {

@@ -301,10 +301,7 @@ impl Store {
         const SELECT: &str = "SELECT epoch, owner, version, state FROM roost_entities WHERE key = ";
         match self {
             Store::Postgres(url) => {
-                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect to {url} to check the store: {e}"));
-                let connection = tokio::spawn(connection);
+                let (client, connection) = connect_postgres(url).await;
                 let row = client
                     .query_opt(&format!("{SELECT}$1"), &[&store_key])
                     .await
@@ -380,10 +377,7 @@ impl Store {
     pub async fn lock_row(&self, store_key: &str) -> StoreLock {
         match self {
             Store::Postgres(url) => {
-                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect to {url} to lock a row: {e}"));
-                let connection = tokio::spawn(connection);
+                let (client, connection) = connect_postgres(url).await;
                 client
                     .batch_execute("BEGIN")
                     .await
@@ -426,6 +420,102 @@ impl StoreLock {
                 connection.execute_batch("COMMIT").expect("COMMIT");
             }
         }
+    }
+}
+
+/// A connection of the test's own, with its driver task.
+pub async fn connect_postgres(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    (client, tokio::spawn(connection))
+}
+
+/// A fault the test puts in the store: every `UPDATE` of one key fails
+/// (a trigger raising an error), as a store that refuses a write would.
+pub struct StoreFault {
+    store: Store,
+    trigger: String,
+}
+
+impl Store {
+    /// Make every write of `store_key`'s row fail until
+    /// [`StoreFault::clear`]. The key is quoted as an SQL literal.
+    pub async fn fail_updates_of(&self, store_key: &str) -> StoreFault {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let trigger = format!(
+            "roost_test_fault_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let key = store_key.replace('\'', "''");
+        let sql = match self {
+            Store::Postgres(_) => format!(
+                "CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.key = '{key}' THEN RAISE EXCEPTION 'injected fault for {key}'; END IF; \
+                 RETURN NEW; END $$; \
+                 CREATE TRIGGER {trigger} BEFORE UPDATE ON roost_entities \
+                 FOR EACH ROW EXECUTE FUNCTION {trigger}();"
+            ),
+            Store::Sqlite(_) => format!(
+                "CREATE TRIGGER {trigger} BEFORE UPDATE ON roost_entities \
+                 WHEN NEW.key = '{key}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END;"
+            ),
+        };
+        self.execute_batch(&sql).await;
+        StoreFault {
+            store: self.clone(),
+            trigger,
+        }
+    }
+
+    /// Run `sql` on a connection of the test's own.
+    async fn execute_batch(&self, sql: &str) {
+        match self {
+            Store::Postgres(url) => {
+                let (client, connection) = connect_postgres(url).await;
+                client
+                    .batch_execute(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                drop(client);
+                let _ = connection.await;
+            }
+            Store::Sqlite(path) => {
+                let (path, sql) = (path.clone(), sql.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let connection = rusqlite::Connection::open(&path)
+                        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                    connection
+                        .busy_timeout(Duration::from_secs(10))
+                        .expect("set a busy timeout");
+                    connection
+                        .execute_batch(&sql)
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                })
+                .await
+                .expect("the sqlite task");
+            }
+        }
+    }
+}
+
+impl StoreFault {
+    /// Writes of the key succeed again.
+    pub async fn clear(self) {
+        let trigger = &self.trigger;
+        let sql = match self.store {
+            Store::Postgres(_) => {
+                format!("DROP TRIGGER {trigger} ON roost_entities; DROP FUNCTION {trigger}();")
+            }
+            Store::Sqlite(_) => format!("DROP TRIGGER {trigger};"),
+        };
+        self.store.execute_batch(&sql).await;
     }
 }
 
