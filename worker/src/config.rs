@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use roost_routing::config_file::{self, ConfigError, Invalid, Validate};
 
+use crate::lease::LeaseConfig;
 use crate::runtime::flusher::FlushConfig;
 use crate::runtime::{Durability, RuntimeConfig};
 
@@ -30,6 +31,15 @@ pub struct WorkerConfig {
     pub max_body_bytes: usize,
     /// On SIGTERM, how long to wait for in-flight requests and the last flush.
     pub drain_timeout_ms: u64,
+    /// How long a heartbeat keeps this worker's lease; others may claim its
+    /// entities once it has run out.
+    pub lease_ms: u64,
+    /// How often the lease is renewed (well under `lease_ms`).
+    pub heartbeat_ms: u64,
+    /// The longest a claim waits for a live owner to hand an entity over
+    /// (longer than `lease_ms`, so a frozen owner's entities are claimed
+    /// when its lease runs out rather than refused); past it, 503.
+    pub handoff_timeout_ms: u64,
     /// Durability when a request does not choose, per entity type
     /// (`session`, `cart`, `quota`).
     pub durability: HashMap<String, Durability>,
@@ -45,6 +55,9 @@ impl Default for WorkerConfig {
             idle_ms: 300_000,
             max_body_bytes: 1 << 20,
             drain_timeout_ms: 10_000,
+            lease_ms: 2_000,
+            heartbeat_ms: 500,
+            handoff_timeout_ms: 3_000,
             durability: HashMap::new(),
             limits: HashMap::new(),
         }
@@ -75,6 +88,15 @@ impl WorkerConfig {
                 batch_max: self.flush_batch_max,
             },
             idle: Duration::from_millis(self.idle_ms),
+            handoff_timeout: Duration::from_millis(self.handoff_timeout_ms),
+        }
+    }
+
+    pub fn lease(&self) -> LeaseConfig {
+        LeaseConfig {
+            duration: Duration::from_millis(self.lease_ms),
+            renew_every: Duration::from_millis(self.heartbeat_ms),
+            join_patience: Duration::from_millis(self.lease_ms),
         }
     }
 
@@ -90,9 +112,21 @@ impl Validate for WorkerConfig {
             ("flush_batch_max", self.flush_batch_max as u64),
             ("idle_ms", self.idle_ms),
             ("max_body_bytes", self.max_body_bytes as u64),
+            ("lease_ms", self.lease_ms),
+            ("heartbeat_ms", self.heartbeat_ms),
+            ("handoff_timeout_ms", self.handoff_timeout_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(Invalid::top(field, "must be greater than zero"));
+        }
+        if self.heartbeat_ms.saturating_mul(2) >= self.lease_ms {
+            return Err(Invalid::top(
+                "heartbeat_ms",
+                format!(
+                    "must be under half of lease_ms ({}), so one late heartbeat does not lose the lease",
+                    self.lease_ms
+                ),
+            ));
         }
         if let Some(kind) = self
             .durability

@@ -24,6 +24,14 @@ impl Engine {
         }
     }
 
+    /// Whether requests may be served now (the runtime's lease holds).
+    pub fn is_serving(&self) -> bool {
+        match self {
+            Engine::Memory(runtime) => runtime.is_serving(),
+            Engine::Stateless(_) => true,
+        }
+    }
+
     /// Apply `request` to entity `id` of type `E`. The stateless engine is
     /// always durable: it commits before it answers.
     pub async fn execute<E: Entity>(

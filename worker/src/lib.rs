@@ -10,7 +10,9 @@
 //! - [`runtime`]: the entity map, per-entity serial execution, the flusher,
 //!   passivation and drain.
 //! - [`ownership`]: claims and epochs, and the invariants they uphold.
-//! - [`store`]: the `Store` trait; Postgres and SQLite.
+//! - [`lease`]: whether this worker may serve: its lease, renewed by
+//!   heartbeat, and revalidation after a lapse.
+//! - [`store`]: the `Store` and `Registry` traits; Postgres and SQLite.
 //! - [`entities`]: the built-in types: session, cart, quota.
 //! - [`http`]: the accept loop and the HTTP API.
 //! - [`engine`], [`stateless`]: what the API executes requests with: the
@@ -22,6 +24,7 @@ pub mod engine;
 pub mod entities;
 pub mod entity;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod ownership;
 pub mod runtime;

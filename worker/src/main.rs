@@ -15,9 +15,11 @@ use clap::Parser;
 use roost_worker::config::{WorkerConfig, DEFAULT_STORE};
 use roost_worker::engine::Engine;
 use roost_worker::http::{serve, Api};
+use roost_worker::lease::Lease;
 use roost_worker::runtime::Runtime;
 use roost_worker::stateless::StatelessEngine;
 use roost_worker::store::postgres::PostgresStore;
+use roost_worker::store::{Member, MemberStatus};
 
 /// mimalloc: every request allocates and frees small buffers (parsed JSON,
 /// replies, encoded rows); glibc's malloc (`malloc_consolidate`,
@@ -34,6 +36,10 @@ struct Args {
     /// Address to serve on.
     #[arg(long)]
     listen: SocketAddr,
+    /// Address the proxies reach this worker at, as registered in the
+    /// workers table (default: the --listen address).
+    #[arg(long)]
+    advertise: Option<String>,
     /// `postgres://…` or `sqlite://PATH`.
     #[arg(long, default_value = DEFAULT_STORE)]
     store: String,
@@ -95,16 +101,35 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
             None,
         )
     } else {
-        let store = roost_worker::store::open(&args.store)
+        let opened = roost_worker::store::open(&args.store)
             .await
             .with_context(|| format!("cannot open the store {}", args.store))?;
-        let runtime = Runtime::start(&args.id, store, config.runtime());
+        let member = Member {
+            id: args.id.clone(),
+            addr: args
+                .advertise
+                .clone()
+                .unwrap_or_else(|| args.listen.to_string()),
+        };
+        let lease = Lease::join(Arc::clone(&opened.registry), &member, config.lease())
+            .await
+            .with_context(|| format!("cannot join the fleet as {}", args.id))?;
+        let runtime = Runtime::start(&args.id, opened.store, lease, config.runtime());
         (Engine::Memory(Arc::clone(&runtime)), Some(runtime))
     };
     tracing::info!(id = %args.id, listen = %args.listen, store = %redact(&args.store), stateless = args.stateless, "roost-worker ready");
 
     let api = Arc::new(Api::new(engine, config));
-    let finished = serve(listener, api, shutdown_signal(), grace).await;
+    let registry = runtime.as_ref().map(|r| Arc::clone(r.registry()));
+    let signalled = async move {
+        shutdown_signal().await;
+        if let Some(registry) = registry {
+            if let Err(e) = registry.set_status(MemberStatus::Draining).await {
+                tracing::warn!(error = %e, "cannot announce the drain in the workers table");
+            }
+        }
+    };
+    let finished = serve(listener, api, signalled, grace).await;
     tracing::info!(
         in_flight_finished = finished,
         "draining: flushing everything dirty"

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub durable_ack_seconds: Histogram,
     pub fenced_writes: IntCounter,
     pub passivations: IntCounter,
+    pub handovers_requested: IntCounter,
+    pub handovers: IntCounter,
+    pub revalidation_drops: IntCounter,
     pub request_seconds: HistogramVec,
 }
 
@@ -77,7 +80,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("register flush_failures"),
         durable_ack_seconds: register_histogram!(
             "roost_worker_durable_ack_seconds",
-            "Time a durable write waited for its batch to commit, in seconds.",
+            "Time a reply waited at the output gate for a durable change (its own, or one it may reveal) to commit, in seconds.",
             buckets()
         )
         .expect("register durable_ack_seconds"),
@@ -91,6 +94,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Idle entities flushed and dropped from memory."
         )
         .expect("register passivations"),
+        handovers_requested: register_int_counter!(
+            "roost_worker_handovers_requested_total",
+            "Claims that found a live owner and asked it to hand the entity over."
+        )
+        .expect("register handovers_requested"),
+        handovers: register_int_counter!(
+            "roost_worker_handovers_total",
+            "Entities this worker flushed, forgot and released because another asked."
+        )
+        .expect("register handovers"),
+        revalidation_drops: register_int_counter!(
+            "roost_worker_revalidation_drops_total",
+            "Entities dropped after a lease lapse because another worker claimed them meanwhile."
+        )
+        .expect("register revalidation_drops"),
         request_seconds: register_histogram_vec!(
             "roost_worker_request_seconds",
             "Request latency by route, in seconds.",

@@ -4,9 +4,14 @@
 //! # Invariants and who upholds them
 //!
 //! 1. **A worker serves an entity only under a claim.** An activation holds
-//!    no state until [`claim`] has returned; the claim bumps the stored epoch
+//!    no state until its claim has returned; the claim bumps the stored epoch
 //!    and sets the owner in one statement ([`crate::store::Store::claim`]), so
 //!    two claims are always ordered and the later one has the higher epoch.
+//!    The statement takes the entity only from an owner that released it or
+//!    is not alive (its liveness lock is free, or its lease has expired); a
+//!    live owner is asked to hand it over first (it flushes, forgets and
+//!    releases it), and the claim waits for that, at most
+//!    `handoff_timeout_ms`.
 //! 2. **Every write is guarded by the epoch it was claimed with.** Rows carry
 //!    their claim's epoch ([`crate::store::FlushRow::epoch`]); the store
 //!    writes a row only while the stored epoch still equals it. A worker whose
@@ -22,31 +27,34 @@
 //!    (the output gate, [`crate::runtime::activation`]), so an acknowledged
 //!    durable write is in the store and an unacknowledged one is nowhere.
 //!
-//! Leases, hand-over and self-fencing (the rest of G2 and G3) build on these.
+//! 5. **A worker serves only while its lease surely holds** ([`crate::lease`]):
+//!    counted from before each renewal was sent, less a drift margin, and
+//!    ended at once when its liveness lock is lost. Others claim its entities
+//!    only after the stored lease (which runs longer) has expired, or once
+//!    the lock is free, so two workers never serve one entity at the same
+//!    instant (G2). After a lapse it serves nothing until it has renewed and
+//!    dropped every entity whose epoch moved on.
 
 use crate::entity::Entity;
 use crate::runtime::activation::Loaded;
 use crate::runtime::envelope;
-use crate::store::{Store, StoreError};
+use crate::store::{Claim, StoreError};
 
 /// Why an entity could not be activated.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClaimError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Its live owner did not hand it over within `handoff_timeout_ms`.
+    #[error("worker {owner} did not hand the entity over in time")]
+    HandoffTimeout { owner: String },
     /// The stored bytes do not decode as this entity type.
     #[error("stored state of {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
 }
 
-/// Claim `key` for `owner` and rebuild its state.
-pub async fn claim<E: Entity>(
-    store: &dyn Store,
-    entity: &E,
-    key: &str,
-    owner: &str,
-) -> Result<Loaded, ClaimError> {
-    let claim = store.claim(key, owner).await?;
+/// Rebuild a claimed entity's state.
+pub fn load<E: Entity>(entity: &E, key: &str, claim: Claim) -> Result<Loaded, ClaimError> {
     let (replies, state) = decode_state(entity, key, claim.state.as_deref())?;
     Ok(Loaded {
         state: Box::new(state),

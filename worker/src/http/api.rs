@@ -264,6 +264,12 @@ impl Api {
     fn readiness(&self) -> Reply {
         if self.draining.load(Ordering::Acquire) {
             Reply::error(503, "draining", "this worker is shutting down")
+        } else if !self.engine.is_serving() {
+            Reply::error(
+                503,
+                "lease_lost",
+                "this worker cannot be sure it holds its lease",
+            )
         } else {
             Reply::ok(json!({"status": "ready"}))
         }
@@ -518,10 +524,15 @@ fn runtime_error(error: &RuntimeError) -> Reply {
             tracing::error!(%error, "entity state is unreadable");
             Reply::error(500, "corrupt_state", error.to_string())
         }
+        RuntimeError::Claim(crate::ownership::ClaimError::HandoffTimeout { .. }) => {
+            tracing::warn!(%error, "hand-over timed out");
+            Reply::error(503, "handoff_timeout", error.to_string())
+        }
         RuntimeError::Claim(_) | RuntimeError::NotDurable(_) => {
             tracing::warn!(%error, "store unavailable");
             Reply::error(503, "store_unavailable", error.to_string())
         }
         RuntimeError::Fenced => Reply::error(503, "not_owner", error.to_string()),
+        RuntimeError::LeaseLost => Reply::error(503, "lease_lost", error.to_string()),
     }
 }

@@ -22,7 +22,7 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -66,6 +66,8 @@ pub struct Activation {
     /// Whether this activation is in the flusher's queue or its row is in a
     /// batch in flight, so it is queued once and not passivated meanwhile.
     queued: AtomicBool,
+    /// The epoch of its claim (0 until claimed), for revalidation.
+    epoch: AtomicI64,
 }
 
 /// The state behind the per-entity lock.
@@ -101,6 +103,10 @@ struct Pending {
     /// Durable flush failures so far: a request that read the state under
     /// an older count was built on a change that failed.
     failures: u64,
+    /// Version of the newest row deposited.
+    newest: i64,
+    /// Version of the newest row known written.
+    written: i64,
 }
 
 /// A durable change and the row of the state just before it.
@@ -140,6 +146,7 @@ impl Activation {
             last_used_ms: AtomicU64::new(now_ms),
             pending: Mutex::new(Pending::default()),
             queued: AtomicBool::new(false),
+            epoch: AtomicI64::new(0),
         }
     }
 
@@ -149,6 +156,15 @@ impl Activation {
 
     pub fn mark_gone(&self) {
         self.gone.store(true, Ordering::Release);
+    }
+
+    pub fn set_epoch(&self, epoch: i64) {
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// The epoch it was claimed under; `None` before the claim.
+    pub fn epoch(&self) -> Option<i64> {
+        Some(self.epoch.load(Ordering::Acquire)).filter(|e| *e != 0)
     }
 
     pub fn touch(&self, now_ms: u64) {
@@ -187,8 +203,12 @@ impl Activation {
         }
         match effect {
             Effect::Read => {}
-            Effect::WriteBehind(row) => pending.row = Some(row),
+            Effect::WriteBehind(row) => {
+                pending.newest = row.version;
+                pending.row = Some(row);
+            }
             Effect::Durable { row, before } => {
+                pending.newest = row.version;
                 pending.unconfirmed.push_back(Unconfirmed {
                     version: row.version,
                     before,
@@ -204,6 +224,19 @@ impl Activation {
         Ok(Some(wait))
     }
 
+    /// Wait for every row deposited so far to be written (`None`: nothing
+    /// is waiting to be). The caller schedules the flush.
+    pub fn await_flushed(&self) -> Option<Gate> {
+        let mut pending = self.pending();
+        if pending.newest <= pending.written {
+            return None;
+        }
+        let (reply, wait) = oneshot::channel();
+        let version = pending.newest;
+        pending.waiters.push(Waiter { version, reply });
+        Some(wait)
+    }
+
     /// Take the pending row for a flush, if any.
     pub fn take(&self) -> Option<FlushRow> {
         self.pending().row.take()
@@ -212,6 +245,7 @@ impl Activation {
     /// The row up to `version` has committed: release what waited for it.
     pub fn confirm(&self, version: i64) {
         let mut pending = self.pending();
+        pending.written = pending.written.max(version);
         while pending
             .unconfirmed
             .front()
@@ -244,6 +278,10 @@ impl Activation {
             return;
         }
         let before = pending.unconfirmed.drain(..).next().map(|u| u.before);
+        if let Some(before) = &before {
+            pending.newest = before.version;
+            pending.written = pending.written.min(before.version - 1);
+        }
         pending.row.clone_from(&before);
         pending.revert = before;
         pending.failures += 1;

@@ -35,6 +35,11 @@ impl EntityMap {
         activation
     }
 
+    /// The activation for `key`, if in memory.
+    pub fn get(&self, key: &str) -> Option<Arc<Activation>> {
+        self.entries.read_sync(key, |_, a| Arc::clone(a))
+    }
+
     /// Drop `activation` from memory: mark it gone, then remove it if the
     /// map still holds this very activation.
     pub fn evict(&self, activation: &Arc<Activation>) {

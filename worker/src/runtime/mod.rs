@@ -26,15 +26,17 @@ pub mod map;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
 use self::activation::{Activation, BuiltOnFailure, Effect, FlushFailure, Gate, Loaded};
 use self::flusher::{FlushConfig, Flusher};
 use self::map::EntityMap;
 use crate::entity::{Context, Entity, Reply};
+use crate::lease::Lease;
 use crate::metrics::METRICS;
 use crate::ownership::{self, ClaimError};
-use crate::store::{FlushRow, Store, StoreError};
+use crate::store::{Claim, ClaimOutcome, FlushRow, Store, StoreError};
 
 /// How a change is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -59,6 +61,8 @@ pub struct EntityReply {
 /// Why a request could not be served (mapped to 503 or 500 by the API).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
+    #[error("this worker cannot be sure it still holds its lease")]
+    LeaseLost,
     #[error("cannot activate the entity: {0}")]
     Claim(#[from] ClaimError),
     #[error("the change was not made durable: {0}")]
@@ -73,12 +77,20 @@ pub struct RuntimeConfig {
     pub flush: FlushConfig,
     /// Entities unused this long are flushed and dropped.
     pub idle: Duration,
+    /// The longest a claim waits for a live owner to hand an entity over.
+    pub handoff_timeout: Duration,
 }
+
+/// How long a claimer waits before asking the store again, at first; it
+/// doubles up to [`CLAIM_RETRY_MAX`].
+const CLAIM_RETRY_MIN: Duration = Duration::from_millis(2);
+const CLAIM_RETRY_MAX: Duration = Duration::from_millis(50);
 
 /// The entity runtime of one worker.
 pub struct Runtime {
     owner: Arc<str>,
     store: Arc<dyn Store>,
+    lease: Arc<Lease>,
     entities: Arc<EntityMap>,
     flusher: Arc<Flusher>,
     config: RuntimeConfig,
@@ -92,8 +104,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Start the runtime and its background tasks (flusher, passivation).
-    pub fn start(owner: &str, store: Arc<dyn Store>, config: RuntimeConfig) -> Arc<Self> {
+    /// Start the runtime and its background tasks (flusher, passivation,
+    /// lease renewal, hand-overs).
+    pub fn start(
+        owner: &str,
+        store: Arc<dyn Store>,
+        lease: Arc<Lease>,
+        config: RuntimeConfig,
+    ) -> Arc<Self> {
         let entities = Arc::new(EntityMap::default());
         let flusher = Arc::new(Flusher::new(
             Arc::clone(&store),
@@ -104,6 +122,7 @@ impl Runtime {
         let runtime = Arc::new(Runtime {
             owner: owner.into(),
             store,
+            lease,
             entities,
             flusher,
             config,
@@ -118,8 +137,20 @@ impl Runtime {
             .flusher_task
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(task);
-        tokio::spawn(Arc::clone(&runtime).passivate_forever(stopped));
+        tokio::spawn(Arc::clone(&runtime).passivate_forever(stopped.clone()));
+        tokio::spawn(Arc::clone(&runtime.lease).keep(Arc::clone(&runtime), stopped.clone()));
+        let requests = runtime.lease.registry().handover_requests();
+        tokio::spawn(Arc::clone(&runtime).serve_handovers(requests));
         runtime
+    }
+
+    pub fn registry(&self) -> &Arc<dyn crate::store::Registry> {
+        self.lease.registry()
+    }
+
+    /// Whether this worker may serve now (its lease surely holds).
+    pub fn is_serving(&self) -> bool {
+        self.lease.is_held()
     }
 
     pub fn owner(&self) -> &str {
@@ -164,6 +195,9 @@ impl Runtime {
             let Some(loaded) = slot.loaded.as_mut() else {
                 continue;
             };
+            if !self.lease.is_held() {
+                return Err(RuntimeError::LeaseLost);
+            }
             let applied = self.apply(
                 entity,
                 &activation,
@@ -182,21 +216,48 @@ impl Runtime {
         Ok(reply)
     }
 
+    /// Claim the entity: at once when nobody alive owns it; from a live
+    /// owner by asking it to hand the entity over, then asking the store
+    /// again (with backoff) until it has, or `handoff_timeout` has passed.
     async fn claim<E: Entity>(
         &self,
         entity: &E,
         activation: &Arc<Activation>,
     ) -> Result<Loaded, RuntimeError> {
-        match ownership::claim(self.store.as_ref(), entity, &activation.key, &self.owner).await {
-            Ok(loaded) => {
+        match self.claim_from_store(&activation.key).await {
+            Ok(claim) => {
                 METRICS.claims.inc();
-                Ok(loaded)
+                activation.set_epoch(claim.epoch);
+                Ok(ownership::load(entity, &activation.key, claim)?)
             }
             Err(e) => {
                 METRICS.claim_failures.inc();
                 self.entities.evict(activation);
                 Err(e.into())
             }
+        }
+    }
+
+    async fn claim_from_store(&self, key: &str) -> Result<Claim, ClaimError> {
+        let deadline = Instant::now() + self.config.handoff_timeout;
+        let mut asked = None;
+        let mut retry = CLAIM_RETRY_MIN;
+        loop {
+            let owner = match self.store.claim(key, &self.owner).await? {
+                ClaimOutcome::Claimed(claim) => return Ok(claim),
+                ClaimOutcome::Owned { owner } => owner,
+            };
+            if asked.as_ref() != Some(&owner) {
+                self.store.ask_handover(&owner, key).await?;
+                METRICS.handovers_requested.inc();
+                asked = Some(owner.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClaimError::HandoffTimeout { owner });
+            }
+            tokio::time::sleep(retry.min(left)).await;
+            retry = (retry * 2).min(CLAIM_RETRY_MAX);
         }
     }
 
@@ -234,10 +295,13 @@ impl Runtime {
                 idempotency_key,
             )?,
         };
+        let changed = !matches!(effect, Effect::Read);
         match activation.settle_request(effect, seen_failures) {
             Ok(gate) => {
-                self.flusher
-                    .schedule(activation, durability == Durability::Durable);
+                if changed {
+                    self.flusher
+                        .schedule(activation, durability == Durability::Durable);
+                }
                 Ok((reply, gate))
             }
             Err(BuiltOnFailure) => {
@@ -345,6 +409,68 @@ impl Runtime {
         Ok(())
     }
 
+    /// After the lease lapsed: drop every cached entity whose stored epoch
+    /// is no longer the one it was claimed under (another worker claimed it
+    /// meanwhile). Returns how many were dropped.
+    pub async fn revalidate(&self) -> Result<usize, StoreError> {
+        let held: Vec<(Arc<Activation>, i64)> = self
+            .entities
+            .snapshot()
+            .into_iter()
+            .filter_map(|a| a.epoch().map(|epoch| (a, epoch)))
+            .collect();
+        let keys: Vec<String> = held.iter().map(|(a, _)| a.key.to_string()).collect();
+        let stored = self.store.epochs(&keys).await?;
+        let mut dropped = 0;
+        for (activation, epoch) in held {
+            if stored.get(&*activation.key) != Some(&epoch) {
+                self.entities.evict(&activation);
+                activation.fence();
+                METRICS.revalidation_drops.inc();
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Hand entities over as other workers ask, until the registry stops.
+    async fn serve_handovers(self: Arc<Self>, mut requests: UnboundedReceiver<String>) {
+        while let Some(key) = requests.recv().await {
+            let runtime = Arc::clone(&self);
+            tokio::spawn(async move { runtime.hand_over(&key).await });
+        }
+    }
+
+    /// Hand `key` over: finish the request in progress, flush what is
+    /// unwritten, forget the entity and release it in the store. Gives up
+    /// (keeping the entity) if the flush does not complete within
+    /// `handoff_timeout`; the claimer then times out too.
+    pub async fn hand_over(&self, key: &str) {
+        let activation = self.entities.get(key);
+        let slot = match &activation {
+            Some(activation) => Some(activation.slot.lock().await),
+            None => None,
+        };
+        if let Some(activation) = &activation {
+            if let Some(flushed) = activation.await_flushed() {
+                self.flusher.schedule(activation, true);
+                match tokio::time::timeout(self.config.handoff_timeout, flushed).await {
+                    Ok(Ok(Ok(()))) => {}
+                    _ => {
+                        tracing::warn!(key, "hand-over: could not flush the entity; keeping it");
+                        return;
+                    }
+                }
+            }
+            self.entities.evict(activation);
+        }
+        match self.store.release(key, &self.owner).await {
+            Ok(()) => METRICS.handovers.inc(),
+            Err(e) => tracing::warn!(key, error = %e, "hand-over: cannot release the entity"),
+        }
+        drop(slot);
+    }
+
     /// Passivate idle entities every quarter of `idle` until stopped.
     async fn passivate_forever(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let period = (self.config.idle / 4).max(Duration::from_millis(50));
@@ -391,7 +517,16 @@ impl Runtime {
                 return false;
             }
         }
-        self.flusher.flush_all(deadline).await
+        if !self.flusher.flush_all(deadline).await {
+            return false;
+        }
+        match self.store.release_all(&self.owner).await {
+            Ok(released) => tracing::info!(released, "released every entity"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release the entities; others claim them when the lease runs out")
+            }
+        }
+        true
     }
 }
 

@@ -1,17 +1,29 @@
-//! The Postgres store: tokio-postgres behind a deadpool pool.
+//! The Postgres store: tokio-postgres behind a deadpool pool, and the
+//! registry on a connection of its own.
 //!
-//! A claim is one `INSERT … ON CONFLICT DO UPDATE … RETURNING`; a flush is
-//! one `UPDATE … FROM UNNEST(…)` over the whole batch, guarded per row by
-//! its epoch, answering with the positions of the rows it did not write
-//! (usually none, so a batch's answer is a few bytes whatever its size).
+//! A claim is one `INSERT … ON CONFLICT DO UPDATE … WHERE … RETURNING`: it
+//! takes the row only when the owner is the claimer, released it, or is not
+//! alive, meaning it does not both hold its advisory lock (seen in
+//! `pg_locks`) and have an unexpired lease. A flush is one `UPDATE … FROM
+//! UNNEST(…)` over the whole batch, guarded per row by its epoch, answering
+//! with the positions of the rows it did not write (usually none, so a
+//! batch's answer is a few bytes whatever its size).
+//!
+//! The registry keeps one dedicated connection that holds the worker's
+//! session-level advisory lock and LISTENs for hand-over requests; it stays
+//! idle between short heartbeats, so Postgres frees the lock within
+//! milliseconds of the process dying (DESIGN.md, "Ownership").
 
+pub mod registry;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::{Claim, FlushRow, Store, StoreError, StoreResult};
+use super::{Claim, ClaimOutcome, FlushRow, Store, StoreError, StoreResult};
 
 /// Serialised by an advisory lock: concurrent `CREATE TABLE IF NOT EXISTS`
 /// from workers starting together can otherwise fail on the catalog.
@@ -27,12 +39,45 @@ CREATE TABLE IF NOT EXISTS roost_entities (
     state      bytea,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE SEQUENCE IF NOT EXISTS roost_worker_locks AS integer;
+CREATE TABLE IF NOT EXISTS roost_workers (
+    id               text PRIMARY KEY,
+    addr             text NOT NULL,
+    lock_id          integer NOT NULL DEFAULT nextval('roost_worker_locks'),
+    generation       bigint NOT NULL DEFAULT 0,
+    status           text NOT NULL DEFAULT 'live',
+    lease_expires_at timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
 COMMIT;";
 
+/// First key of every worker's advisory lock (the second is its `lock_id`;
+/// `CLAIM` spells the same number).
+pub(super) const LOCK_SPACE: i32 = 7265;
+
+/// Takes the row unless its owner is another worker that is alive: holds its
+/// advisory lock and has an unexpired lease.
 const CLAIM: &str = "
 INSERT INTO roost_entities AS e (key, epoch, owner) VALUES ($1, 1, $2)
 ON CONFLICT (key) DO UPDATE SET epoch = e.epoch + 1, owner = EXCLUDED.owner
+WHERE e.owner = EXCLUDED.owner OR e.owner = '' OR NOT EXISTS (
+    SELECT 1 FROM roost_workers w
+    JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND l.classid = 7265 AND l.objid = w.lock_id::oid AND l.objsubid = 2
+    WHERE w.id = e.owner AND w.lease_expires_at > now())
 RETURNING epoch, version, state";
+
+const OWNER: &str = "SELECT owner FROM roost_entities WHERE key = $1";
+
+const ASK_HANDOVER: &str =
+    "SELECT pg_notify('roost_handover_' || lock_id, $2) FROM roost_workers WHERE id = $1";
+
+const RELEASE: &str = "UPDATE roost_entities SET owner = '' WHERE key = $1 AND owner = $2";
+
+const RELEASE_ALL: &str = "UPDATE roost_entities SET owner = '' WHERE owner = $1";
+
+const EPOCHS: &str = "SELECT key, epoch FROM roost_entities WHERE key = ANY($1)";
 
 /// Returns the 1-based positions of the fenced rows.
 const FLUSH: &str = "
@@ -53,6 +98,7 @@ const PEEK: &str = "SELECT epoch, version, state FROM roost_entities WHERE key =
 /// Postgres-backed [`Store`].
 pub struct PostgresStore {
     pool: Pool,
+    config: tokio_postgres::Config,
 }
 
 impl PostgresStore {
@@ -62,7 +108,7 @@ impl PostgresStore {
             .parse()
             .map_err(|e| StoreError::Fatal(format!("bad postgres URL: {e}")))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -72,7 +118,7 @@ impl PostgresStore {
             .max_size(16)
             .build()
             .map_err(|e| StoreError::Fatal(format!("cannot build the postgres pool: {e}")))?;
-        let store = PostgresStore { pool };
+        let store = PostgresStore { pool, config };
         store
             .client()
             .await?
@@ -80,6 +126,11 @@ impl PostgresStore {
             .await
             .map_err(unavailable)?;
         Ok(store)
+    }
+
+    /// This worker's registry, on a connection of its own.
+    pub fn registry(&self) -> registry::PostgresRegistry {
+        registry::PostgresRegistry::new(self.config.clone())
     }
 
     /// The connection pool (the stateless baseline runs its own
@@ -123,14 +174,58 @@ fn claim_of(row: &tokio_postgres::Row) -> StoreResult<Claim> {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn claim(&self, key: &str, owner: &str) -> StoreResult<Claim> {
+    async fn claim(&self, key: &str, owner: &str) -> StoreResult<ClaimOutcome> {
         let client = self.client().await?;
         let statement = client.prepare_cached(CLAIM).await.map_err(unavailable)?;
+        if let Some(row) = client
+            .query_opt(&statement, &[&key, &owner])
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(ClaimOutcome::Claimed(claim_of(&row)?));
+        }
         let row = client
-            .query_one(&statement, &[&key, &owner])
+            .query_one(OWNER, &[&key])
             .await
             .map_err(unavailable)?;
-        claim_of(&row)
+        Ok(ClaimOutcome::Owned {
+            owner: row.try_get(0).map_err(unavailable)?,
+        })
+    }
+
+    async fn ask_handover(&self, owner: &str, key: &str) -> StoreResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(ASK_HANDOVER, &[&owner, &key])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> StoreResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(RELEASE, &[&key, &owner])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release_all(&self, owner: &str) -> StoreResult<u64> {
+        let client = self.client().await?;
+        client
+            .execute(RELEASE_ALL, &[&owner])
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn epochs(&self, keys: &[String]) -> StoreResult<HashMap<String, i64>> {
+        let client = self.client().await?;
+        let rows = client.query(EPOCHS, &[&keys]).await.map_err(unavailable)?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(unavailable)
     }
 
     async fn flush(&self, rows: Arc<[FlushRow]>) -> StoreResult<Vec<usize>> {

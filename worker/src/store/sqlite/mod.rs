@@ -3,12 +3,16 @@
 //!
 //! SQLite serialises writers itself; each process keeps one connection behind
 //! a mutex and runs statements on tokio's blocking pool. A claim is one
-//! `INSERT … ON CONFLICT DO UPDATE … RETURNING`; a flush is one `BEGIN
-//! IMMEDIATE` transaction running the epoch-guarded `UPDATE` per row (there
-//! is no network round trip to save, so one statement per row costs nothing
-//! extra). `synchronous = FULL`: a committed flush survives a crash of the
-//! process and of the machine.
+//! `BEGIN IMMEDIATE` transaction: read the owner, decide whether it is alive
+//! (see [`registry`]), then the `INSERT … ON CONFLICT DO UPDATE … RETURNING`;
+//! a flush is one `BEGIN IMMEDIATE` transaction running the epoch-guarded
+//! `UPDATE` per row (there is no network round trip to save, so one
+//! statement per row costs nothing extra). `synchronous = FULL`: a committed
+//! flush survives a crash of the process and of the machine.
 
+pub mod registry;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Claim, FlushRow, Store, StoreError, StoreResult};
+use super::{Claim, ClaimOutcome, FlushRow, Store, StoreError, StoreResult};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS roost_entities (
@@ -26,7 +30,20 @@ CREATE TABLE IF NOT EXISTS roost_entities (
     version    INTEGER NOT NULL DEFAULT 0,
     state      BLOB,
     updated_at INTEGER NOT NULL DEFAULT (unixepoch())
-) WITHOUT ROWID";
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roost_workers (
+    id               TEXT PRIMARY KEY,
+    addr             TEXT NOT NULL,
+    lock_id          INTEGER NOT NULL UNIQUE,
+    generation       INTEGER NOT NULL DEFAULT 0,
+    status           TEXT NOT NULL DEFAULT 'live',
+    lease_expires_ms INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roost_handover (
+    owner TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    PRIMARY KEY (owner, key)
+) WITHOUT ROWID;";
 
 const CLAIM: &str = "
 INSERT INTO roost_entities (key, epoch, owner) VALUES (?1, 1, ?2)
@@ -36,6 +53,16 @@ RETURNING epoch, version, state";
 const FLUSH_ROW: &str = "
 UPDATE roost_entities SET state = ?4, version = ?3, updated_at = unixepoch()
 WHERE key = ?1 AND epoch = ?2";
+
+const OWNER: &str = "SELECT owner FROM roost_entities WHERE key = ?1";
+
+const ASK_HANDOVER: &str = "INSERT OR IGNORE INTO roost_handover (owner, key) VALUES (?1, ?2)";
+
+const RELEASE: &str = "UPDATE roost_entities SET owner = '' WHERE key = ?1 AND owner = ?2";
+
+const RELEASE_ALL: &str = "UPDATE roost_entities SET owner = '' WHERE owner = ?1";
+
+const EPOCH: &str = "SELECT epoch FROM roost_entities WHERE key = ?1";
 
 const PEEK: &str = "SELECT epoch, version, state FROM roost_entities WHERE key = ?1";
 
@@ -48,6 +75,8 @@ pub struct SqliteStore {
     /// pool, never across an `.await`.
     connection: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Where the workers' liveness lock files are.
+    locks: registry::LockFiles,
 }
 
 impl SqliteStore {
@@ -61,12 +90,26 @@ impl SqliteStore {
             .map_err(|e| StoreError::Fatal(format!("sqlite open task failed: {e}")))??;
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
+            locks: registry::LockFiles::beside(&path),
             path,
         })
     }
 
+    /// This worker's registry (it shares the store's connection).
+    pub fn registry(&self) -> registry::SqliteRegistry {
+        registry::SqliteRegistry::new(self.clone_handle(), self.locks.clone())
+    }
+
+    fn clone_handle(&self) -> SqliteStore {
+        SqliteStore {
+            connection: Arc::clone(&self.connection),
+            path: self.path.clone(),
+            locks: self.locks.clone(),
+        }
+    }
+
     /// Run `f` with the connection on the blocking pool.
-    async fn with<T, F>(&self, f: F) -> StoreResult<T>
+    pub(crate) async fn with<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -114,11 +157,65 @@ fn claim_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Claim> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn claim(&self, key: &str, owner: &str) -> StoreResult<Claim> {
-        let (key, owner) = (key.to_owned(), owner.to_owned());
+    async fn claim(&self, key: &str, owner: &str) -> StoreResult<ClaimOutcome> {
+        let (key, owner, locks) = (key.to_owned(), owner.to_owned(), self.locks.clone());
         self.with(move |c| {
-            c.prepare_cached(CLAIM)?
-                .query_row(params![key, owner], claim_of)
+            let transaction =
+                c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let current: Option<String> = transaction
+                .prepare_cached(OWNER)?
+                .query_row(params![key], |row| row.get(0))
+                .optional()?;
+            if let Some(current) = current.filter(|o| !o.is_empty() && *o != owner) {
+                if registry::is_alive(&transaction, &locks, &current)? {
+                    return Ok(ClaimOutcome::Owned { owner: current });
+                }
+            }
+            let claim = transaction
+                .prepare_cached(CLAIM)?
+                .query_row(params![key, owner], claim_of)?;
+            transaction.commit()?;
+            Ok(ClaimOutcome::Claimed(claim))
+        })
+        .await
+    }
+
+    async fn ask_handover(&self, owner: &str, key: &str) -> StoreResult<()> {
+        let (owner, key) = (owner.to_owned(), key.to_owned());
+        self.with(move |c| c.prepare_cached(ASK_HANDOVER)?.execute(params![owner, key]))
+            .await?;
+        Ok(())
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> StoreResult<()> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.with(move |c| c.prepare_cached(RELEASE)?.execute(params![key, owner]))
+            .await?;
+        Ok(())
+    }
+
+    async fn release_all(&self, owner: &str) -> StoreResult<u64> {
+        let owner = owner.to_owned();
+        let released = self
+            .with(move |c| c.prepare_cached(RELEASE_ALL)?.execute(params![owner]))
+            .await?;
+        Ok(released as u64)
+    }
+
+    async fn epochs(&self, keys: &[String]) -> StoreResult<HashMap<String, i64>> {
+        let keys = keys.to_vec();
+        self.with(move |c| {
+            let mut select = c.prepare_cached(EPOCH)?;
+            let mut epochs = HashMap::with_capacity(keys.len());
+            for key in keys {
+                if let Some(epoch) = select
+                    .query_row(params![key], |row| row.get(0))
+                    .optional()?
+                {
+                    epochs.insert(key, epoch);
+                }
+            }
+            Ok(epochs)
         })
         .await
     }

@@ -1,0 +1,203 @@
+//! The Postgres registry: one worker's row in `roost_workers`, its lease,
+//! its liveness lock and its hand-over inbox, all on one dedicated
+//! connection.
+//!
+//! The connection holds `pg_advisory_lock(7265, lock_id)` at session level
+//! and `LISTEN`s on `roost_handover_<lock_id>`. Between heartbeats it is idle,
+//! so when the process dies Postgres notices the closed socket and frees the
+//! lock within milliseconds: claimers then take the worker's entities at
+//! once. When the connection drops while the process lives (Postgres
+//! restarted, network cut), [`Registry::holds_lock`] turns false the moment
+//! the driver task sees it, and the next renewal connects again, takes the
+//! lock again and reports [`Renewal::Rejoined`].
+
+use std::future::poll_fn;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::{unavailable, LOCK_SPACE};
+use crate::store::membership::Membership;
+use crate::store::{Member, MemberStatus, Registry, Renewal, StoreError, StoreResult};
+
+const REGISTER: &str = "
+INSERT INTO roost_workers (id, addr) VALUES ($1, $2)
+ON CONFLICT (id) DO NOTHING";
+
+const LOCK_ID: &str = "SELECT lock_id FROM roost_workers WHERE id = $1";
+
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1, $2)";
+
+const GO_LIVE: &str = "
+UPDATE roost_workers
+SET addr = $2, generation = generation + 1, status = 'live',
+    lease_expires_at = now() + $3 * interval '1 millisecond', updated_at = now()
+WHERE id = $1
+RETURNING generation";
+
+const RENEW: &str = "
+UPDATE roost_workers
+SET lease_expires_at = now() + $3 * interval '1 millisecond', updated_at = now()
+WHERE id = $1 AND generation = $2";
+
+const SET_STATUS: &str = "
+UPDATE roost_workers SET status = $3, updated_at = now() WHERE id = $1 AND generation = $2";
+
+/// How often `join` tries the lock while an earlier process holds it.
+const LOCK_RETRY: Duration = Duration::from_millis(50);
+
+/// [`Registry`] on a dedicated Postgres connection.
+pub struct PostgresRegistry {
+    config: tokio_postgres::Config,
+    /// The heartbeat connection; `None` before `join` and after it dropped.
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// Locked while the heartbeat connection (and so the lock) is up.
+    membership: Membership,
+}
+
+impl PostgresRegistry {
+    pub fn new(config: tokio_postgres::Config) -> Self {
+        PostgresRegistry {
+            config,
+            client: tokio::sync::Mutex::new(None),
+            membership: Membership::default(),
+        }
+    }
+
+    /// Open the heartbeat connection; its driver task forwards hand-over
+    /// requests and clears `locked` when the connection ends.
+    async fn connect(&self) -> StoreResult<Client> {
+        let (client, mut connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
+        let (inbox, locked) = (self.membership.inbox(), self.membership.lock_flag());
+        tokio::spawn(async move {
+            while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        let _ = inbox.send(n.payload().to_owned());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry connection failed");
+                        break;
+                    }
+                }
+            }
+            locked.store(false, Ordering::Release);
+        });
+        Ok(client)
+    }
+
+    /// Register the row if new and take the advisory lock, trying until
+    /// `patience` has passed.
+    async fn lock(&self, client: &Client, member: &Member, patience: Duration) -> StoreResult<()> {
+        client
+            .execute(REGISTER, &[&member.id, &member.addr])
+            .await
+            .map_err(unavailable)?;
+        let lock_id: i32 = client
+            .query_one(LOCK_ID, &[&member.id])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(unavailable)?;
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let taken: bool = client
+                .query_one(TRY_LOCK, &[&LOCK_SPACE, &lock_id])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(unavailable)?;
+            if taken {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Fatal(format!(
+                    "another live process holds worker id {:?}",
+                    member.id
+                )));
+            }
+            tokio::time::sleep(LOCK_RETRY).await;
+        }
+        client
+            .batch_execute(&format!("LISTEN roost_handover_{lock_id}"))
+            .await
+            .map_err(unavailable)?;
+        self.membership.set_locked(true);
+        Ok(())
+    }
+
+    async fn extend(&self, client: &Client, member: &Member, lease: Duration) -> StoreResult<()> {
+        let generation = self.membership.generation();
+        let renewed = client
+            .execute(RENEW, &[&member.id, &generation, &millis(lease)])
+            .await
+            .map_err(unavailable)?;
+        if renewed == 0 {
+            return Err(StoreError::Fatal(format!(
+                "worker id {:?} was registered again by another process",
+                member.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+#[async_trait]
+impl Registry for PostgresRegistry {
+    async fn join(&self, member: &Member, lease: Duration, patience: Duration) -> StoreResult<i64> {
+        self.membership.joining(member);
+        let client = self.connect().await?;
+        self.lock(&client, member, patience).await?;
+        let generation: i64 = client
+            .query_one(GO_LIVE, &[&member.id, &member.addr, &millis(lease)])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(unavailable)?;
+        self.membership.set_generation(generation);
+        *self.client.lock().await = Some(client);
+        Ok(generation)
+    }
+
+    async fn renew(&self, lease: Duration) -> StoreResult<Renewal> {
+        let member = self.membership.member()?;
+        let mut client = self.client.lock().await;
+        if let Some(live) = client.as_ref().filter(|_| self.holds_lock()) {
+            self.extend(live, &member, lease).await?;
+            return Ok(Renewal::Continuous);
+        }
+        *client = None;
+        let fresh = self.connect().await?;
+        self.lock(&fresh, &member, Duration::ZERO).await?;
+        self.extend(&fresh, &member, lease).await?;
+        *client = Some(fresh);
+        Ok(Renewal::Rejoined)
+    }
+
+    async fn set_status(&self, status: MemberStatus) -> StoreResult<()> {
+        let member = self.membership.member()?;
+        let client = self.client.lock().await;
+        let client = client
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("registry connection is down".into()))?;
+        let generation = self.membership.generation();
+        client
+            .execute(SET_STATUS, &[&member.id, &generation, &status.as_str()])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn handover_requests(&self) -> mpsc::UnboundedReceiver<String> {
+        self.membership.take_requests()
+    }
+
+    fn holds_lock(&self) -> bool {
+        self.membership.holds_lock()
+    }
+}
