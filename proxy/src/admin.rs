@@ -30,13 +30,14 @@ impl AdminApp {
     }
 
     fn workers(&self) -> Value {
-        let workers = self.fleet.workers().iter().map(|w| {
+        let roster = self.fleet.roster();
+        let workers = roster.workers().iter().map(|w| {
             json!({
                 "id": &*w.id,
                 "addr": w.addr.to_string(),
                 "weight": w.weight,
-                "healthy": self.fleet.is_up(w.index),
-                "since": self.fleet.since(w.index).map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                "healthy": roster.is_up(w.index),
+                "since": roster.since(w.index).map(|t| humantime::format_rfc3339_millis(t).to_string()),
             })
         });
         Value::Array(workers.collect())
@@ -49,7 +50,8 @@ impl AdminApp {
             .find_map(|(name, value)| (name == "key").then_some(value))
             .filter(|key| !key.is_empty())
             .ok_or_else(|| ErrorReply::new(400, "missing_key", "pass the key as ?key=K"))?;
-        let candidates = self.fleet.route(key.as_bytes());
+        let roster = self.fleet.roster();
+        let candidates = roster.route(key.as_bytes());
         let owner = candidates.iter().find(|c| c.healthy).map(|c| &*c.worker.id);
         let listed: Vec<Value> = candidates
             .iter()

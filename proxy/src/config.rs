@@ -31,8 +31,13 @@ pub struct ProxyConfig {
     pub hash_seed: String,
     /// Where the routing key comes from.
     pub key: KeyConfig,
-    /// The fleet, in any order (the order does not affect routing).
+    /// The static part of the fleet, in any order (the order does not affect
+    /// routing). May be empty when `discovery` finds the workers.
+    #[serde(default)]
     pub workers: Vec<WorkerConfig>,
+    /// Also route to the workers the store lists as live.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
     /// Active health checks.
     #[serde(default)]
     pub health: HealthConfig,
@@ -86,6 +91,24 @@ pub struct WorkerConfig {
     /// Relative share of keys; finite and greater than zero.
     #[serde(default = "default_weight")]
     pub weight: Spanned<f64>,
+}
+
+/// `discovery:` — read the live workers from the workers table the workers
+/// register themselves in (beside the static `workers:` list, which always
+/// stays in the roster).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The workers' store: `postgres://…` or `sqlite://PATH`.
+    pub store: Spanned<String>,
+    /// How often to read it; a draining or expired worker leaves the live
+    /// set within this (and at once for requests, since its listener closes).
+    #[serde(default = "default_discovery_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_discovery_interval() -> u64 {
+    250
 }
 
 /// `health:` — active HTTP checks with rise/fall thresholds.
@@ -156,8 +179,30 @@ impl Validate for ProxyConfig {
                 ));
             }
         }
-        if self.workers.is_empty() {
-            return Err(Invalid::top("workers", "at least one worker is required"));
+        if self.workers.is_empty() && self.discovery.is_none() {
+            return Err(Invalid::top(
+                "workers",
+                "at least one worker is required, or a discovery section",
+            ));
+        }
+        if let Some(discovery) = &self.discovery {
+            let store = &discovery.store.value;
+            if !["postgres://", "postgresql://", "sqlite://"]
+                .iter()
+                .any(|scheme| store.starts_with(scheme))
+            {
+                return Err(Invalid::at(
+                    discovery.store.referenced,
+                    "store",
+                    "must be postgres://… or sqlite://PATH",
+                ));
+            }
+            if discovery.interval_ms == 0 {
+                return Err(Invalid::top(
+                    "discovery.interval_ms",
+                    "must be greater than zero",
+                ));
+            }
         }
         if self.key.sources.is_empty() {
             return Err(Invalid::top(

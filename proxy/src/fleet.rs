@@ -1,79 +1,223 @@
-//! The fleet as the proxy sees it: the workers, their HRW selection and their
-//! health. The request path, the health checker and the admin API all read
-//! this one struct, so `/admin/route` answers exactly as requests are routed.
+//! The fleet as the proxy sees it: the current [`Roster`] of workers (their
+//! HRW selection, health and metrics), swapped whole when discovery sees the
+//! live set change. The request path, the health checker and the admin API
+//! all read a roster snapshot, so `/admin/route` answers exactly as requests
+//! are routed, and one request keeps one roster across its retries.
+//!
+//! A worker's health and metrics belong to its id and address, not to a
+//! roster: a worker that stays in the live set keeps its health state when
+//! the roster is rebuilt around it. A worker new to the set starts down.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use pingora::lb::selection::BackendSelection;
 use pingora::lb::Backend;
 use roost_routing::Seed;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::config::{HealthConfig, WorkerConfig};
-use crate::health::{HealthBoard, Transition};
+use crate::health::{Thresholds, Transition, WorkerHealth};
 use crate::metrics::WorkerMetrics;
 use crate::select::{HrwIter, HrwSelection, WorkerTag};
 
+/// One worker as configured or discovered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSpec {
+    pub id: Arc<str>,
+    pub addr: SocketAddr,
+    pub weight: f64,
+}
+
+impl From<&WorkerConfig> for WorkerSpec {
+    fn from(w: &WorkerConfig) -> Self {
+        WorkerSpec {
+            id: w.id.value.as_str().into(),
+            addr: w.addr,
+            weight: w.weight.value,
+        }
+    }
+}
+
+/// What outlives rosters: one worker's health and metric children.
+pub struct WorkerState {
+    pub health: WorkerHealth,
+    pub metrics: WorkerMetrics,
+}
+
+/// Every worker seen so far, by id and address.
+type StateTable = Mutex<HashMap<(Arc<str>, SocketAddr), Arc<WorkerState>>>;
+
 /// Workers, selection and health, shared by every part of the proxy.
 pub struct Fleet {
-    selection: Arc<HrwSelection>,
-    tags: Vec<WorkerTag>,
-    backends: Vec<(usize, Backend)>,
-    health: HealthBoard,
-    metrics: Vec<WorkerMetrics>,
+    roster: ArcSwap<Roster>,
+    seed: Seed,
+    thresholds: Thresholds,
+    /// Always in the roster, whatever discovery says.
+    configured: Vec<WorkerSpec>,
+    /// Every worker seen so far, by id and address.
+    states: StateTable,
     /// Seed for the key hash in access logs (not the routing seed).
     log_seed: u64,
     /// Round-robin position for keyless requests under `missing: any`.
     any_cursor: AtomicUsize,
 }
 
+/// One snapshot of the fleet: who is in it, ranked per key by HRW.
+pub struct Roster {
+    selection: Arc<HrwSelection>,
+    tags: Vec<WorkerTag>,
+    backends: Vec<(usize, Backend)>,
+    states: Vec<Arc<WorkerState>>,
+    thresholds: Thresholds,
+}
+
 /// Where one request goes.
 #[derive(Debug, Clone, Copy)]
-pub struct Pick<'f> {
-    pub worker: &'f WorkerTag,
+pub struct Pick<'r> {
+    pub worker: &'r WorkerTag,
     /// The key's owner when it was skipped (down or already tried).
-    pub failed_over_from: Option<&'f WorkerTag>,
+    pub failed_over_from: Option<&'r WorkerTag>,
 }
 
 /// One candidate with its health, for `/admin/route`.
-pub struct Candidate<'f> {
-    pub worker: &'f WorkerTag,
+pub struct Candidate<'r> {
+    pub worker: &'r WorkerTag,
     pub healthy: bool,
 }
 
 impl Fleet {
     pub fn new(hash_seed: &str, workers: &[WorkerConfig], health: &HealthConfig) -> Self {
-        let tags: Vec<WorkerTag> = workers
+        let (seed, thresholds) = (Seed::from_phrase(hash_seed), Thresholds::from(health));
+        let configured: Vec<WorkerSpec> = workers.iter().map(WorkerSpec::from).collect();
+        let states = Mutex::new(HashMap::new());
+        let roster = Roster::build(&seed, thresholds, &configured, |spec| {
+            state_for(&states, spec)
+        });
+        Fleet {
+            roster: ArcSwap::from_pointee(roster),
+            seed,
+            thresholds,
+            configured,
+            states,
+            log_seed: xxh3_64_with_seed(hash_seed.as_bytes(), 0x6c6f_6773),
+            any_cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// The current roster.
+    pub fn roster(&self) -> Arc<Roster> {
+        self.roster.load_full()
+    }
+
+    /// Discovery saw `discovered` live: the roster becomes the configured
+    /// workers plus those (a configured id wins over a discovered one).
+    /// Returns whether the roster changed.
+    pub fn discovered(&self, discovered: &[WorkerSpec]) -> bool {
+        let mut specs = self.configured.clone();
+        for spec in discovered {
+            if !specs.iter().any(|s| s.id == spec.id) {
+                specs.push(spec.clone());
+            }
+        }
+        specs.sort_by(|a, b| a.id.cmp(&b.id));
+        let current = self.roster();
+        let mut now: Vec<WorkerSpec> = current.tags.iter().map(WorkerSpec::from).collect();
+        now.sort_by(|a, b| a.id.cmp(&b.id));
+        if now == specs {
+            return false;
+        }
+        let (before, after) = (ids(&now), ids(&specs));
+        tracing::info!(before = %before, after = %after, "live worker set changed");
+        self.install(&specs);
+        true
+    }
+
+    fn install(&self, specs: &[WorkerSpec]) {
+        let roster = Roster::build(&self.seed, self.thresholds, specs, |spec| {
+            state_for(&self.states, spec)
+        });
+        self.roster.store(Arc::new(roster));
+    }
+
+    /// Any live worker of `roster` not yet tried, round robin (for keyless
+    /// requests).
+    pub fn pick_any<'r>(&self, roster: &'r Roster, tried: &[usize]) -> Option<Pick<'r>> {
+        let start = self.any_cursor.fetch_add(1, Ordering::Relaxed);
+        let n = roster.tags.len();
+        (0..n)
+            .map(|offset| (start + offset) % n.max(1))
+            .find(|&i| roster.is_up(i) && !tried.contains(&i))
+            .map(|i| Pick {
+                worker: &roster.tags[i],
+                failed_over_from: None,
+            })
+    }
+
+    /// A stable, non-reversible tag for a key in logs: never the raw key.
+    pub fn key_hash(&self, key: &[u8]) -> String {
+        format!("{:016x}", xxh3_64_with_seed(key, self.log_seed))
+    }
+}
+
+/// The state of the worker `spec` names, created (down) on first sight.
+fn state_for(states: &StateTable, spec: &WorkerSpec) -> Arc<WorkerState> {
+    let mut states = states.lock().unwrap_or_else(|p| p.into_inner());
+    let state = states
+        .entry((spec.id.clone(), spec.addr))
+        .or_insert_with(|| {
+            Arc::new(WorkerState {
+                health: WorkerHealth::down(),
+                metrics: WorkerMetrics::for_worker(&spec.id),
+            })
+        });
+    Arc::clone(state)
+}
+
+fn ids(specs: &[WorkerSpec]) -> String {
+    specs.iter().map(|s| &*s.id).collect::<Vec<_>>().join(",")
+}
+
+impl From<&WorkerTag> for WorkerSpec {
+    fn from(tag: &WorkerTag) -> Self {
+        WorkerSpec {
+            id: tag.id.clone(),
+            addr: tag.addr,
+            weight: tag.weight,
+        }
+    }
+}
+
+impl Roster {
+    fn build(
+        seed: &Seed,
+        thresholds: Thresholds,
+        specs: &[WorkerSpec],
+        mut state_of: impl FnMut(&WorkerSpec) -> Arc<WorkerState>,
+    ) -> Self {
+        let tags: Vec<WorkerTag> = specs
             .iter()
             .enumerate()
-            .map(|(index, w)| WorkerTag {
+            .map(|(index, spec)| WorkerTag {
                 index,
-                id: w.id.value.as_str().into(),
-                addr: w.addr,
-                weight: w.weight.value,
+                id: spec.id.clone(),
+                addr: spec.addr,
+                weight: spec.weight,
             })
             .collect();
         let backends: Vec<(usize, Backend)> =
             tags.iter().map(|t| (t.index, backend_for(t))).collect();
         let set: BTreeSet<Backend> = backends.iter().map(|(_, b)| b.clone()).collect();
-        let selection = Arc::new(HrwSelection::build_with_config(
-            &set,
-            &Seed::from_phrase(hash_seed),
-        ));
-        Fleet {
-            selection,
-            metrics: tags
-                .iter()
-                .map(|t| WorkerMetrics::for_worker(&t.id))
-                .collect(),
-            health: HealthBoard::new(tags.len(), health),
+        Roster {
+            selection: Arc::new(HrwSelection::build_with_config(&set, seed)),
+            states: specs.iter().map(&mut state_of).collect(),
             tags,
             backends,
-            log_seed: xxh3_64_with_seed(hash_seed.as_bytes(), 0x6c6f_6773),
-            any_cursor: AtomicUsize::new(0),
+            thresholds,
         }
     }
 
@@ -86,15 +230,15 @@ impl Fleet {
     }
 
     pub fn metrics(&self, worker: usize) -> Option<&WorkerMetrics> {
-        self.metrics.get(worker)
+        self.states.get(worker).map(|s| &s.metrics)
     }
 
     pub fn is_up(&self, worker: usize) -> bool {
-        self.health.is_up(worker)
+        self.states.get(worker).is_some_and(|s| s.health.is_up())
     }
 
     pub fn since(&self, worker: usize) -> Option<SystemTime> {
-        self.health.since(worker)
+        self.states.get(worker).map(|s| s.health.since())
     }
 
     /// The key's candidates, best first.
@@ -121,19 +265,6 @@ impl Fleet {
         })
     }
 
-    /// Any live worker not yet tried, round robin (for keyless requests).
-    pub fn pick_any(&self, tried: &[usize]) -> Option<Pick<'_>> {
-        let start = self.any_cursor.fetch_add(1, Ordering::Relaxed);
-        let n = self.tags.len();
-        (0..n)
-            .map(|offset| (start + offset) % n)
-            .find(|&i| self.is_up(i) && !tried.contains(&i))
-            .map(|i| Pick {
-                worker: &self.tags[i],
-                failed_over_from: None,
-            })
-    }
-
     /// The key's candidates with their health; the owner is the first healthy.
     pub fn route(&self, key: &[u8]) -> Vec<Candidate<'_>> {
         let mut candidates = self.candidates(key);
@@ -145,31 +276,32 @@ impl Fleet {
             .collect()
     }
 
-    /// A stable, non-reversible tag for a key in logs: never the raw key.
-    pub fn key_hash(&self, key: &[u8]) -> String {
-        format!("{:016x}", xxh3_64_with_seed(key, self.log_seed))
-    }
-
     /// Active check result for `worker`.
     pub fn record_check(&self, worker: usize, passed: bool) {
-        let transition = self.health.observe(worker, passed);
+        let transition = self
+            .states
+            .get(worker)
+            .and_then(|s| s.health.observe(passed, self.thresholds));
         self.after_transition(worker, transition, "active check");
     }
 
     /// Passive detection: a connection to `worker` was refused.
     pub fn mark_down(&self, worker: usize) {
-        let transition = self.health.mark_down(worker).then_some(Transition::Down);
+        let transition = self
+            .states
+            .get(worker)
+            .and_then(|s| s.health.mark_down().then_some(Transition::Down));
         self.after_transition(worker, transition, "connection refused");
     }
 
     fn after_transition(&self, worker: usize, transition: Option<Transition>, cause: &str) {
-        let (Some(transition), Some(tag)) = (transition, self.tags.get(worker)) else {
+        let (Some(transition), Some(tag), Some(state)) =
+            (transition, self.tags.get(worker), self.states.get(worker))
+        else {
             return;
         };
         let up = transition == Transition::Up;
-        if let Some(metrics) = self.metrics.get(worker) {
-            metrics.healthy.set(i64::from(up));
-        }
+        state.metrics.healthy.set(i64::from(up));
         if up {
             tracing::info!(worker = %tag.id, addr = %tag.addr, cause, "worker up");
         } else {

@@ -5,6 +5,8 @@
 //! it goes down after `fall` consecutive failures, or at once when a
 //! connection to it is refused (passive detection), after which it again
 //! needs `rise` passes. The request path reads one atomic per candidate.
+//! The checker probes the workers of the current roster (see
+//! [`crate::fleet`]), so discovered workers are checked from the next round.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,14 +21,26 @@ use pingora::services::background::BackgroundService;
 use crate::config::HealthConfig;
 use crate::fleet::Fleet;
 
-/// Health of every worker of the fleet, indexed like the fleet.
-pub struct HealthBoard {
-    workers: Vec<WorkerHealth>,
-    rise: u32,
-    fall: u32,
+/// Rise and fall thresholds.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Consecutive passes that bring a worker up.
+    pub rise: u32,
+    /// Consecutive failures that take a worker down.
+    pub fall: u32,
 }
 
-struct WorkerHealth {
+impl From<&HealthConfig> for Thresholds {
+    fn from(config: &HealthConfig) -> Self {
+        Thresholds {
+            rise: config.rise,
+            fall: config.fall,
+        }
+    }
+}
+
+/// One worker's health.
+pub struct WorkerHealth {
     /// Read on every request without locking; written only under `state`'s
     /// lock, so it always agrees with `state.up`.
     up: AtomicBool,
@@ -50,65 +64,55 @@ pub enum Transition {
     Down,
 }
 
-impl HealthBoard {
-    pub fn new(workers: usize, config: &HealthConfig) -> Self {
-        let now = SystemTime::now();
-        HealthBoard {
-            workers: (0..workers)
-                .map(|_| WorkerHealth {
-                    up: AtomicBool::new(false),
-                    state: Mutex::new(HealthState {
-                        up: false,
-                        since: now,
-                        streak: 0,
-                    }),
-                })
-                .collect(),
-            rise: config.rise,
-            fall: config.fall,
+impl WorkerHealth {
+    /// A worker not yet checked: down.
+    pub fn down() -> Self {
+        WorkerHealth {
+            up: AtomicBool::new(false),
+            state: Mutex::new(HealthState {
+                up: false,
+                since: SystemTime::now(),
+                streak: 0,
+            }),
         }
     }
 
-    pub fn is_up(&self, worker: usize) -> bool {
-        self.workers
-            .get(worker)
-            .is_some_and(|w| w.up.load(Ordering::Acquire))
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
     }
 
-    /// When `worker` last went up or down.
-    pub fn since(&self, worker: usize) -> Option<SystemTime> {
-        Some(self.workers.get(worker)?.lock().since)
+    /// When it last went up or down.
+    pub fn since(&self) -> SystemTime {
+        self.lock().since
     }
 
     /// Record one active check result; returns the transition it caused.
-    pub fn observe(&self, worker: usize, passed: bool) -> Option<Transition> {
-        let health = self.workers.get(worker)?;
-        let mut state = health.lock();
+    pub fn observe(&self, passed: bool, thresholds: Thresholds) -> Option<Transition> {
+        let mut state = self.lock();
         if state.up == passed {
             state.streak = 0;
             return None;
         }
         state.streak += 1;
-        let threshold = if passed { self.rise } else { self.fall };
-        (state.streak >= threshold).then(|| health.flip(&mut state, passed))
+        let threshold = if passed {
+            thresholds.rise
+        } else {
+            thresholds.fall
+        };
+        (state.streak >= threshold).then(|| self.flip(&mut state, passed))
     }
 
-    /// Passive detection: take `worker` down now. Returns whether it was up.
-    pub fn mark_down(&self, worker: usize) -> bool {
-        let Some(health) = self.workers.get(worker) else {
-            return false;
-        };
-        let mut state = health.lock();
+    /// Passive detection: down now. Returns whether it was up.
+    pub fn mark_down(&self) -> bool {
+        let mut state = self.lock();
         if !state.up {
             state.streak = 0;
             return false;
         }
-        health.flip(&mut state, false);
+        self.flip(&mut state, false);
         true
     }
-}
 
-impl WorkerHealth {
     fn lock(&self) -> MutexGuard<'_, HealthState> {
         self.state
             .lock()
@@ -155,19 +159,20 @@ impl HealthChecker {
         })
     }
 
-    /// Probe every worker once, concurrently, and record the results.
+    /// Probe every worker of the current roster once, concurrently, and
+    /// record the results.
     async fn check_all(&self) {
-        let probes = self
-            .fleet
-            .backends()
-            .iter()
-            .map(|(index, backend)| async move {
+        let roster = self.fleet.roster();
+        let probes = roster.backends().iter().map(|(index, backend)| {
+            let roster = &roster;
+            async move {
                 let passed = matches!(
                     tokio::time::timeout(self.timeout, self.probe.check(backend)).await,
                     Ok(Ok(()))
                 );
-                self.fleet.record_check(*index, passed);
-            });
+                roster.record_check(*index, passed);
+            }
+        });
         futures::future::join_all(probes).await;
     }
 }
@@ -190,43 +195,38 @@ impl BackgroundService for HealthChecker {
 mod tests {
     use super::*;
 
-    fn board(rise: u32, fall: u32) -> HealthBoard {
-        let config = HealthConfig {
-            rise,
-            fall,
-            ..HealthConfig::default()
-        };
-        HealthBoard::new(1, &config)
+    fn thresholds(rise: u32, fall: u32) -> Thresholds {
+        Thresholds { rise, fall }
     }
 
     #[test]
     fn starts_down_and_rises_after_rise_passes() {
-        let board = board(2, 2);
-        assert!(!board.is_up(0));
-        assert_eq!(board.observe(0, true), None);
-        assert_eq!(board.observe(0, true), Some(Transition::Up));
-        assert!(board.is_up(0));
+        let (health, t) = (WorkerHealth::down(), thresholds(2, 2));
+        assert!(!health.is_up());
+        assert_eq!(health.observe(true, t), None);
+        assert_eq!(health.observe(true, t), Some(Transition::Up));
+        assert!(health.is_up());
     }
 
     #[test]
     fn a_failure_breaks_the_rise_streak() {
-        let board = board(2, 2);
-        board.observe(0, true);
-        board.observe(0, false);
-        assert_eq!(board.observe(0, true), None);
-        assert!(!board.is_up(0));
+        let (health, t) = (WorkerHealth::down(), thresholds(2, 2));
+        health.observe(true, t);
+        health.observe(false, t);
+        assert_eq!(health.observe(true, t), None);
+        assert!(!health.is_up());
     }
 
     #[test]
     fn falls_after_fall_failures_and_passive_mark_down_is_immediate() {
-        let board = board(1, 3);
-        board.observe(0, true);
-        assert_eq!(board.observe(0, false), None);
-        assert_eq!(board.observe(0, false), None);
-        assert_eq!(board.observe(0, false), Some(Transition::Down));
-        board.observe(0, true);
-        assert!(board.mark_down(0));
-        assert!(!board.is_up(0));
-        assert!(!board.mark_down(0));
+        let (health, t) = (WorkerHealth::down(), thresholds(1, 3));
+        health.observe(true, t);
+        assert_eq!(health.observe(false, t), None);
+        assert_eq!(health.observe(false, t), None);
+        assert_eq!(health.observe(false, t), Some(Transition::Down));
+        health.observe(true, t);
+        assert!(health.mark_down());
+        assert!(!health.is_up());
+        assert!(!health.mark_down());
     }
 }

@@ -10,13 +10,16 @@
 //! - [`key`]: routing-key extraction (headers, cookies).
 //! - [`select`]: HRW as a Pingora `BackendSelection`.
 //! - [`health`]: rise/fall health state, the active checker.
-//! - [`fleet`]: workers + selection + health, shared by everything below.
+//! - [`fleet`]: the roster of workers (selection, health, metrics), swapped
+//!   whole when the live set changes; shared by everything below.
+//! - [`discovery`]: the live workers read from the store's workers table.
 //! - [`proxy`]: the request path (`ProxyHttp`), hooks in phase order.
 //! - [`admin`]: `/metrics`, `/admin/workers`, `/admin/route`.
 //! - [`metrics`], [`reply`], [`logging`]: what the others report with.
 
 pub mod admin;
 pub mod config;
+pub mod discovery;
 pub mod fleet;
 pub mod health;
 pub mod key;
@@ -34,6 +37,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::config::ProxyConfig;
+use crate::discovery::Discovery;
 use crate::fleet::Fleet;
 use crate::health::HealthChecker;
 use crate::key::KeyExtractor;
@@ -75,7 +79,11 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     server.add_service(proxy_service);
     server.add_service(admin);
     server.add_service(checker);
-    tracing::info!(listen = %config.listen, admin = %config.admin_listen, workers = fleet.workers().len(), "roost-proxy starting");
+    if let Some(discovery) = &config.discovery {
+        let discovery = Discovery::new(Arc::clone(&fleet), discovery)?;
+        server.add_service(background_service("discovery", discovery));
+    }
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, workers = fleet.roster().workers().len(), discovery = config.discovery.is_some(), "roost-proxy starting");
     server.run_forever()
 }
 

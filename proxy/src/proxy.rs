@@ -28,7 +28,7 @@ use roost_routing::headers;
 use std::sync::Arc;
 
 use crate::config::MissingKey;
-use crate::fleet::{Fleet, Pick};
+use crate::fleet::{Fleet, Pick, Roster};
 use crate::key::KeyExtractor;
 use crate::metrics::{RequestCounters, NO_WORKER};
 use crate::reply::ErrorReply;
@@ -52,7 +52,9 @@ pub struct RoostProxy {
 pub struct RequestCtx {
     /// The routing key, extracted once in `request_filter`.
     key: Option<Vec<u8>>,
-    /// Fleet index of the worker of the current attempt.
+    /// The roster this request routes by, across its retries.
+    roster: Option<Arc<Roster>>,
+    /// Roster index of the worker of the current attempt.
     worker: Option<usize>,
     /// Workers whose connection failed during this request.
     tried: Vec<usize>,
@@ -78,10 +80,10 @@ impl RoostProxy {
         }
     }
 
-    fn pick(&self, ctx: &RequestCtx) -> Option<Pick<'_>> {
+    fn pick<'r>(&self, roster: &'r Roster, ctx: &RequestCtx) -> Option<Pick<'r>> {
         match &ctx.key {
-            Some(key) => self.fleet.pick(key, &ctx.tried),
-            None => self.fleet.pick_any(&ctx.tried),
+            Some(key) => roster.pick(key, &ctx.tried),
+            None => self.fleet.pick_any(roster, &ctx.tried),
         }
     }
 }
@@ -98,6 +100,7 @@ impl ProxyHttp for RoostProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             key: None,
+            roster: None,
             worker: None,
             tried: Vec::new(),
             upstream_started: None,
@@ -121,14 +124,15 @@ impl ProxyHttp for RoostProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(pick) = self.pick(ctx) else {
+        let roster = Arc::clone(ctx.roster.get_or_insert_with(|| self.fleet.roster()));
+        let Some(pick) = self.pick(&roster, ctx) else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no live worker for the request",
             ));
         };
         if let Some(owner) = pick.failed_over_from {
-            if let Some(metrics) = self.fleet.metrics(owner.index) {
+            if let Some(metrics) = roster.metrics(owner.index) {
                 metrics.failovers.inc();
             }
         }
@@ -147,9 +151,9 @@ impl ProxyHttp for RoostProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(worker) = ctx.worker.take() {
-            self.fleet.mark_down(worker);
-            if let Some(metrics) = self.fleet.metrics(worker) {
+        if let (Some(worker), Some(roster)) = (ctx.worker.take(), &ctx.roster) {
+            roster.mark_down(worker);
+            if let Some(metrics) = roster.metrics(worker) {
                 metrics.retries.inc();
             }
             ctx.tried.push(worker);
@@ -206,8 +210,11 @@ impl ProxyHttp for RoostProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let worker = ctx.worker.and_then(|i| self.fleet.workers().get(i));
-        match worker.and_then(|w| self.fleet.metrics(w.index)) {
+        let roster = ctx.roster.as_deref();
+        let worker = ctx
+            .worker
+            .and_then(|i| roster.and_then(|r| r.workers().get(i)));
+        match worker.and_then(|w| roster.and_then(|r| r.metrics(w.index))) {
             Some(metrics) => {
                 metrics.requests.count(status);
                 if let Some(latency) = ctx.upstream_latency {

@@ -498,6 +498,12 @@ fn bad_configs_are_rejected_with_file_line_and_field() {
             "  - {id: w1, addr: 127.0.0.1:19002, weight: 1}",
             "id",
         ),
+        (
+            "discovery-store-scheme",
+            10,
+            "discovery: {store: \"mysql://db/roost\"}",
+            "store",
+        ),
     ];
     for (name, line, replacement, field) in cases {
         let text: Vec<&str> = GOOD

@@ -223,6 +223,9 @@ pub struct FleetConfig {
     pub json_logs: bool,
     /// Extra top-level YAML lines appended verbatim.
     pub extra_yaml: String,
+    /// No static worker list: the proxy discovers the workers from the
+    /// fleet's SQLite store.
+    pub discovered: bool,
 }
 
 impl FleetConfig {
@@ -242,7 +245,14 @@ impl FleetConfig {
             access_log: true,
             json_logs: false,
             extra_yaml: String::new(),
+            discovered: false,
         }
+    }
+
+    /// Let the proxy find the workers in the store instead of a list.
+    pub fn discovered(mut self) -> Self {
+        self.discovered = true;
+        self
     }
 
     pub fn missing(mut self, missing: Missing) -> Self {
@@ -278,8 +288,15 @@ impl FleetConfig {
         self
     }
 
-    /// The YAML the proxy is started with.
-    pub fn to_yaml(&self, listen: SocketAddr, admin: SocketAddr, addrs: &[SocketAddr]) -> String {
+    /// The YAML the proxy is started with; `store` is the workers' store
+    /// URL (read only when `discovered`).
+    pub fn to_yaml(
+        &self,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        addrs: &[SocketAddr],
+        store: &str,
+    ) -> String {
         let quote = |s: &str| Value::from(s).to_string();
         let sources: Vec<String> = self
             .sources
@@ -302,10 +319,16 @@ impl FleetConfig {
             Missing::Any => "any",
         };
         yaml += &format!(
-            "key:\n  sources: [{}]\n  missing: {missing}\nworkers:\n",
+            "key:\n  sources: [{}]\n  missing: {missing}\n",
             sources.join(", ")
         );
-        for ((id, weight), addr) in self.workers.iter().zip(addrs) {
+        if self.discovered {
+            yaml += &format!("discovery: {{store: {}, interval_ms: 100}}\n", quote(store));
+        } else {
+            yaml += "workers:\n";
+        }
+        let listed = if self.discovered { &[][..] } else { addrs };
+        for ((id, weight), addr) in self.workers.iter().zip(listed) {
             yaml += &format!(
                 "  - {{id: {}, addr: {addr}, weight: {weight:?}}}\n",
                 quote(id)
@@ -483,6 +506,11 @@ pub struct Worker {
     child: Option<Child>,
 }
 
+/// The fleet's workers share one SQLite file in the fleet's temp dir.
+fn store_url(dir: &TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("roost.db").display())
+}
+
 /// N workers and one proxy, all real processes on 127.0.0.1.
 pub struct TestFleet {
     pub config: FleetConfig,
@@ -531,7 +559,7 @@ impl TestFleet {
         let addrs: Vec<SocketAddr> = workers.iter().map(|w| w.addr).collect();
         let config_path = dir.write(
             "proxy.yaml",
-            &config.to_yaml(proxy_addr, admin_addr, &addrs),
+            &config.to_yaml(proxy_addr, admin_addr, &addrs, &store_url(&dir)),
         );
         let mut fleet = TestFleet {
             config,
@@ -567,8 +595,7 @@ impl TestFleet {
     fn spawn_worker(&self, index: usize, bin: &Path) -> Result<Child, String> {
         let worker = &self.workers[index];
         let log = self.dir.path().join(format!("worker-{}.log", worker.id));
-        // The fleet's workers share one SQLite file in the fleet's temp dir.
-        let store = format!("sqlite://{}", self.dir.path().join("roost.db").display());
+        let store = store_url(&self.dir);
         Command::new(bin)
             .args(["--id", &worker.id, "--listen", &worker.addr.to_string()])
             .args(["--store", &store])
@@ -669,19 +696,28 @@ impl TestFleet {
         self.client.clone()
     }
 
+    /// SIGTERM the worker (it drains) and wait for it to exit.
+    pub fn sigterm(&mut self, id: &str) {
+        self.signal_and_reap(id, Signal::SIGTERM);
+    }
+
     /// `kill -9` the worker and reap it: when this returns, the process is
     /// gone and its port refuses connections.
     pub fn kill9(&mut self, id: &str) {
+        self.signal_and_reap(id, Signal::SIGKILL);
+    }
+
+    fn signal_and_reap(&mut self, id: &str, signal: Signal) {
         let worker = self.worker_mut(id);
         let mut child = worker
             .child
             .take()
             .unwrap_or_else(|| panic!("worker {id} is not running"));
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
-        kill(pid, Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 worker {id}: {e}"));
+        kill(pid, signal).unwrap_or_else(|e| panic!("{signal} worker {id}: {e}"));
         child
             .wait()
-            .unwrap_or_else(|e| panic!("wait for killed worker {id}: {e}"));
+            .unwrap_or_else(|e| panic!("wait for worker {id} after {signal}: {e}"));
     }
 
     /// Start the worker again with the same id and port, and wait (bounded)

@@ -1,0 +1,214 @@
+//! Discovery: the workers the store lists as live join the roster, so
+//! workers that start, drain or die are seen without editing the config.
+//!
+//! Each worker registers itself in the `roost_workers` table (see the
+//! worker's `store` module): `status` turns `draining` on SIGTERM, and its
+//! lease expires when it dies. Every `interval_ms` this reads the workers
+//! that are `live` with an unexpired lease and hands them to
+//! [`Fleet::discovered`], which rebuilds the roster only when the set
+//! changed. A new worker starts down until its health checks pass. When the
+//! store cannot be read, the roster stays as it was: routing does not
+//! depend on the store being up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::DiscoveryConfig;
+use crate::fleet::{Fleet, WorkerSpec};
+
+const LIVE_POSTGRES: &str =
+    "SELECT id, addr FROM roost_workers WHERE status = 'live' AND lease_expires_at > now()";
+
+const LIVE_SQLITE: &str =
+    "SELECT id, addr FROM roost_workers WHERE status = 'live' AND lease_expires_ms > ?1";
+
+/// Where the live workers are listed.
+#[async_trait]
+pub trait WorkerSource: Send + Sync {
+    /// `(id, addr)` of every live worker.
+    async fn live(&self) -> anyhow::Result<Vec<(String, String)>>;
+}
+
+/// The background service that keeps the roster in step with the store.
+pub struct Discovery {
+    fleet: Arc<Fleet>,
+    source: Box<dyn WorkerSource>,
+    interval: Duration,
+}
+
+impl Discovery {
+    pub fn new(fleet: Arc<Fleet>, config: &DiscoveryConfig) -> anyhow::Result<Self> {
+        let store = &config.store.value;
+        let source: Box<dyn WorkerSource> = match store.strip_prefix("sqlite://") {
+            Some(path) => Box::new(SqliteSource::new(path.into())),
+            None => Box::new(PostgresSource::new(store)?),
+        };
+        Ok(Discovery {
+            fleet,
+            source,
+            interval: Duration::from_millis(config.interval_ms),
+        })
+    }
+
+    /// Read the store once and update the roster; returns the error text of
+    /// a failed read.
+    async fn refresh(&self) -> Option<String> {
+        match self.source.live().await {
+            Ok(listed) => {
+                self.fleet.discovered(&specs(listed));
+                None
+            }
+            Err(e) => Some(format!("{e:#}")),
+        }
+    }
+}
+
+/// Listed workers as roster entries (weight 1); unparsable addresses are
+/// skipped with a warning.
+fn specs(listed: Vec<(String, String)>) -> Vec<WorkerSpec> {
+    listed
+        .into_iter()
+        .filter_map(|(id, addr)| match addr.parse::<SocketAddr>() {
+            Ok(addr) => Some(WorkerSpec {
+                id: id.into(),
+                addr,
+                weight: 1.0,
+            }),
+            Err(e) => {
+                tracing::warn!(worker = %id, %addr, error = %e, "discovered worker has a bad address; skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+#[async_trait]
+impl BackgroundService for Discovery {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let error = self.refresh().await;
+            if error != last_error {
+                match &error {
+                    Some(e) => {
+                        tracing::warn!(error = %e, "cannot read the live workers; keeping the roster")
+                    }
+                    None if last_error.is_some() => {
+                        tracing::info!("reading the live workers again")
+                    }
+                    None => {}
+                }
+                last_error = error;
+            }
+        }
+    }
+}
+
+/// The workers table in Postgres, on one connection kept between reads.
+struct PostgresSource {
+    config: tokio_postgres::Config,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl PostgresSource {
+    fn new(url: &str) -> anyhow::Result<Self> {
+        Ok(PostgresSource {
+            config: url.parse().context("bad discovery store URL")?,
+            client: tokio::sync::Mutex::new(None),
+        })
+    }
+}
+
+#[async_trait]
+impl WorkerSource for PostgresSource {
+    async fn live(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut client = self.client.lock().await;
+        if client.as_ref().is_none_or(Client::is_closed) {
+            let (fresh, connection) = self
+                .config
+                .connect(NoTls)
+                .await
+                .context("cannot connect to the discovery store")?;
+            tokio::spawn(connection);
+            *client = Some(fresh);
+        }
+        let Some(connected) = client.as_ref() else {
+            anyhow::bail!("no discovery connection");
+        };
+        let rows = match connected.query(LIVE_POSTGRES, &[]).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                *client = None;
+                return Err(e).context("cannot read roost_workers");
+            }
+        };
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+}
+
+/// The workers table in an SQLite file shared with local workers.
+struct SqliteSource {
+    path: PathBuf,
+    connection: Arc<Mutex<Option<rusqlite::Connection>>>,
+}
+
+impl SqliteSource {
+    fn new(path: PathBuf) -> Self {
+        SqliteSource {
+            path,
+            connection: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+#[async_trait]
+impl WorkerSource for SqliteSource {
+    async fn live(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let (path, connection) = (self.path.clone(), Arc::clone(&self.connection));
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            if connection.is_none() {
+                let opened = rusqlite::Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .with_context(|| format!("cannot open {}", path.display()))?;
+                opened.busy_timeout(Duration::from_secs(1))?;
+                *connection = Some(opened);
+            }
+            let Some(opened) = connection.as_ref() else {
+                anyhow::bail!("no discovery connection");
+            };
+            let mut statement = opened
+                .prepare_cached(LIVE_SQLITE)
+                .context("cannot read roost_workers")?;
+            let rows =
+                statement.query_map([wall_clock_ms()], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .context("the discovery task failed")?
+    }
+}
+
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
