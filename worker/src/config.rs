@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use roost_routing::config_file::{self, ConfigError, Invalid, Validate};
 
+use crate::http::Drain;
 use crate::lease::LeaseConfig;
 use crate::runtime::flusher::FlushConfig;
 use crate::runtime::{Durability, RuntimeConfig};
@@ -29,6 +30,9 @@ pub struct WorkerConfig {
     pub idle_ms: u64,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// On SIGTERM, how long to go on serving (with `/readyz` failing) before
+    /// the listener closes, so proxies stop sending requests first.
+    pub drain_delay_ms: u64,
     /// On SIGTERM, how long to wait for in-flight requests and the last flush.
     pub drain_timeout_ms: u64,
     /// How long a heartbeat keeps this worker's lease; others may claim its
@@ -54,6 +58,7 @@ impl Default for WorkerConfig {
             flush_batch_max: 512,
             idle_ms: 300_000,
             max_body_bytes: 1 << 20,
+            drain_delay_ms: 1_000,
             drain_timeout_ms: 10_000,
             lease_ms: 2_000,
             heartbeat_ms: 500,
@@ -102,6 +107,13 @@ impl WorkerConfig {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    pub fn drain(&self) -> Drain {
+        Drain {
+            delay: Duration::from_millis(self.drain_delay_ms),
+            grace: self.drain_timeout(),
+        }
     }
 }
 

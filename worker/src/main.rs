@@ -88,7 +88,7 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let grace = config.drain_timeout();
+    let drain = config.drain();
     let (engine, runtime) = if args.stateless {
         let store = PostgresStore::connect(&args.store).await.with_context(|| {
             format!(
@@ -129,7 +129,7 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
             }
         }
     };
-    let finished = serve(listener, api, signalled, grace).await;
+    let finished = serve(listener, api, signalled, drain).await;
     tracing::info!(
         in_flight_finished = finished,
         "draining: flushing everything dirty"
@@ -137,7 +137,7 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
     let Some(runtime) = runtime else {
         return Ok(true);
     };
-    let flushed = runtime.drain(Instant::now() + grace).await;
+    let flushed = runtime.drain(Instant::now() + drain.grace).await;
     if flushed {
         tracing::info!("roost-worker stopped");
     } else {

@@ -1,6 +1,10 @@
 //! Accept loop: one task per connection (HTTP/1.1 keep-alive) until the
-//! shutdown future resolves; then it stops accepting and waits, up to a
-//! deadline, for the requests in flight to finish.
+//! shutdown future resolves. Then readiness fails at once, but the worker
+//! goes on serving for `drain_delay` (proxies take a health check or a
+//! discovery read to stop sending it requests; a request that raced onto a
+//! connection as it closed would be lost to a non-idempotent retry rule),
+//! and only then stops accepting, closes idle connections and waits, up to
+//! a deadline, for the requests in flight to finish.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,20 +18,36 @@ use tokio::net::TcpListener;
 
 use super::api::Api;
 
-/// Serve `listener` until `shutdown` resolves, then wait up to `grace` for
-/// in-flight requests. Returns whether they all finished in time.
+/// When to stop serving, and how gently.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// Serve on (readiness failing) this long after the signal.
+    pub delay: Duration,
+    /// Then wait this long for requests in flight.
+    pub grace: Duration,
+}
+
+/// Serve `listener` until `shutdown` resolves and `drain.delay` has passed,
+/// then wait up to `drain.grace` for in-flight requests. Returns whether
+/// they all finished in time.
 pub async fn serve(
     listener: TcpListener,
     api: Arc<Api>,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    drain: Drain,
 ) -> bool {
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
+            () = &mut shutdown, if stop_at.is_none() => {
+                api.start_draining();
+                stop_at = Some(tokio::time::Instant::now() + drain.delay);
+                continue;
+            }
+            () = sleep_until(stop_at), if stop_at.is_some() => break,
         };
         let stream = match accepted {
             Ok((stream, _peer)) => stream,
@@ -53,11 +73,16 @@ pub async fn serve(
             }
         });
     }
-    // Readiness fails first, then the listener closes.
-    api.start_draining();
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => true,
-        () = tokio::time::sleep(grace) => false,
+        () = tokio::time::sleep(drain.grace) => false,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
