@@ -47,6 +47,18 @@ pub struct ProxyConfig {
     /// One log line per request (default true).
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// A worker that has taken a request and sends nothing back for this
+    /// long is taken down (it is frozen or cut off) and the request is
+    /// retried on the key's next candidate when that is safe (an idempotent
+    /// method or an `Idempotency-Key`), else answered 504. Keep it above the
+    /// workers' `handoff_timeout_ms`: a live worker may wait that long to
+    /// claim a user from a frozen one.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_ms: u64,
+}
+
+fn default_upstream_timeout() -> u64 {
+    5_000
 }
 
 /// `key:` — the ordered list of sources and what to do without a key.
@@ -222,6 +234,12 @@ impl Validate for ProxyConfig {
         }
         if self.threads == Some(0) {
             return Err(Invalid::top("threads", "must be greater than zero"));
+        }
+        if self.upstream_timeout_ms == 0 {
+            return Err(Invalid::top(
+                "upstream_timeout_ms",
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }

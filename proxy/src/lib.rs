@@ -60,6 +60,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         KeyExtractor::new(config.key.sources.clone()),
         config.key.missing,
         config.access_log,
+        std::time::Duration::from_millis(config.upstream_timeout_ms),
     );
     let mut proxy_service =
         pingora::proxy::http_proxy_service_with_name(&conf, proxy, "roost-proxy");

@@ -37,6 +37,10 @@ use crate::reply::ErrorReply;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an idle upstream connection stays in the pool.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The header that makes a non-idempotent request safe to replay: the
+/// worker keeps each key's first reply with the entity's state, so a replay
+/// on the entity's next owner applies the change at most once.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Roost's sticky proxy.
 pub struct RoostProxy {
@@ -44,6 +48,7 @@ pub struct RoostProxy {
     keys: KeyExtractor,
     missing: MissingKey,
     access_log: bool,
+    upstream_timeout: Duration,
     /// Requests that never reached a worker (rejected, or no live worker).
     unrouted: RequestCounters,
 }
@@ -70,12 +75,14 @@ impl RoostProxy {
         keys: KeyExtractor,
         missing: MissingKey,
         access_log: bool,
+        upstream_timeout: Duration,
     ) -> Self {
         RoostProxy {
             fleet,
             keys,
             missing,
             access_log,
+            upstream_timeout,
             unrouted: RequestCounters::for_worker(NO_WORKER),
         }
     }
@@ -141,6 +148,8 @@ impl ProxyHttp for RoostProxy {
         let mut peer = HttpPeer::new(pick.worker.addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        peer.options.read_timeout = Some(self.upstream_timeout);
+        peer.options.write_timeout = Some(self.upstream_timeout);
         Ok(Box::new(peer))
     }
 
@@ -160,6 +169,41 @@ impl ProxyHttp for RoostProxy {
         }
         // Nothing reached the worker, so any method may go to the next candidate.
         e.set_retry(true);
+        e
+    }
+
+    /// After the request reached a worker. A timeout means the worker went
+    /// quiet (frozen, cut off): take it down and, when a replay is safe,
+    /// retry on the key's next candidate. Other errors follow Pingora's rule
+    /// (a replay-safe request is retried once on a reused connection that
+    /// closed under it), with an `Idempotency-Key` counting as replay-safe.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = is_replay_safe(session);
+        if matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) {
+            if let (Some(worker), Some(roster)) = (ctx.worker.take(), &ctx.roster) {
+                roster.mark_down(worker);
+                if let Some(metrics) = roster.metrics(worker) {
+                    metrics.retries.inc();
+                }
+                ctx.tried.push(worker);
+            }
+            e.set_retry(replayable);
+        } else if replayable {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
         e
     }
 
@@ -239,6 +283,15 @@ impl ProxyHttp for RoostProxy {
     }
 }
 
+/// Whether the request may be sent again after a worker may have seen it:
+/// an idempotent method, or an `Idempotency-Key`, with the whole body still
+/// buffered for the replay.
+fn is_replay_safe(session: &Session) -> bool {
+    let request = session.req_header();
+    (request.method.is_idempotent() || request.headers.contains_key(IDEMPOTENCY_KEY))
+        && !session.as_ref().retry_buffer_truncated()
+}
+
 /// Remove every client-sent `x-roost-*` header: only the proxy sets those.
 fn strip_reserved_headers(request: &mut RequestHeader) {
     let reserved: Vec<http::HeaderName> = request
@@ -256,6 +309,11 @@ fn strip_reserved_headers(request: &mut RequestHeader) {
 fn error_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if *e.esource() == ErrorSource::Upstream =>
+        {
+            504
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
