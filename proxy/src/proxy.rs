@@ -69,6 +69,20 @@ pub struct RequestCtx {
     started: Instant,
 }
 
+impl RequestCtx {
+    /// The current attempt's worker failed: take it down, count the retry,
+    /// and do not try it again for this request.
+    fn abandon_worker(&mut self) {
+        if let (Some(worker), Some(roster)) = (self.worker.take(), &self.roster) {
+            roster.mark_down(worker);
+            if let Some(metrics) = roster.metrics(worker) {
+                metrics.retries.inc();
+            }
+            self.tried.push(worker);
+        }
+    }
+}
+
 impl RoostProxy {
     pub fn new(
         fleet: Arc<Fleet>,
@@ -160,13 +174,7 @@ impl ProxyHttp for RoostProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(worker), Some(roster)) = (ctx.worker.take(), &ctx.roster) {
-            roster.mark_down(worker);
-            if let Some(metrics) = roster.metrics(worker) {
-                metrics.retries.inc();
-            }
-            ctx.tried.push(worker);
-        }
+        ctx.abandon_worker();
         // Nothing reached the worker, so any method may go to the next candidate.
         e.set_retry(true);
         e
@@ -191,13 +199,7 @@ impl ProxyHttp for RoostProxy {
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         ) {
-            if let (Some(worker), Some(roster)) = (ctx.worker.take(), &ctx.roster) {
-                roster.mark_down(worker);
-                if let Some(metrics) = roster.metrics(worker) {
-                    metrics.retries.inc();
-                }
-                ctx.tried.push(worker);
-            }
+            ctx.abandon_worker();
             e.set_retry(replayable);
         } else if replayable {
             e.retry.decide_reuse(client_reused);
