@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Roost's fault suite: build release binaries of roost-proxy, roost-worker
+# and roost-faults, then run roost-faults with this script's arguments.
+#
+#   loadtest/faults.sh kill9            # one scenario (sigstop, pg-restart, rolling, scale)
+#   loadtest/faults.sh all              # every scenario, one summary table
+#   loadtest/faults.sh all --short      # the CI version (under 3 minutes)
+#
+# Needs PostgreSQL's initdb/pg_ctl (/usr/lib/postgresql/*/bin or PATH); as
+# root the cluster runs as the postgres user. Results go to
+# loadtest/results/faults-<scenario>-<UTC stamp>/ unless --out DIR is given.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cargo build --release -p roost-proxy -p roost-worker -p roost-loadtest --bin roost-proxy --bin roost-worker --bin roost-faults
+exec "$root/target/release/roost-faults" "$@"

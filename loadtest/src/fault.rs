@@ -1,0 +1,180 @@
+//! Injecting each scenario's fault into the running fleet, every step noted
+//! in the ledger's events (with its time) as it happens. A step that fails
+//! (a worker that does not come back, a drain that does not end) does not
+//! end the run: the load and the checks go on, and the problem is reported.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use nix::sys::signal::Signal;
+
+use crate::check::movement::ScaleWindow;
+use crate::fleet::Fleet;
+use crate::ledger::Ledger;
+use crate::postgres::Cluster;
+use crate::scenario::{Plan, Scenario};
+
+/// How long after SIGKILL the worker is started again.
+const KILL9_DOWNTIME: Duration = Duration::from_secs(2);
+/// How long a worker stays SIGSTOPped.
+const SIGSTOP_PAUSE: Duration = Duration::from_secs(5);
+/// The longest a SIGTERMed worker may take to drain and exit.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// The window the busiest worker is picked over.
+const BUSIEST_WINDOW_US: u64 = 1_000_000;
+
+/// What the fault left for the checks.
+#[derive(Debug, Default)]
+pub struct FaultOutcome {
+    /// Scale: when the new worker came and went.
+    pub scale: Option<ScaleWindow>,
+    /// Worker → exit status of each drain (SIGTERM).
+    pub drain_exits: Vec<(String, String)>,
+    /// Steps that did not go as planned.
+    pub problems: Vec<String>,
+}
+
+/// Everything a fault acts on.
+pub struct Target<'a> {
+    pub fleet: &'a mut Fleet,
+    pub cluster: &'a Cluster,
+    pub ledger: &'a Ledger,
+    pub plan: &'a Plan,
+}
+
+/// Run `scenario`'s fault to its end.
+pub async fn inject(scenario: Scenario, target: Target<'_>) -> FaultOutcome {
+    let mut outcome = FaultOutcome::default();
+    let ledger = target.ledger.clone();
+    let result = match scenario {
+        Scenario::Kill9 => kill9(target).await,
+        Scenario::Sigstop => sigstop(target).await,
+        Scenario::PgRestart => pg_restart(&target),
+        Scenario::Rolling => rolling(target, &mut outcome).await,
+        Scenario::Scale => scale(target, &mut outcome).await,
+    };
+    if let Err(e) = result {
+        ledger.event(format!("fault step failed: {e:#}"));
+        outcome.problems.push(format!("{e:#}"));
+    }
+    outcome
+}
+
+async fn kill9(target: Target<'_>) -> Result<()> {
+    let Target { fleet, ledger, .. } = target;
+    let victim = busiest_worker(ledger, &fleet.ids());
+    ledger.event(format!("kill -9 {victim}"));
+    fleet.kill9(&victim)?;
+    tokio::time::sleep(KILL9_DOWNTIME).await;
+    ledger.event(format!("start {victim} again"));
+    fleet.start_worker(&victim).await?;
+    ledger.event(format!("{victim} answers /healthz"));
+    fleet.wait_proxy_sees(&victim, true).await?;
+    ledger.event(format!("proxy sees {victim} healthy"));
+    Ok(())
+}
+
+async fn sigstop(target: Target<'_>) -> Result<()> {
+    let Target { fleet, ledger, .. } = target;
+    let victim = busiest_worker(ledger, &fleet.ids());
+    ledger.event(format!("SIGSTOP {victim}"));
+    fleet.signal(&victim, Signal::SIGSTOP)?;
+    tokio::time::sleep(SIGSTOP_PAUSE).await;
+    ledger.event(format!("SIGCONT {victim}"));
+    fleet.signal(&victim, Signal::SIGCONT)?;
+    fleet.wait_proxy_sees(&victim, true).await?;
+    ledger.event(format!("proxy sees {victim} healthy"));
+    Ok(())
+}
+
+fn pg_restart(target: &Target<'_>) -> Result<()> {
+    target.ledger.event("pg_ctl restart -m fast");
+    // pg_ctl blocks about a second; let the runtime move the load's tasks.
+    tokio::task::block_in_place(|| target.cluster.restart())?;
+    target.ledger.event("postgres accepts connections again");
+    Ok(())
+}
+
+async fn rolling(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
+    let Target { fleet, ledger, .. } = target;
+    for id in fleet.ids() {
+        drain(fleet, ledger, &id, outcome).await?;
+        fleet.start_worker(&id).await?;
+        ledger.event(format!("{id} started again"));
+        fleet.wait_proxy_sees(&id, true).await?;
+        ledger.event(format!("proxy sees {id} healthy"));
+    }
+    Ok(())
+}
+
+/// SIGTERM worker `id` and wait for it to drain and exit.
+async fn drain(
+    fleet: &mut Fleet,
+    ledger: &Ledger,
+    id: &str,
+    outcome: &mut FaultOutcome,
+) -> Result<()> {
+    ledger.event(format!("SIGTERM {id}"));
+    let status = fleet.terminate(id, DRAIN_TIMEOUT).await?;
+    ledger.event(format!("{id} exited: {status}"));
+    outcome
+        .drain_exits
+        .push((id.to_owned(), status.to_string()));
+    if !status.success() {
+        outcome
+            .problems
+            .push(format!("{id} did not drain cleanly: {status}"));
+    }
+    Ok(())
+}
+
+async fn scale(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
+    let Target {
+        fleet,
+        ledger,
+        plan,
+        ..
+    } = target;
+    let Some(new) = fleet.ids().last().cloned() else {
+        anyhow::bail!("the fleet lists no worker");
+    };
+    let started_us = ledger.clock().now_us();
+    ledger.event(format!("start {new} (scale out)"));
+    fleet.start_worker(&new).await?;
+    fleet.wait_proxy_sees(&new, true).await?;
+    let ready_us = ledger.clock().now_us();
+    ledger.event(format!("proxy sees {new} healthy"));
+    tokio::time::sleep(plan.scale_hold).await;
+    let leaving_us = ledger.clock().now_us();
+    outcome.scale = Some(ScaleWindow {
+        started_us,
+        ready_us,
+        leaving_us,
+    });
+    drain(fleet, ledger, &new, outcome).await?;
+    fleet.wait_proxy_sees(&new, false).await?;
+    ledger.event(format!("proxy sees {new} down (scale in done)"));
+    Ok(())
+}
+
+/// The worker that answered the most distinct users in the last second
+/// (`w1` when nothing was answered).
+fn busiest_worker(ledger: &Ledger, ids: &[String]) -> String {
+    let now = ledger.clock().now_us();
+    let mut users: HashMap<String, HashSet<String>> = HashMap::new();
+    for record in ledger.recent(now.saturating_sub(BUSIEST_WINDOW_US)) {
+        if let Some(worker) = record.worker {
+            users.entry(worker).or_default().insert(record.user);
+        }
+    }
+    ids.iter()
+        .max_by_key(|id| {
+            (
+                users.get(*id).map_or(0, HashSet::len),
+                std::cmp::Reverse(*id),
+            )
+        })
+        .cloned()
+        .unwrap_or_else(|| "w1".into())
+}

@@ -1,0 +1,40 @@
+//! `roost-loadtest`: Roost's fault suite (issue 4). Each scenario starts a
+//! throwaway Postgres cluster, three workers and the proxy on 127.0.0.1,
+//! puts a mixed load of users with two devices each through the proxy,
+//! injects one fault in the middle (kill -9, SIGSTOP, a store restart, a
+//! rolling restart, a scale-out and back), and then holds the final state —
+//! read from the store and once more through the proxy — against a ledger
+//! of every request: no acknowledged durable write lost, no stale read, no
+//! two owners of one entity at once; plus unavailability windows,
+//! write-behind loss, movement on scale-out, and a timeline plot.
+//!
+//! The binary `roost-faults` is a thin CLI over [`suite::run`]; the test
+//! `tests/faults_short.rs` runs the short suite through the same call.
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`scenario`] | the five faults and each run's plan |
+//! | [`suite`], [`run`] | the scenarios in turn; one scenario end to end |
+//! | [`postgres`], [`fleet`], [`process`], [`binaries`] | what runs: the store, the workers and proxy, child processes |
+//! | [`load`], [`client`] | simulated users and devices; one device's requests and retries |
+//! | [`fault`] | injecting each fault |
+//! | [`ledger`] | the record of every request |
+//! | [`stored`] | the final state in the store |
+//! | [`check`] | every question asked of the ledger |
+//! | [`report`], [`timeline`] | verdicts, the summary table, the SVG plot |
+
+pub mod binaries;
+pub mod check;
+pub mod client;
+pub mod fault;
+pub mod fleet;
+pub mod ledger;
+pub mod load;
+pub mod postgres;
+pub mod process;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod stored;
+pub mod suite;
+pub mod timeline;

@@ -1,0 +1,374 @@
+//! Verdicts and reports: which MUSTs and targets each run met, one
+//! markdown table over every scenario run, and the details (fault steps,
+//! failure codes, examples from the ledger) under it.
+//!
+//! MUSTs (the exit status depends on them): no acknowledged durable write
+//! lost, no stale read, no overlapping owners — and the scenario ran as
+//! planned, since checks of a run whose fault did not happen prove nothing.
+//! Targets are reported but do not fail the run: no failed request in a
+//! rolling restart or a scale-out, at most 1.05/N of the active entities
+//! moved by a scale-out and only to the new worker, read-back = store.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::check::{secs, Examples, Findings};
+use crate::fault::FaultOutcome;
+use crate::ledger::Event;
+use crate::scenario::{Plan, Scenario};
+
+/// One requirement and whether the run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub name: String,
+    pub holds: bool,
+    pub detail: String,
+}
+
+fn verdict(name: &str, holds: bool, detail: String) -> Verdict {
+    Verdict {
+        name: name.into(),
+        holds,
+        detail,
+    }
+}
+
+/// Everything about one scenario run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub short: bool,
+    pub users: usize,
+    pub devices: u8,
+    pub load_s: f64,
+    pub wall_s: f64,
+    pub out_dir: String,
+    pub events: Vec<Event>,
+    pub drain_exits: Vec<(String, String)>,
+    pub fault_problems: Vec<String>,
+    pub findings: Findings,
+    pub musts: Vec<Verdict>,
+    pub targets: Vec<Verdict>,
+}
+
+/// What the report is made from.
+pub struct RunFacts<'a> {
+    pub scenario: Scenario,
+    pub short: bool,
+    pub plan: &'a Plan,
+    pub load_us: u64,
+    pub wall: Duration,
+    pub out_dir: String,
+    pub events: Vec<Event>,
+    pub fault: FaultOutcome,
+    pub findings: Findings,
+}
+
+impl ScenarioReport {
+    pub fn new(facts: RunFacts<'_>) -> ScenarioReport {
+        let musts = musts(&facts.findings, &facts.fault);
+        let targets = targets(facts.scenario, &facts.findings);
+        ScenarioReport {
+            scenario: facts.scenario.name().into(),
+            short: facts.short,
+            users: facts.plan.load.users,
+            devices: facts.plan.load.devices,
+            load_s: facts.load_us as f64 / 1e6,
+            wall_s: facts.wall.as_secs_f64(),
+            out_dir: facts.out_dir,
+            events: facts.events,
+            drain_exits: facts.fault.drain_exits,
+            fault_problems: facts.fault.problems,
+            findings: facts.findings,
+            musts,
+            targets,
+        }
+    }
+
+    pub fn musts_hold(&self) -> bool {
+        self.musts.iter().all(|m| m.holds)
+    }
+
+    pub fn broken_musts(&self) -> Vec<String> {
+        self.musts
+            .iter()
+            .filter(|m| !m.holds)
+            .map(|m| format!("{}: {} ({})", self.scenario, m.name, m.detail))
+            .collect()
+    }
+}
+
+fn musts(findings: &Findings, fault: &FaultOutcome) -> Vec<Verdict> {
+    let lost = &findings.lost;
+    let stale = &findings.stale;
+    let overlap = &findings.overlap;
+    vec![
+        verdict(
+            "ran as planned",
+            fault.problems.is_empty(),
+            if fault.problems.is_empty() {
+                "every fault step done".into()
+            } else {
+                fault.problems.join("; ")
+            },
+        ),
+        verdict(
+            "durable lost = 0",
+            lost.durable_lost == 0,
+            format!("{} of {} acknowledged durable writes lost", lost.durable_lost, lost.durable_acked),
+        ),
+        verdict(
+            "stale reads = 0",
+            stale.violations == 0,
+            format!(
+                "{} violations ({} older than an earlier ack, {} of them explained by write-behind loss after a failover)",
+                stale.violations, stale.strict, stale.explained_by_write_behind_loss
+            ),
+        ),
+        verdict(
+            "overlapping owners = 0",
+            overlap.total() == 0,
+            format!(
+                "{} between different workers, {} under one worker id",
+                overlap.different_workers, overlap.same_worker_id
+            ),
+        ),
+    ]
+}
+
+fn targets(scenario: Scenario, findings: &Findings) -> Vec<Verdict> {
+    let mut targets = vec![verdict(
+        "read-back = store",
+        findings.readback.mismatched == 0 && findings.readback.unanswered == 0,
+        format!(
+            "{} of {} read-backs differ from the store, {} unanswered",
+            findings.readback.mismatched, findings.readback.compared, findings.readback.unanswered
+        ),
+    )];
+    if matches!(scenario, Scenario::Rolling | Scenario::Scale) {
+        targets.push(verdict(
+            "failed requests = 0",
+            findings.traffic.failed == 0,
+            format!("{} failed", findings.traffic.failed),
+        ));
+    }
+    if let Some(movement) = &findings.movement {
+        targets.push(verdict(
+            "moved ≤ 1.05/N",
+            movement.within_bound(),
+            format!(
+                "{} of {} active entities moved to {} ({:.3}; bound {:.4}); its HRW share of {} sample keys: {:.4}",
+                movement.moved_to_new,
+                movement.active,
+                movement.new_worker,
+                movement.fraction_moved,
+                movement.bound,
+                movement.sample_keys,
+                movement.sample_share
+            ),
+        ));
+        targets.push(verdict(
+            "moves only to the new worker, as HRW says",
+            movement.moved_elsewhere == 0 && movement.disagree_with_hrw == 0,
+            format!(
+                "{} moved elsewhere, {} disagree with /admin/route",
+                movement.moved_elsewhere, movement.disagree_with_hrw
+            ),
+        ));
+    }
+    targets
+}
+
+/// One scenario's outcome: a report, or the error that stopped it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Ran(Box<ScenarioReport>),
+    Failed { scenario: String, error: String },
+}
+
+impl Outcome {
+    pub fn musts_hold(&self) -> bool {
+        matches!(self, Outcome::Ran(report) if report.musts_hold())
+    }
+
+    pub fn broken_musts(&self) -> Vec<String> {
+        match self {
+            Outcome::Ran(report) => report.broken_musts(),
+            Outcome::Failed { scenario, error } => {
+                vec![format!("{scenario}: did not run: {error}")]
+            }
+        }
+    }
+}
+
+/// The summary table over every outcome.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut out = String::from(
+        "| scenario | requests | failed | unavailability p50 / p99 / max ms (users) | durable lost / acked | write-behind lost / acked | stale reads: violations (strict) | overlapping owners | targets | MUSTs |\n\
+         |---|---:|---|---|---:|---:|---:|---:|---|---|\n",
+    );
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Ran(report) => out.push_str(&row(report)),
+            Outcome::Failed { scenario, error } => {
+                let _ = writeln!(
+                    out,
+                    "| {scenario} | – | – | – | – | – | – | – | – | **did not run**: {} |",
+                    one_line(error)
+                );
+            }
+        }
+    }
+    out
+}
+
+fn row(report: &ScenarioReport) -> String {
+    let f = &report.findings;
+    let failures = if f.traffic.failures.is_empty() {
+        "0".to_string()
+    } else {
+        let codes: Vec<String> = f
+            .traffic
+            .failures
+            .iter()
+            .map(|(label, n)| format!("{n}× {label}"))
+            .collect();
+        format!("{} ({})", f.traffic.failed, codes.join(", "))
+    };
+    let window = &f.availability.window_ms;
+    format!(
+        "| {} | {} | {} | {:.0} / {:.0} / {:.0} ({}) | {} / {} | {} / {} | {} ({}) | {} | {} | {} |\n",
+        report.scenario,
+        f.traffic.requests,
+        failures,
+        window.p50,
+        window.p99,
+        window.max,
+        f.availability.affected_users,
+        f.lost.durable_lost,
+        f.lost.durable_acked,
+        f.lost.write_behind_lost,
+        f.lost.write_behind_acked,
+        f.stale.violations,
+        f.stale.strict,
+        f.overlap.total(),
+        verdicts_cell(&report.targets),
+        verdicts_cell(&report.musts),
+    )
+}
+
+fn verdicts_cell(verdicts: &[Verdict]) -> String {
+    let failed: Vec<&str> = verdicts
+        .iter()
+        .filter(|v| !v.holds)
+        .map(|v| v.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        "all hold".into()
+    } else {
+        format!("**FAIL**: {}", failed.join("; "))
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").replace('|', "/")
+}
+
+/// The details under the table: per scenario, the fault's steps, the
+/// verdicts, and examples for everything that is not zero.
+pub fn details(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Ran(report) => report_details(&mut out, report),
+            Outcome::Failed { scenario, error } => {
+                let _ = writeln!(out, "\n## {scenario}: did not run\n\n```\n{error}\n```");
+            }
+        }
+    }
+    out
+}
+
+fn report_details(out: &mut String, r: &ScenarioReport) {
+    let f = &r.findings;
+    let _ = writeln!(
+        out,
+        "\n## {}{}\n\n{} users × {} devices, load {:.1} s, wall {:.1} s, output `{}`\n",
+        r.scenario,
+        if r.short { " (short)" } else { "" },
+        r.users,
+        r.devices,
+        r.load_s,
+        r.wall_s,
+        r.out_dir
+    );
+    let _ = writeln!(out, "Fault steps:\n");
+    for event in &r.events {
+        let _ = writeln!(out, "- {}: {}", secs(event.t_us), event.what);
+    }
+    let _ = writeln!(
+        out,
+        "\nRequests {} ({} operations, {} given up), latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
+        f.traffic.requests,
+        f.traffic.operations,
+        f.traffic.operations_given_up,
+        f.traffic.latency_ms.p50,
+        f.traffic.latency_ms.p99,
+        f.traffic.latency_ms.max
+    );
+    let _ = writeln!(
+        out,
+        "Unavailability: {} users affected ({} unrecovered), window p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms.\n",
+        f.availability.affected_users,
+        f.availability.unrecovered_users,
+        f.availability.window_ms.p50,
+        f.availability.window_ms.p99,
+        f.availability.window_ms.max
+    );
+    for v in r
+        .musts
+        .iter()
+        .map(|v| ("MUST", v))
+        .chain(r.targets.iter().map(|v| ("target", v)))
+    {
+        let (kind, v) = v;
+        let mark = if v.holds { "holds" } else { "**FAILS**" };
+        let _ = writeln!(out, "- {kind} {}: {mark} — {}", v.name, v.detail);
+    }
+    examples(out, "Durable writes lost", &f.lost.durable_examples);
+    examples(
+        out,
+        "Write-behind writes lost",
+        &f.lost.write_behind_examples,
+    );
+    examples(out, "Stale reads (violations)", &f.stale.violation_examples);
+    examples(
+        out,
+        "Stale reads explained by write-behind loss",
+        &f.stale.explained_examples,
+    );
+    examples(out, "Overlapping owners", &f.overlap.examples);
+    examples(out, "Read-back ≠ store", &f.readback.examples);
+    examples(
+        out,
+        "Longest unavailability windows",
+        &f.availability.longest,
+    );
+    if let Some(movement) = &f.movement {
+        examples(out, "Scale-out moves to check", &movement.examples);
+    }
+}
+
+fn examples(out: &mut String, title: &str, examples: &Examples) {
+    let mut lines = examples.iter().peekable();
+    if lines.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(out, "\n{title}:\n");
+    for line in lines {
+        let _ = writeln!(out, "- `{line}`");
+    }
+}

@@ -1,0 +1,180 @@
+//! One scenario end to end: a throwaway store, the fleet, the load, the
+//! fault in the middle, the load stopped, the final state read (through
+//! the proxy and from the store), everything stopped, then the checks and
+//! the files (ledger, summary, timeline) in the scenario's output dir.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::binaries::Binaries;
+use crate::check::movement::{Movement, ScaleWindow};
+use crate::check::Findings;
+use crate::fault::{self, FaultOutcome, Target};
+use crate::fleet::Fleet;
+use crate::ledger::{write_jsonl, Clock, Ledger, Record};
+use crate::load::{read_back, user_name, Load};
+use crate::postgres::Cluster;
+use crate::report::{RunFacts, ScenarioReport};
+use crate::scenario::{Plan, Scenario};
+use crate::stored::read_entities;
+
+/// The pause between the end of the load and the final reads: many flush
+/// intervals, so write-behind changes that survived are in the store.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Run `scenario` to `plan`, with its output in `out_dir` (created).
+pub async fn run_scenario(
+    scenario: Scenario,
+    plan: &Plan,
+    short: bool,
+    binaries: &Binaries,
+    out_dir: &Path,
+) -> Result<ScenarioReport> {
+    let wall = Instant::now();
+    std::fs::create_dir_all(out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    eprintln!(
+        "== {scenario}: {} users × {} devices, output in {}",
+        plan.load.users,
+        plan.load.devices,
+        out_dir.display()
+    );
+    let mut cluster = Cluster::start()
+        .await
+        .context("start the throwaway Postgres cluster")?;
+    let mut fleet = Fleet::start(
+        binaries,
+        out_dir,
+        &cluster.url(),
+        scenario.listed_workers(),
+        scenario.initial_workers(),
+    )
+    .await
+    .context("start the fleet")?;
+
+    let ledger = Ledger::new(Clock::start());
+    let fault = run_load_with_fault(scenario, plan, &mut fleet, &cluster, &ledger).await?;
+    let load_us = ledger.clock().now_us();
+
+    tokio::time::sleep(SETTLE).await;
+    let users: Vec<String> = (0..plan.load.users).map(user_name).collect();
+    read_back(&users, &fleet.proxy_url(), &ledger).await?;
+    let hrw = if fault.scale.is_some() {
+        Some(hrw_view(&fleet, &users).await?)
+    } else {
+        None
+    };
+    let stored = read_entities(&cluster.url())
+        .await
+        .context("read the final state from the store")?;
+    fleet.shutdown();
+    cluster.stop();
+
+    let (records, events) = ledger.snapshot();
+    let movement = fault
+        .scale
+        .zip(hrw)
+        .map(|(window, hrw)| movement(&records, window, &hrw, scenario));
+    let findings = Findings::examine(&records, &stored, load_us, movement);
+    write_jsonl(&out_dir.join("ledger.jsonl"), &records)?;
+    let title = format!(
+        "roost fault suite: {scenario}{}",
+        if short { " (short)" } else { "" }
+    );
+    let svg = crate::timeline::svg(&title, &records, &events, load_us);
+    write(&out_dir.join("timeline.svg"), &svg)?;
+    Ok(ScenarioReport::new(RunFacts {
+        scenario,
+        short,
+        plan,
+        load_us,
+        wall: wall.elapsed(),
+        out_dir: out_dir.display().to_string(),
+        events,
+        fault,
+        findings,
+    }))
+}
+
+/// Start the load, inject the fault at its time, and stop the load once
+/// it has run its duration and a while past the fault's last step.
+async fn run_load_with_fault(
+    scenario: Scenario,
+    plan: &Plan,
+    fleet: &mut Fleet,
+    cluster: &Cluster,
+    ledger: &Ledger,
+) -> Result<FaultOutcome> {
+    let clock = ledger.clock();
+    let load = Load::start(&plan.load, &fleet.proxy_url(), ledger)?;
+    ledger.event(format!("load starts ({} users)", plan.load.users));
+    tokio::time::sleep_until(clock.instant_at(plan.fault_at).into()).await;
+    let target = Target {
+        fleet,
+        cluster,
+        ledger,
+        plan,
+    };
+    let fault = fault::inject(scenario, target).await;
+    let end = clock
+        .instant_at(plan.duration)
+        .max(Instant::now() + plan.settle_after_fault);
+    tokio::time::sleep_until(end.into()).await;
+    ledger.event("load stops");
+    load.stop();
+    load.join().await?;
+    Ok(fault)
+}
+
+/// Made-up keys the new worker's HRW share is measured over.
+const HRW_SAMPLE_KEYS: usize = 10_000;
+
+/// What the proxy's HRW order says about the grown fleet.
+struct HrwView {
+    /// User → first worker of its HRW order.
+    users: HashMap<String, String>,
+    /// How many of [`HRW_SAMPLE_KEYS`] keys each worker is first for.
+    sample: HashMap<String, usize>,
+}
+
+async fn hrw_view(fleet: &Fleet, users: &[String]) -> Result<HrwView> {
+    let mut view = HrwView {
+        users: HashMap::with_capacity(users.len()),
+        sample: HashMap::new(),
+    };
+    for user in users {
+        view.users
+            .insert(user.clone(), fleet.hrw_first(user).await?);
+    }
+    for n in 0..HRW_SAMPLE_KEYS {
+        let first = fleet.hrw_first(&format!("sample-{n}")).await?;
+        *view.sample.entry(first).or_default() += 1;
+    }
+    Ok(view)
+}
+
+fn movement(
+    records: &[Record],
+    window: ScaleWindow,
+    hrw: &HrwView,
+    scenario: Scenario,
+) -> Movement {
+    let new_worker = format!("w{}", scenario.listed_workers());
+    let mut movement = Movement::of(
+        records,
+        window,
+        &new_worker,
+        scenario.listed_workers(),
+        &hrw.users,
+    );
+    movement.sample_keys = HRW_SAMPLE_KEYS;
+    movement.sample_share =
+        hrw.sample.get(&new_worker).copied().unwrap_or(0) as f64 / HRW_SAMPLE_KEYS as f64;
+    movement
+}
+
+pub fn write(path: &Path, contents: &str) -> Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("write {}", path.display()))
+}

@@ -1,0 +1,153 @@
+//! The five faults the suite injects and the plan of each run: how many
+//! users, how long the load runs, when the fault comes. `--short` is the
+//! CI version: every scenario in well under 40 s, so `all --short` fits in
+//! three minutes on two CPUs.
+//!
+//! Think times are chosen so the load does not saturate two CPUs (it shares
+//! them with the proxy, three or four workers and Postgres): 200 users × 2
+//! devices at 5–20 ms kept both CPUs 99% busy (4.2k requests/s, the load
+//! generator alone over one CPU); at 100–300 ms they are about 60% busy
+//! (2k requests/s) with a 1.3 ms median. The short plan's 60 users at
+//! 30–90 ms make a similar rate.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::load::LoadPlan;
+
+/// One fault scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// SIGKILL the busiest worker, restart it 2 s later.
+    Kill9,
+    /// SIGSTOP the busiest worker for 5 s, then SIGCONT.
+    Sigstop,
+    /// `pg_ctl restart -m fast` of the store.
+    PgRestart,
+    /// SIGTERM (drain) and restart every worker in turn.
+    Rolling,
+    /// Start a fourth worker, then SIGTERM it.
+    Scale,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Kill9,
+        Scenario::Sigstop,
+        Scenario::PgRestart,
+        Scenario::Rolling,
+        Scenario::Scale,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Kill9 => "kill9",
+            Scenario::Sigstop => "sigstop",
+            Scenario::PgRestart => "pg-restart",
+            Scenario::Rolling => "rolling",
+            Scenario::Scale => "scale",
+        }
+    }
+
+    /// `all` or one scenario name.
+    pub fn parse_selection(text: &str) -> Result<Vec<Scenario>> {
+        if text == "all" {
+            return Ok(Scenario::ALL.to_vec());
+        }
+        Ok(vec![text.parse()?])
+    }
+
+    /// Workers the proxy lists (the scale scenario's fourth starts later).
+    pub fn listed_workers(self) -> usize {
+        match self {
+            Scenario::Scale => 4,
+            _ => 3,
+        }
+    }
+
+    /// Workers running when the load starts.
+    pub fn initial_workers(self) -> usize {
+        3
+    }
+
+    pub fn plan(self, short: bool) -> Plan {
+        let (users, think_ms, duration, fault_at) = if short {
+            (60, 30..=90, Duration::from_secs(9), Duration::from_secs(3))
+        } else {
+            (
+                200,
+                100..=300,
+                Duration::from_secs(20),
+                Duration::from_secs(7),
+            )
+        };
+        Plan {
+            load: LoadPlan {
+                users,
+                devices: 2,
+                think_ms,
+            },
+            duration,
+            fault_at,
+            settle_after_fault: Duration::from_secs(if short { 2 } else { 4 }),
+            scale_hold: Duration::from_secs(if short { 3 } else { 6 }),
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match Scenario::ALL.into_iter().find(|s| s.name() == text) {
+            Some(scenario) => Ok(scenario),
+            None => {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                bail!(
+                    "unknown scenario {text:?}: pick one of {}, or all",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// The timing of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub load: LoadPlan,
+    /// The load runs at least this long…
+    pub duration: Duration,
+    /// …the fault starts this long after the load…
+    pub fault_at: Duration,
+    /// …and the load goes on at least this long after the fault's last step.
+    pub settle_after_fault: Duration,
+    /// Scale: how long the fourth worker serves before it is told to leave.
+    pub scale_hold: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for scenario in Scenario::ALL {
+            assert_eq!(scenario.name().parse::<Scenario>().ok(), Some(scenario));
+        }
+        assert_eq!(
+            Scenario::parse_selection("all").ok().map(|s| s.len()),
+            Some(5)
+        );
+        assert!("kill".parse::<Scenario>().is_err());
+    }
+}
