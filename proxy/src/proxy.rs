@@ -182,9 +182,10 @@ impl ProxyHttp for RoostProxy {
 
     /// After the request reached a worker. A timeout means the worker went
     /// quiet (frozen, cut off): take it down and, when a replay is safe,
-    /// retry on the key's next candidate. Other errors follow Pingora's rule
-    /// (a replay-safe request is retried once on a reused connection that
-    /// closed under it), with an `Idempotency-Key` counting as replay-safe.
+    /// retry on the key's next candidate. A lost connection retries a
+    /// replay-safe request too. Otherwise Pingora's rule holds (a
+    /// replay-safe request is retried on a reused connection that closed
+    /// under it). An `Idempotency-Key` counts as replay-safe.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -201,6 +202,18 @@ impl ProxyHttp for RoostProxy {
         ) {
             ctx.abandon_worker();
             e.set_retry(replayable);
+        } else if replayable && is_connection_lost(&e) {
+            // The worker closed or reset the connection mid-request: it may
+            // have been killed. A reused connection may just have been
+            // closed as idle, so try the worker again; a fresh one means the
+            // worker is likely gone, so try the next candidate (connecting
+            // to a dead worker would fail and take it down anyway).
+            if !client_reused {
+                if let Some(worker) = ctx.worker.take() {
+                    ctx.tried.push(worker);
+                }
+            }
+            e.set_retry(true);
         } else if replayable {
             e.retry.decide_reuse(client_reused);
         } else {
@@ -292,6 +305,16 @@ fn is_replay_safe(session: &Session) -> bool {
     let request = session.req_header();
     (request.method.is_idempotent() || request.headers.contains_key(IDEMPOTENCY_KEY))
         && !session.as_ref().retry_buffer_truncated()
+}
+
+/// The connection to the worker broke (closed, reset) rather than the
+/// worker answering badly.
+fn is_connection_lost(e: &Error) -> bool {
+    *e.esource() == ErrorSource::Upstream
+        && matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        )
 }
 
 /// Remove every client-sent `x-roost-*` header: only the proxy sets those.

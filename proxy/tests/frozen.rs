@@ -57,6 +57,17 @@ async fn add_item(
     (status, worker, sent.elapsed())
 }
 
+/// A key (`PREFIX-N`) that `owner` owns.
+async fn key_owned_by(fleet: &TestFleet, owner: &str, prefix: &str) -> String {
+    for i in 0..1000 {
+        let candidate = format!("{prefix}-{i}");
+        if fleet.route(&candidate).await.owner.as_deref() == Some(owner) {
+            return candidate;
+        }
+    }
+    panic!("none of 1000 keys belongs to {owner}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_safe_requests_leave_a_frozen_worker_and_the_rest_get_504() {
     let fleet = TestFleet::start(fleet_config()).await;
@@ -75,15 +86,7 @@ async fn replay_safe_requests_leave_a_frozen_worker_and_the_rest_get_504() {
         .expect("two workers");
     // Another user of the same owner, for the request that is not safe to
     // replay.
-    let mut unsafe_key = None;
-    for i in 0..1000 {
-        let candidate = format!("frozen-user-{i}");
-        if fleet.route(&candidate).await.owner.as_deref() == Some(owner.as_str()) {
-            unsafe_key = Some(candidate);
-            break;
-        }
-    }
-    let unsafe_key = unsafe_key.expect("some key belongs to the owner");
+    let unsafe_key = key_owned_by(&fleet, &owner, "frozen-user").await;
 
     signal(&fleet, &owner, Signal::SIGSTOP);
     // Both reach the frozen owner before anything took it down.
@@ -112,4 +115,40 @@ async fn replay_safe_requests_leave_a_frozen_worker_and_the_rest_get_504() {
         unsafe_took < Duration::from_secs(5),
         "504 after about the timeout: {unsafe_took:?}"
     );
+}
+
+/// A worker killed (kill -9) while it holds requests: the connection breaks
+/// under them. A replay-safe request goes to the next candidate; one that is
+/// not safe to replay gets 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_safe_requests_survive_a_worker_killed_under_them() {
+    let fleet = TestFleet::start(fleet_config()).await;
+    let key = "killed-user";
+    // Asked, not sent a request: the proxy holds no pooled connection to
+    // the owner, so the requests below go out on fresh ones (a reused
+    // connection that breaks is retried by Pingora's own rule).
+    let owner = fleet.route(key).await.owner.expect("an owner");
+    let unsafe_key = key_owned_by(&fleet, &owner, "killed-user").await;
+
+    // Frozen first, so both requests are surely inside it when it dies.
+    signal(&fleet, &owner, Signal::SIGSTOP);
+    let requests = async {
+        tokio::join!(
+            add_item(&fleet, key, Some("add-mug-once")),
+            add_item(&fleet, &unsafe_key, None)
+        )
+    };
+    let kill_soon = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(&fleet, &owner, Signal::SIGKILL);
+    };
+    let (((status, worker, took), (unsafe_status, _, _)), ()) = tokio::join!(requests, kill_soon);
+
+    assert_eq!(status, 200, "the keyed add moved on (after {took:?})");
+    assert_ne!(
+        worker.as_deref(),
+        Some(owner.as_str()),
+        "served by another worker"
+    );
+    assert_eq!(unsafe_status, 502, "the unkeyed add is not replayed");
 }
