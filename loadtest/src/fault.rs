@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use nix::sys::signal::Signal;
 
+use crate::bystanders::{Bystanders, Served};
 use crate::check::movement::ScaleWindow;
 use crate::fleet::Fleet;
 use crate::ledger::Ledger;
@@ -29,6 +30,9 @@ const BUSIEST_WINDOW_US: u64 = 1_000_000;
 pub struct FaultOutcome {
     /// Scale: when the new worker came and went.
     pub scale: Option<ScaleWindow>,
+    /// Scale: the worker of each bystander before the new worker came, and
+    /// while it served.
+    pub bystanders: Option<Served>,
     /// Worker → exit status of each drain (SIGTERM).
     pub drain_exits: Vec<(String, String)>,
     /// Steps that did not go as planned.
@@ -139,13 +143,23 @@ async fn scale(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
     let Some(new) = fleet.ids().last().cloned() else {
         anyhow::bail!("the fleet lists no worker");
     };
+    let bystanders = Bystanders::new(plan.bystanders);
+    ledger.event(format!(
+        "{} bystanders ask for their carts",
+        bystanders.len()
+    ));
+    let before = bystanders.touch(&fleet.proxy_url()).await?;
     let started_us = ledger.clock().now_us();
     ledger.event(format!("start {new} (scale out)"));
     fleet.start_worker(&new).await?;
     fleet.wait_proxy_sees(&new, true).await?;
     let ready_us = ledger.clock().now_us();
     ledger.event(format!("proxy sees {new} healthy"));
-    tokio::time::sleep(plan.scale_hold).await;
+    let hold = tokio::time::sleep(plan.scale_hold);
+    let after = bystanders.touch(&fleet.proxy_url()).await?;
+    ledger.event("the bystanders asked again");
+    outcome.bystanders = Some(Served { before, after });
+    hold.await;
     let leaving_us = ledger.clock().now_us();
     outcome.scale = Some(ScaleWindow {
         started_us,

@@ -24,6 +24,7 @@
 //! | [`report`], [`timeline`] | verdicts, the summary table, the SVG plot |
 
 pub mod binaries;
+pub mod bystanders;
 pub mod check;
 pub mod client;
 pub mod fault;

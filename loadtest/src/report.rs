@@ -159,9 +159,10 @@ fn targets(scenario: Scenario, findings: &Findings) -> Vec<Verdict> {
             "moved ≤ 1.05/N",
             movement.within_bound(),
             format!(
-                "{} of {} active entities moved to {} ({:.3}; bound {:.4}); its HRW share of {} sample keys: {:.4}",
+                "{} of {} active entities ({} of them bystanders) moved to {} ({:.3}; bound {:.4}); its HRW share of {} sample keys: {:.4}",
                 movement.moved_to_new,
                 movement.active,
+                movement.bystanders,
                 movement.new_worker,
                 movement.fraction_moved,
                 movement.bound,

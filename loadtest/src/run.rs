@@ -73,10 +73,13 @@ pub async fn run_scenario(
     cluster.stop();
 
     let (records, events) = ledger.snapshot();
-    let movement = fault
-        .scale
-        .zip(hrw)
-        .map(|(window, hrw)| movement(&records, window, &hrw, scenario));
+    let movement = fault.scale.zip(hrw).map(|(window, hrw)| {
+        let mut movement = movement(&records, window, &hrw, scenario);
+        if let Some(served) = &fault.bystanders {
+            movement.add_bystanders(&served.before, &served.after);
+        }
+        movement
+    });
     let findings = Findings::examine(&records, &stored, load_us, movement);
     write_jsonl(&out_dir.join("ledger.jsonl"), &records)?;
     let title = format!(

@@ -94,6 +94,7 @@ impl Scenario {
             fault_at,
             settle_after_fault: Duration::from_secs(if short { 2 } else { 4 }),
             scale_hold: Duration::from_secs(if short { 3 } else { 6 }),
+            bystanders: if short { 10_000 } else { 20_000 },
         }
     }
 }
@@ -133,6 +134,9 @@ pub struct Plan {
     pub settle_after_fault: Duration,
     /// Scale: how long the fourth worker serves before it is told to leave.
     pub scale_hold: Duration,
+    /// Scale: users who ask once before and once after the scale-out, so
+    /// the moved fraction is measured over many entities.
+    pub bystanders: usize,
 }
 
 #[cfg(test)]

@@ -32,8 +32,11 @@ pub struct ScaleWindow {
 pub struct Movement {
     pub new_worker: String,
     pub fleet_after: usize,
-    /// Entities answered both before and while the new worker served.
+    /// Entities answered both before and while the new worker served
+    /// (load users' entities and bystanders).
     pub active: usize,
+    /// Of which bystanders.
+    pub bystanders: usize,
     pub moved_to_new: usize,
     pub fraction_moved: f64,
     /// 1.05 / fleet_after.
@@ -53,6 +56,29 @@ pub struct Movement {
 impl Movement {
     pub fn within_bound(&self) -> bool {
         self.fraction_moved <= self.bound
+    }
+
+    /// Count the bystanders (see [`crate::bystanders`]): the worker of each
+    /// before the scale-out and while the new worker served.
+    pub fn add_bystanders(&mut self, before: &[Option<String>], after: &[Option<String>]) {
+        for (n, pair) in before.iter().zip(after).enumerate() {
+            let (Some(before), Some(after)) = pair else {
+                continue;
+            };
+            self.active += 1;
+            self.bystanders += 1;
+            if before != after && *after == self.new_worker {
+                self.moved_to_new += 1;
+            } else if before != after {
+                self.moved_elsewhere += 1;
+                self.examples.note(|| {
+                    format!("bystander-{n} moved {before} → {after}, not to the new worker")
+                });
+            }
+        }
+        if self.active > 0 {
+            self.fraction_moved = self.moved_to_new as f64 / self.active as f64;
+        }
     }
 
     /// `hrw_first`: user → first worker of its HRW order over the grown fleet.
