@@ -82,7 +82,7 @@ impl Client {
     }
 
     /// Try `call` until it gets an answer that is not a 5xx, it has been
-    /// tried [`MAX_ATTEMPTS`] times, or `keep_trying` says stop. Every
+    /// tried `MAX_ATTEMPTS` times, or `keep_trying` says stop. Every
     /// attempt goes to the ledger; the last one is returned.
     pub async fn perform(&self, call: &Call, keep_trying: impl Fn() -> bool) -> Record {
         let mut attempt = 1;

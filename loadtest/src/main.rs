@@ -21,7 +21,7 @@ struct Args {
     /// The CI version: fewer users, shorter runs (all in under 3 minutes).
     #[arg(long)]
     short: bool,
-    /// Output dir (default: loadtest/results/faults-<scenario>-<UTC stamp>/).
+    /// Output dir (default: `loadtest/results/faults-<scenario>-<UTC stamp>/`).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Simulated users (default: 200, 60 with --short).

@@ -20,7 +20,7 @@ use crate::stored::StoredEntity;
 /// Examples kept per finding.
 const EXAMPLES: usize = 5;
 
-/// Up to [`EXAMPLES`] descriptions of what a check found.
+/// Up to `EXAMPLES` descriptions of what a check found.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(transparent)]
 pub struct Examples(Vec<String>);

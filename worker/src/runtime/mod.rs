@@ -7,7 +7,9 @@
 //! 2. lock it (per-entity serial execution); if it left the map meanwhile,
 //!    start over; if a durable change failed since the last request, go
 //!    back to the state before it;
-//! 3. claim it from the store on first use ([`crate::ownership::claim`]);
+//! 3. claim it from the store on first use (asking a live owner to hand it
+//!    over; see [`crate::ownership`]), then make sure the lease still
+//!    holds ([`crate::lease`]; if not: 503);
 //! 4. answer a repeated `Idempotency-Key` from the remembered reply;
 //! 5. run the handler; on a change, bump the version, encode the state and
 //!    hand the row to the [`flusher::Flusher`];
