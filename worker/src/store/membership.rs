@@ -2,7 +2,7 @@
 //! store: who it registered as, under which generation, whether it holds its
 //! liveness lock, and the inbox its hand-over requests arrive in.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -12,8 +12,8 @@ use super::{Member, StoreError, StoreResult};
 pub struct Membership {
     member: Mutex<Option<Member>>,
     generation: AtomicI64,
-    /// True while the liveness lock is surely held.
-    locked: Arc<AtomicBool>,
+    /// Whether the liveness lock is surely held, by which holding.
+    lock: Arc<LockState>,
     inbox: mpsc::UnboundedSender<String>,
     requests: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
@@ -24,7 +24,7 @@ impl Default for Membership {
         Membership {
             member: Mutex::new(None),
             generation: AtomicI64::new(0),
-            locked: Arc::new(AtomicBool::new(false)),
+            lock: Arc::new(LockState::default()),
             inbox,
             requests: Mutex::new(Some(requests)),
         }
@@ -53,17 +53,17 @@ impl Membership {
         self.generation.store(generation, Ordering::Release);
     }
 
-    /// The flag the lock's keeper clears the moment the lock is gone.
-    pub fn lock_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.locked)
-    }
-
-    pub fn set_locked(&self, locked: bool) {
-        self.locked.store(locked, Ordering::Release);
+    /// A new holding of the liveness lock (a new connection, for Postgres):
+    /// not yet locked; from now on only it can say the lock is held or lost.
+    pub fn new_holding(&self) -> Holding {
+        Holding {
+            state: Arc::clone(&self.lock),
+            generation: self.lock.next_generation(),
+        }
     }
 
     pub fn holds_lock(&self) -> bool {
-        self.locked.load(Ordering::Acquire)
+        self.lock.is_held()
     }
 
     /// Where hand-over requests are to be delivered.
@@ -78,5 +78,79 @@ impl Membership {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .unwrap_or_else(|| mpsc::unbounded_channel().1)
+    }
+}
+
+/// `generation << 1 | held`, in one atomic so that "held" always belongs to
+/// the current generation.
+#[derive(Default)]
+struct LockState(AtomicU64);
+
+impl LockState {
+    fn next_generation(&self) -> u64 {
+        let previous = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some(((s >> 1) + 1) << 1)
+            })
+            .unwrap_or_default();
+        (previous >> 1) + 1
+    }
+
+    fn is_held(&self) -> bool {
+        self.0.load(Ordering::Acquire) & 1 == 1
+    }
+}
+
+/// One holding of the liveness lock. When its connection ends it can mark
+/// the lock lost only while it is still the newest holding, so an old
+/// connection that closes late never clears a newer connection's lock.
+#[derive(Clone)]
+pub struct Holding {
+    state: Arc<LockState>,
+    generation: u64,
+}
+
+impl Holding {
+    /// The lock is taken.
+    pub fn locked(&self) {
+        let unlocked = self.generation << 1;
+        let _ = self.state.0.compare_exchange(
+            unlocked,
+            unlocked | 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// The lock is gone with this holding's connection.
+    pub fn lost(&self) {
+        let unlocked = self.generation << 1;
+        let _ = self.state.0.compare_exchange(
+            unlocked | 1,
+            unlocked,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_holding_cannot_clear_a_newer_lock() {
+        let membership = Membership::default();
+        let old = membership.new_holding();
+        old.locked();
+        assert!(membership.holds_lock());
+        let new = membership.new_holding();
+        assert!(!membership.holds_lock(), "a new holding starts unlocked");
+        new.locked();
+        old.lost();
+        assert!(membership.holds_lock(), "the old connection ended late");
+        new.lost();
+        assert!(!membership.holds_lock());
     }
 }

@@ -12,7 +12,6 @@
 //! lock again and reports [`Renewal::Rejoined`].
 
 use std::future::poll_fn;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{unavailable, LOCK_SPACE};
-use crate::store::membership::Membership;
+use crate::store::membership::{Holding, Membership};
 use crate::store::{Member, MemberStatus, Registry, Renewal, StoreError, StoreResult};
 
 const REGISTER: &str = "
@@ -68,10 +67,11 @@ impl PostgresRegistry {
     }
 
     /// Open the heartbeat connection; its driver task forwards hand-over
-    /// requests and clears `locked` when the connection ends.
-    async fn connect(&self) -> StoreResult<Client> {
+    /// requests and marks the lock lost when the connection ends.
+    async fn connect(&self) -> StoreResult<(Client, Holding)> {
         let (client, mut connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
-        let (inbox, locked) = (self.membership.inbox(), self.membership.lock_flag());
+        let holding = self.membership.new_holding();
+        let (inbox, watched) = (self.membership.inbox(), holding.clone());
         tokio::spawn(async move {
             while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
                 match message {
@@ -85,14 +85,20 @@ impl PostgresRegistry {
                     }
                 }
             }
-            locked.store(false, Ordering::Release);
+            watched.lost();
         });
-        Ok(client)
+        Ok((client, holding))
     }
 
     /// Register the row if new and take the advisory lock, trying until
     /// `patience` has passed.
-    async fn lock(&self, client: &Client, member: &Member, patience: Duration) -> StoreResult<()> {
+    async fn lock(
+        &self,
+        client: &Client,
+        holding: &Holding,
+        member: &Member,
+        patience: Duration,
+    ) -> StoreResult<()> {
         client
             .execute(REGISTER, &[&member.id, &member.addr])
             .await
@@ -124,7 +130,7 @@ impl PostgresRegistry {
             .batch_execute(&format!("LISTEN roost_handover_{lock_id}"))
             .await
             .map_err(unavailable)?;
-        self.membership.set_locked(true);
+        holding.locked();
         Ok(())
     }
 
@@ -152,8 +158,8 @@ fn millis(duration: Duration) -> f64 {
 impl Registry for PostgresRegistry {
     async fn join(&self, member: &Member, lease: Duration, patience: Duration) -> StoreResult<i64> {
         self.membership.joining(member);
-        let client = self.connect().await?;
-        self.lock(&client, member, patience).await?;
+        let (client, holding) = self.connect().await?;
+        self.lock(&client, &holding, member, patience).await?;
         let generation: i64 = client
             .query_one(GO_LIVE, &[&member.id, &member.addr, &millis(lease)])
             .await
@@ -172,8 +178,13 @@ impl Registry for PostgresRegistry {
             return Ok(Renewal::Continuous);
         }
         *client = None;
-        let fresh = self.connect().await?;
-        self.lock(&fresh, &member, Duration::ZERO).await?;
+        let (fresh, holding) = self.connect().await?;
+        // Our lost session may still hold the lock until Postgres notices it
+        // is gone (a cut network): not fatal, the next heartbeat tries again,
+        // and meanwhile the lease runs out and nothing is served.
+        self.lock(&fresh, &holding, &member, Duration::ZERO)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot take the lock again yet: {e}")))?;
         self.extend(&fresh, &member, lease).await?;
         *client = Some(fresh);
         Ok(Renewal::Rejoined)

@@ -164,13 +164,14 @@ impl SqliteRegistry {
         patience: Duration,
     ) -> StoreResult<()> {
         let deadline = tokio::time::Instant::now() + patience;
+        let holding = self.membership.new_holding();
         loop {
             let taken = self.locks.try_take(lock_id).map_err(|e| {
                 StoreError::Fatal(format!("cannot use the lock file of {:?}: {e}", member.id))
             })?;
             if let Some(file) = taken {
                 *self.lock_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
-                self.membership.set_locked(true);
+                holding.locked();
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
