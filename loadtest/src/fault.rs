@@ -13,6 +13,7 @@ use crate::bystanders::{Bystanders, Served};
 use crate::check::movement::ScaleWindow;
 use crate::fleet::Fleet;
 use crate::ledger::Ledger;
+use crate::load::user_name;
 use crate::postgres::Cluster;
 use crate::scenario::{Plan, Scenario};
 
@@ -33,6 +34,8 @@ pub struct FaultOutcome {
     /// Scale: the worker of each bystander before the new worker came, and
     /// while it served.
     pub bystanders: Option<Served>,
+    /// Scale: the proxy's HRW order while the new worker served.
+    pub hrw: Option<HrwView>,
     /// Worker → exit status of each drain (SIGTERM).
     pub drain_exits: Vec<(String, String)>,
     /// Steps that did not go as planned.
@@ -159,6 +162,8 @@ async fn scale(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
     let after = bystanders.touch(&fleet.proxy_url()).await?;
     ledger.event("the bystanders asked again");
     outcome.bystanders = Some(Served { before, after });
+    let users: Vec<String> = (0..plan.load.users).map(user_name).collect();
+    outcome.hrw = Some(hrw_view(fleet, &users).await?);
     hold.await;
     let leaving_us = ledger.clock().now_us();
     outcome.scale = Some(ScaleWindow {
@@ -191,4 +196,33 @@ fn busiest_worker(ledger: &Ledger, ids: &[String]) -> String {
         })
         .cloned()
         .unwrap_or_else(|| "w1".into())
+}
+
+/// Made-up keys the new worker's HRW share is measured over.
+pub const HRW_SAMPLE_KEYS: usize = 2_000;
+
+/// What the proxy's HRW order says about the grown fleet, read while the
+/// new worker is in its live set.
+#[derive(Debug)]
+pub struct HrwView {
+    /// User → first worker of its HRW order.
+    pub users: HashMap<String, String>,
+    /// How many of [`HRW_SAMPLE_KEYS`] keys each worker is first for.
+    pub sample: HashMap<String, usize>,
+}
+
+async fn hrw_view(fleet: &Fleet, users: &[String]) -> Result<HrwView> {
+    let mut view = HrwView {
+        users: HashMap::with_capacity(users.len()),
+        sample: HashMap::new(),
+    };
+    for user in users {
+        view.users
+            .insert(user.clone(), fleet.hrw_first(user).await?);
+    }
+    for n in 0..HRW_SAMPLE_KEYS {
+        let first = fleet.hrw_first(&format!("sample-{n}")).await?;
+        *view.sample.entry(first).or_default() += 1;
+    }
+    Ok(view)
 }

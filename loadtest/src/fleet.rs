@@ -64,7 +64,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// List `listed` workers (`w1`…) in the proxy, start the first
+    /// Slots for `listed` workers (`w1`…), start the first
     /// `running` one after another (the first creates the schema), then
     /// the proxy, and wait until it sees the running ones healthy.
     pub async fn start(
@@ -198,32 +198,22 @@ impl Fleet {
         self.wait_for_200("proxy", &url, &log).await
     }
 
-    /// The proxy's config: every listed worker, running or not (it counts
-    /// a worker down until its health checks pass).
-    ///
-    /// Discovery from the workers table (`discovery: {store: URL,
-    /// interval_ms}`) was being built into the proxy while this suite was
-    /// written. Switching to it happens here: list only the initial workers
-    /// (or none) and add `discovery:` with the store URL, so the scale
-    /// scenario's w4 joins by registering itself rather than by being
-    /// listed from the start.
+    /// The proxy finds the workers in the store (`discovery`): none is
+    /// listed, so a worker that starts, drains or scales in is seen without
+    /// a config edit, as in production.
     fn proxy_yaml(&self) -> String {
-        let workers: String = self
-            .slots
-            .iter()
-            .map(|s| format!("  - {{id: {}, addr: \"{}\", weight: 1}}\n", s.id, s.addr))
-            .collect();
         format!(
             "listen: \"{listen}\"\n\
              admin_listen: \"{admin}\"\n\
              hash_seed: \"faults-{seed:016x}\"\n\
              key:\n  sources: [{{header: x-user-id}}]\n  missing: reject\n\
-             workers:\n{workers}\
+             discovery: {{store: \"{store}\", interval_ms: 100}}\n\
              health: {{path: /readyz, interval_ms: 100, timeout_ms: 100, rise: 1, fall: 1}}\n\
              access_log: false\n",
             listen = self.proxy_addr,
             admin = self.admin_addr,
             seed = rand::random::<u64>(),
+            store = self.store_url,
         )
     }
 
@@ -239,12 +229,14 @@ impl Fleet {
         reply.json().await.context("parse /admin/workers")
     }
 
-    /// Wait until the proxy reports worker `id` as `healthy` (or not).
+    /// Wait until the proxy reports worker `id` as `healthy`, or (for
+    /// `false`) as down or no longer in its live set.
     pub async fn wait_proxy_sees(&self, id: &str, healthy: bool) -> Result<()> {
         let deadline = Instant::now() + HEALTH_TIMEOUT;
         loop {
             let workers = self.admin_workers().await.unwrap_or_default();
-            if workers.iter().any(|w| w.id == id && w.healthy == healthy) {
+            let listed = workers.iter().find(|w| w.id == id);
+            if listed.map_or(!healthy, |w| w.healthy == healthy) {
                 return Ok(());
             }
             if Instant::now() >= deadline {

@@ -3,7 +3,6 @@
 //! the proxy and from the store), everything stopped, then the checks and
 //! the files (ledger, summary, timeline) in the scenario's output dir.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::binaries::Binaries;
 use crate::check::movement::{Movement, ScaleWindow};
 use crate::check::Findings;
-use crate::fault::{self, FaultOutcome, Target};
+use crate::fault::{self, FaultOutcome, HrwView, Target, HRW_SAMPLE_KEYS};
 use crate::fleet::Fleet;
 use crate::ledger::{write_jsonl, Clock, Ledger, Record};
 use crate::load::{read_back, user_name, Load};
@@ -61,11 +60,6 @@ pub async fn run_scenario(
     tokio::time::sleep(SETTLE).await;
     let users: Vec<String> = (0..plan.load.users).map(user_name).collect();
     read_back(&users, &fleet.proxy_url(), &ledger).await?;
-    let hrw = if fault.scale.is_some() {
-        Some(hrw_view(&fleet, &users).await?)
-    } else {
-        None
-    };
     let stored = read_entities(&cluster.url())
         .await
         .context("read the final state from the store")?;
@@ -73,8 +67,8 @@ pub async fn run_scenario(
     cluster.stop();
 
     let (records, events) = ledger.snapshot();
-    let movement = fault.scale.zip(hrw).map(|(window, hrw)| {
-        let mut movement = movement(&records, window, &hrw, scenario);
+    let movement = fault.scale.zip(fault.hrw.as_ref()).map(|(window, hrw)| {
+        let mut movement = movement(&records, window, hrw, scenario);
         if let Some(served) = &fault.bystanders {
             movement.add_bystanders(&served.before, &served.after);
         }
@@ -129,33 +123,6 @@ async fn run_load_with_fault(
     load.stop();
     load.join().await?;
     Ok(fault)
-}
-
-/// Made-up keys the new worker's HRW share is measured over.
-const HRW_SAMPLE_KEYS: usize = 10_000;
-
-/// What the proxy's HRW order says about the grown fleet.
-struct HrwView {
-    /// User → first worker of its HRW order.
-    users: HashMap<String, String>,
-    /// How many of [`HRW_SAMPLE_KEYS`] keys each worker is first for.
-    sample: HashMap<String, usize>,
-}
-
-async fn hrw_view(fleet: &Fleet, users: &[String]) -> Result<HrwView> {
-    let mut view = HrwView {
-        users: HashMap::with_capacity(users.len()),
-        sample: HashMap::new(),
-    };
-    for user in users {
-        view.users
-            .insert(user.clone(), fleet.hrw_first(user).await?);
-    }
-    for n in 0..HRW_SAMPLE_KEYS {
-        let first = fleet.hrw_first(&format!("sample-{n}")).await?;
-        *view.sample.entry(first).or_default() += 1;
-    }
-    Ok(view)
 }
 
 fn movement(
