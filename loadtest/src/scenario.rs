@@ -94,7 +94,9 @@ impl Scenario {
             fault_at,
             settle_after_fault: Duration::from_secs(if short { 2 } else { 4 }),
             scale_hold: Duration::from_secs(if short { 3 } else { 6 }),
-            bystanders: if short { 10_000 } else { 20_000 },
+            // Short runs (CI, often with debug binaries) keep it small: the
+            // movement bound is reported there, not asserted.
+            bystanders: if short { 2_000 } else { 20_000 },
         }
     }
 }
