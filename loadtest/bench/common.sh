@@ -7,24 +7,18 @@
 #
 # The sourcing script sets SERVER_CPU (default CPU of start_server), and may
 # set RESULTS and ROOT (for messages) before calling die / wait_ready-style
-# helpers. proxy.sh keeps its own copies for now (unchanged).
+# helpers. proxy.sh keeps its own variants of the helpers that differ
+# (log, die, stop_server, cpu_stat, wait_quiet, ...); the ones both use
+# unchanged live in proc.sh.
+
+# shellcheck source=proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/proc.sh"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 STARTED=() # "pid:signal" of every process group started and not yet stopped
 
-# start_server NAME LOGFILE SIGNAL CMD...: start CMD in its own session,
-# pinned to PIN_CPU (default SERVER_CPU); sets SERVER_PID. SIGNAL is what
-# stop_server sends first (TERM lets a worker drain; INT stops a proxy).
-start_server() {
-  local name=$1 logfile=$2 signal=$3
-  shift 3
-  setsid taskset -c "${PIN_CPU:-$SERVER_CPU}" "$@" >"$logfile" 2>&1 </dev/null &
-  SERVER_PID=$!
-  STARTED+=("$SERVER_PID:$signal")
-  log "started $name (pid $SERVER_PID)"
-}
 
 # group_alive PID: whether any process of PID's session/group is still there.
 group_alive() { kill -0 -- "-$1" 2>/dev/null || kill -0 "$1" 2>/dev/null; }
@@ -59,28 +53,7 @@ stop_all_started() {
   done
 }
 
-# session_pids SID: every process in session SID (a server and its children).
-session_pids() {
-  local stat f
-  for stat in /proc/[0-9]*/stat; do
-    { read -r stat <"$stat"; } 2>/dev/null || continue
-    read -r -a f <<<"${stat##*) }"
-    [ "${f[3]}" = "$1" ] && echo "${stat%% *}"
-  done
-  return 0
-}
 
-# cpu_ticks PID...: utime + stime of the processes (all their threads), in
-# clock ticks.
-cpu_ticks() {
-  local pid stat f total=0
-  for pid in "$@"; do
-    { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || continue
-    read -r -a f <<<"${stat##*) }"
-    total=$((total + f[11] + f[12]))
-  done
-  echo "$total"
-}
 
 # comm_ticks NAME: "pid ticks" of every process whose command name is NAME
 # (e.g. every postgres backend on this machine), one a line.
@@ -112,13 +85,6 @@ cpu_stat() {
   awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 + $7 + $8, $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $2 + $3 + $4 }' /proc/stat
 }
 
-# children_ticks: CPU ticks of this shell's reaped children (wrk, among others).
-children_ticks() {
-  local stat f
-  read -r stat <"/proc/$$/stat"
-  read -r -a f <<<"${stat##*) }"
-  echo $((f[13] + f[14]))
-}
 
 # wait_quiet CPU_A CPU_B LIMIT_PCT MAX_WAIT_S: wait until neither CPU is more
 # than LIMIT_PCT % busy over one second (someone else's build or test run
@@ -152,27 +118,6 @@ free_port() {
   echo "$port"
 }
 
-# to_ms VALUE: wrk's "635.00us" / "1.23ms" / "2.00s" / "1.00m" in ms.
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
-    else if (u != "ms") { print "NaN"; exit }
-    printf "%.3f", n }'
-}
 
-# median: of the numbers on stdin, one a line.
-median() {
-  sort -g | awk '{ a[NR] = $1 } END {
-    if (NR == 0) { print "NaN"; exit }
-    if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 
-# first_line CMD...: the first line CMD prints (no pipe into head: the
-# producer could die of SIGPIPE, which pipefail would turn into an exit).
-first_line() {
-  local out
-  out=$("$@" 2>&1 || true)
-  printf '%s\n' "${out%%$'\n'*}"
-}
 

@@ -42,6 +42,8 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 export LC_ALL=C
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=proc.sh source-path=SCRIPTDIR
+source "$SCRIPT_DIR/proc.sh"
 ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 
 # The exact command, with any settings given through the environment.
@@ -195,16 +197,6 @@ STARTED=() # "pid:signal" of every process group started and not yet stopped
 WORK=""
 RESULTS=""
 
-# start_server NAME LOGFILE SIGNAL CMD...: start CMD pinned to PIN_CPU
-# (default SERVER_CPU); sets SERVER_PID.
-start_server() {
-  local name=$1 logfile=$2 signal=$3
-  shift 3
-  setsid taskset -c "${PIN_CPU:-$SERVER_CPU}" "$@" >"$logfile" 2>&1 </dev/null &
-  SERVER_PID=$!
-  STARTED+=("$SERVER_PID:$signal")
-  log "started $name (pid $SERVER_PID)"
-}
 
 # group_alive PID: whether any process of PID's session/group is still there.
 group_alive() { kill -0 -- "-$1" 2>/dev/null || kill -0 "$1" 2>/dev/null; }
@@ -247,28 +239,7 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM HUP
 
-# session_pids SID: every process in session SID (a server and its children).
-session_pids() {
-  local stat f
-  for stat in /proc/[0-9]*/stat; do
-    { read -r stat <"$stat"; } 2>/dev/null || continue
-    read -r -a f <<<"${stat##*) }"
-    [ "${f[3]}" = "$1" ] && echo "${stat%% *}"
-  done
-  return 0
-}
 
-# cpu_ticks PID...: utime + stime of the processes (all their threads), in
-# clock ticks.
-cpu_ticks() {
-  local pid stat f total=0
-  for pid in "$@"; do
-    { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || continue
-    read -r -a f <<<"${stat##*) }"
-    total=$((total + f[11] + f[12]))
-  done
-  echo "$total"
-}
 
 # cpu_stat CPU: "busy steal total" jiffies of one CPU from /proc/stat. busy:
 # user+nice+system+irq+softirq; steal: time the hypervisor gave to others.
@@ -276,13 +247,6 @@ cpu_stat() {
   awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 + $7 + $8, $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
 }
 
-# children_ticks: CPU ticks of this shell's reaped children (wrk, among others).
-children_ticks() {
-  local stat f
-  read -r stat <"/proc/$$/stat"
-  read -r -a f <<<"${stat##*) }"
-  echo $((f[13] + f[14]))
-}
 
 # wait_quiet: wait (up to QUIET_WAIT s) until neither CPU is more than
 # QUIET_LIMIT % busy over one second while nothing of ours is loaded, so a
@@ -482,21 +446,7 @@ stop_target() {
   fi
 }
 
-# to_ms VALUE: wrk's "635.00us" / "1.23ms" / "2.00s" / "1.00m" in ms.
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
-    else if (u != "ms") { print "NaN"; exit }
-    printf "%.3f", n }'
-}
 
-# median: of the numbers on stdin, one a line.
-median() {
-  sort -g | awk '{ a[NR] = $1 } END {
-    if (NR == 0) { print "NaN"; exit }
-    if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 
 # ---------------------------------------------------------------------------
 # 2. Start the workers.
@@ -535,13 +485,6 @@ done
 # Machine and versions, for the report.
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 NGINX_VERSION=$(nginx -v 2>&1 | sed 's/^nginx version: //')
-# first_line CMD...: the first line CMD prints (no pipe into head: the
-# producer could die of SIGPIPE, which pipefail would turn into an exit).
-first_line() {
-  local out
-  out=$("$@" 2>&1 || true)
-  printf '%s\n' "${out%%$'\n'*}"
-}
 HAPROXY_VERSION=$(first_line haproxy -v)
 HAPROXY_VERSION=${HAPROXY_VERSION%% - https*}
 WRK_VERSION=$(first_line wrk -v)
