@@ -109,6 +109,16 @@ local function device_requests(line, headers, device, skus)
   return list
 end
 
+-- User i's headers: its id, and for "direct" also the key the proxy would set.
+local function user_headers(prefix, i, mode)
+  local id = string.format("%s-u%05d", prefix, i)
+  local headers = { ["x-user-id"] = id }
+  if mode == "direct" then
+    headers["x-roost-key"] = id
+  end
+  return headers
+end
+
 function init(args)
   local mode = args[1]
   local line = args[2]
@@ -133,11 +143,7 @@ function init(args)
     total = 0
     for i = 1, users do
       if (i - 1) % parts == part then
-        local id = string.format("%s-u%05d", prefix, i)
-        local headers = { ["x-user-id"] = id }
-        if mode == "direct" then
-          headers["x-roost-key"] = id
-        end
+        local headers = user_headers(prefix, i, mode)
         total = total + 1
         requests[total] = wrk.format("GET", "/v1/cart", headers)
         if not idle then
@@ -155,11 +161,7 @@ function init(args)
   local per_device = {}
   for i = 1, users do
     if (i - 1) % parts == part then
-      local id = string.format("%s-u%05d", prefix, i)
-      local headers = { ["x-user-id"] = id }
-      if mode == "direct" then
-        headers["x-roost-key"] = id
-      end
+      local headers = user_headers(prefix, i, mode)
       if line ~= "ceiling-get" then
         headers["roost-durability"] = (line == "write-behind" or line == "ceiling") and "write-behind" or "durable"
       end
