@@ -16,6 +16,11 @@ bin="$ROOT/target/$profile"
 config="$ROOT/deploy/config/proxy.example.yaml"
 store="sqlite://$ROOT/roost-data/roost.db"
 
+# The fleet's secrets, fresh for each run unless already set.
+secret() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+export ROOST_INTERNAL_TOKEN="${ROOST_INTERNAL_TOKEN:-$(secret)}"
+export ROOST_ADMIN_TOKEN="${ROOST_ADMIN_TOKEN:-$(secret)}"
+
 pids=()
 stop() {
   trap - EXIT INT TERM
@@ -42,6 +47,7 @@ Roost is running (proxy config: deploy/config/proxy.example.yaml; store: $store)
   proxy     http://127.0.0.1:8080/        try: curl -H 'x-user-id: alice' http://127.0.0.1:8080/v1/cart
   workers   http://127.0.0.1:9090/admin/workers
   routing   http://127.0.0.1:9090/admin/route?key=alice
+  stock     curl -X PUT -H 'Authorization: Bearer $ROOST_ADMIN_TOKEN' -d '{"stock":100}' http://127.0.0.1:8080/v1/inventory/show-1
   metrics   http://127.0.0.1:9090/metrics (proxy), http://127.0.0.1:900{1,2,3}/metrics (workers)
 More curl examples: README.md ("Entity API"). Ctrl-C stops everything.
 

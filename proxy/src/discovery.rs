@@ -21,14 +21,10 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio_postgres::{Client, NoTls};
 
+use roost_routing::registry::{LIVE_POSTGRES, LIVE_SQLITE};
+
 use crate::config::DiscoveryConfig;
 use crate::fleet::{Fleet, WorkerSpec};
-
-const LIVE_POSTGRES: &str =
-    "SELECT id, addr FROM roost_workers WHERE status = 'live' AND lease_expires_at > now()";
-
-const LIVE_SQLITE: &str =
-    "SELECT id, addr FROM roost_workers WHERE status = 'live' AND lease_expires_ms > ?1";
 
 /// Where the live workers are listed.
 #[async_trait]

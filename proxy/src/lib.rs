@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`config`]: the YAML config, its validation and file:line errors.
-//! - [`key`]: routing-key extraction (headers, cookies).
+//! - [`key`]: routing-key extraction (headers, cookies, path segments).
 //! - [`select`]: HRW as a Pingora `BackendSelection`.
 //! - [`health`]: rise/fall health state, the active checker.
 //! - [`fleet`]: the roster of workers (selection, health, metrics), swapped
@@ -55,9 +55,15 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     server.bootstrap();
     let conf = Arc::clone(&server.configuration);
 
+    // `ProxyConfig::load` has checked the sources; this only fails for a
+    // config built some other way.
+    let sources = config
+        .key
+        .to_sources()
+        .map_err(|invalid| anyhow::anyhow!("field `{}`: {}", invalid.field, invalid.message))?;
     let proxy = RoostProxy::new(
         Arc::clone(&fleet),
-        KeyExtractor::new(config.key.sources.clone()),
+        KeyExtractor::new(sources),
         config.key.missing,
         config.access_log,
         std::time::Duration::from_millis(config.upstream_timeout_ms),

@@ -1,6 +1,7 @@
 //! Sticky routing end to end: real workers, a real proxy, 127.0.0.1 only.
 //!
 //! - one key from two devices (header and cookie) always lands on one worker;
+//! - an inventory path is routed by the item's key, not by the user asking;
 //! - 10,000 keys spread evenly over three equal workers;
 //! - `/admin/route` agrees with where requests go, before and after a kill;
 //! - kill -9 under load moves only the dead worker's keys, to their second
@@ -14,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{eventually, metric_value, FleetConfig, Served, TestFleet, KEY_COOKIE, KEY_HEADER};
+use support::{
+    eventually, metric_value, FleetConfig, Served, Source, TestFleet, KEY_COOKIE, KEY_HEADER,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_key_from_two_devices_always_reaches_one_worker() {
@@ -66,6 +69,69 @@ async fn one_key_from_two_devices_always_reaches_one_worker() {
         "all 1,000 requests for {key} (header and cookie alternating) reach its owner {owner}"
     );
     eprintln!("1,000 requests for one key in {:?}", started.elapsed());
+}
+
+/// A request for a shared entity also carries its user's header (and
+/// cookie): the path source, listed first, routes it by the entity's key,
+/// `inventory:show-1`, to the worker HRW picks for that key. The key the
+/// proxy extracted and forwards as `x-roost-key` is read back from the
+/// access log (its hash, the proxy never logs a raw key) and compared with
+/// `/admin/route`'s hash of `inventory:show-1`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inventory_path_is_routed_by_the_items_key_not_the_users() {
+    let config = FleetConfig::new(3).json_logs().sources(vec![
+        Source::Path {
+            template: "/v1/inventory/{key}".into(),
+            prefix: "inventory:".into(),
+        },
+        Source::Header(KEY_HEADER.into()),
+        Source::Cookie(KEY_COOKIE.into()),
+    ]);
+    let fleet = TestFleet::start(config).await;
+    let item = fleet.route("inventory:show-1").await;
+    let owner = item.owner.clone().expect("a healthy fleet owns every key");
+    // A user whose own key lands elsewhere, so the test tells the two apart.
+    let mut user = None;
+    for candidate in ["alice", "bob", "carol", "dave", "erin"] {
+        if fleet.route(candidate).await.owner.as_deref() != Some(owner.as_str()) {
+            user = Some(candidate);
+            break;
+        }
+    }
+    let user = user.expect("one of five users is owned by another worker than the item");
+
+    let cookie = format!("{KEY_COOKIE}={user}");
+    let requests = [
+        "/v1/inventory/show-1",
+        "/v1/inventory/show-1/holds?from=cart",
+    ];
+    for path in requests {
+        let served = fleet
+            .get(path, &[(KEY_HEADER, user), ("cookie", &cookie)])
+            .await;
+        assert_eq!(
+            served.worker.as_deref(),
+            Some(owner.as_str()),
+            "GET {path} as {user} reaches inventory:show-1's owner ({} {})",
+            served.status,
+            served.body
+        );
+    }
+
+    let lines = fleet.access_log_lines(requests.len()).await;
+    assert_eq!(
+        lines.len(),
+        requests.len(),
+        "one access-log line per request"
+    );
+    for line in &lines {
+        assert_eq!(
+            line["key"],
+            item.key_hash.as_str(),
+            "the proxy routed and forwarded the key inventory:show-1: {line}"
+        );
+        assert_eq!(line["worker"], owner.as_str(), "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

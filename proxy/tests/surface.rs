@@ -357,22 +357,7 @@ async fn access_log_has_one_line_per_request_with_the_key_hash_never_the_key() {
     assert_eq!(served.status, 401);
     expected.push(("/logged/keyless".to_owned(), "-".to_owned(), 401));
 
-    let access_lines = |log: &str| -> Vec<Value> {
-        log.lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|line| line["target"] == "roost::access")
-            .collect()
-    };
-    // Lines are written in the logging phase, just after each response.
-    let lines = eventually(
-        Duration::from_secs(5),
-        "one access-log line per request",
-        || async {
-            let lines = access_lines(&fleet.proxy_log());
-            (lines.len() >= expected.len()).then_some(lines)
-        },
-    )
-    .await;
+    let lines = fleet.access_log_lines(expected.len()).await;
     let log = fleet.proxy_log();
     assert_eq!(
         lines.len(),
@@ -497,6 +482,18 @@ fn bad_configs_are_rejected_with_file_line_and_field() {
             9,
             "  - {id: w1, addr: 127.0.0.1:19002, weight: 1}",
             "id",
+        ),
+        (
+            "key-source-with-two-kinds",
+            5,
+            "  sources: [{header: x-user-id, cookie: uid}]",
+            "cookie",
+        ),
+        (
+            "path-template-without-key",
+            5,
+            "  sources: [{path: \"/v1/inventory\", prefix: \"inventory:\"}]",
+            "path",
         ),
         (
             "discovery-store-scheme",

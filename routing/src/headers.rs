@@ -13,6 +13,10 @@ pub const KEY: &str = "x-roost-key";
 /// Set by a worker on every response: the id of the worker that answered.
 pub const WORKER: &str = "x-roost-worker";
 
+/// Worker-to-worker calls carry the fleet's internal token in this header
+/// (the proxy strips it from clients like every `x-roost-*` header).
+pub const INTERNAL_TOKEN: &str = "x-roost-internal-token";
+
 /// Whether `name` is one of the proxy-owned headers (case-insensitive).
 pub fn is_reserved(name: &str) -> bool {
     name.len() >= RESERVED_PREFIX.len()

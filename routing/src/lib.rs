@@ -9,9 +9,11 @@
 //! - [`headers`]: names of the HTTP headers both sides of the proxy use.
 //! - [`config_file`]: how both binaries load YAML config, with errors that
 //!   name the file, the line and the field.
+//! - [`registry`]: how both sides read the live workers from the store.
 
 pub mod config_file;
 pub mod headers;
 pub mod hrw;
+pub mod registry;
 
 pub use hrw::{Member, Ring, RingError, Seed};

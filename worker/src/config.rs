@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use roost_routing::config_file::{self, ConfigError, Invalid, Validate};
+use roost_routing::hrw::Seed;
 
 use crate::http::Drain;
 use crate::lease::LeaseConfig;
@@ -49,6 +50,26 @@ pub struct WorkerConfig {
     pub durability: HashMap<String, Durability>,
     /// Per-SKU, per-user purchase limits for carts: `{tee-limited: 1}`.
     pub limits: HashMap<String, u64>,
+    /// The proxies' `hash_seed` phrase: calls between entities are routed
+    /// by the same HRW as clients, so they reach the worker the proxy sends
+    /// the entity's clients to.
+    pub hash_seed: Option<String>,
+    /// Secret the workers of one fleet authenticate calls to each other
+    /// with (or `ROOST_INTERNAL_TOKEN`). Unset: this worker accepts no
+    /// calls from others and can call only entities it owns.
+    pub internal_token: Option<String>,
+    /// Secret of admin calls such as `PUT /v1/inventory/{sku}`, sent as
+    /// `Authorization: Bearer …` (or `ROOST_ADMIN_TOKEN`). Unset: admin
+    /// calls are refused.
+    pub admin_token: Option<String>,
+    /// The longest one round of calls to other entities may take, retries
+    /// included, before the request gets 503 (its calls finish with the
+    /// entity's next request). Keep it under the proxy's
+    /// `upstream_timeout_ms`.
+    pub call_timeout_ms: u64,
+    /// How often the view of live workers calls are routed over is re-read
+    /// (also at once when a call fails).
+    pub peers_refresh_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -65,16 +86,43 @@ impl Default for WorkerConfig {
             handoff_timeout_ms: 3_000,
             durability: HashMap::new(),
             limits: HashMap::new(),
+            hash_seed: None,
+            internal_token: None,
+            admin_token: None,
+            call_timeout_ms: 4_000,
+            peers_refresh_ms: 1_000,
         }
     }
 }
 
 /// Entity types a durability default may name.
-const KINDS: [&str; 3] = ["session", "cart", "quota"];
+const KINDS: [&str; 4] = ["session", "cart", "quota", "inventory"];
+
+/// Environment variables that override the secrets in the file.
+pub const INTERNAL_TOKEN_ENV: &str = "ROOST_INTERNAL_TOKEN";
+pub const ADMIN_TOKEN_ENV: &str = "ROOST_ADMIN_TOKEN";
 
 impl WorkerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         config_file::load(path)
+    }
+
+    /// Take the secrets from the environment where it sets them (so they
+    /// need not sit in a file).
+    pub fn with_env_secrets(mut self) -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(token) = var(INTERNAL_TOKEN_ENV) {
+            self.internal_token = Some(token);
+        }
+        if let Some(token) = var(ADMIN_TOKEN_ENV) {
+            self.admin_token = Some(token);
+        }
+        self
+    }
+
+    /// The HRW seed calls are routed with.
+    pub fn seed(&self) -> Seed {
+        Seed::from_phrase(self.hash_seed.as_deref().unwrap_or_default())
     }
 
     /// Durability for `kind` when the request does not choose:
@@ -94,6 +142,7 @@ impl WorkerConfig {
             },
             idle: Duration::from_millis(self.idle_ms),
             handoff_timeout: Duration::from_millis(self.handoff_timeout_ms),
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
         }
     }
 
@@ -127,6 +176,8 @@ impl Validate for WorkerConfig {
             ("lease_ms", self.lease_ms),
             ("heartbeat_ms", self.heartbeat_ms),
             ("handoff_timeout_ms", self.handoff_timeout_ms),
+            ("call_timeout_ms", self.call_timeout_ms),
+            ("peers_refresh_ms", self.peers_refresh_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(Invalid::top(field, "must be greater than zero"));
@@ -150,6 +201,16 @@ impl Validate for WorkerConfig {
                 KINDS.join(", ")
             );
             return Err(Invalid::top("durability", message));
+        }
+        let secrets = [
+            ("internal_token", &self.internal_token),
+            ("admin_token", &self.admin_token),
+        ];
+        if let Some((field, _)) = secrets
+            .iter()
+            .find(|(_, secret)| secret.as_deref().is_some_and(|s| s.len() < 16))
+        {
+            return Err(Invalid::top(field, "must be at least 16 characters"));
         }
         if let Some((sku, _)) = self.limits.iter().find(|(_, limit)| **limit == 0) {
             return Err(Invalid::top(

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::calls::CallSender;
 use crate::entity::Entity;
 use crate::runtime::{Durability, EntityReply, Runtime, RuntimeError};
 use crate::stateless::StatelessEngine;
@@ -32,8 +33,9 @@ impl Engine {
         }
     }
 
-    /// Apply `request` to entity `id` of type `E`. The stateless engine is
-    /// always durable: it commits before it answers.
+    /// Apply `request` to entity `id` of type `E`; its calls to other
+    /// entities go through `calls`. The stateless engine is always durable
+    /// (it commits before it answers) and makes no calls.
     pub async fn execute<E: Entity>(
         &self,
         entity: &E,
@@ -41,11 +43,12 @@ impl Engine {
         request: E::Request,
         durability: Durability,
         idempotency_key: Option<String>,
+        calls: &dyn CallSender,
     ) -> Result<EntityReply, RuntimeError> {
         match self {
             Engine::Memory(runtime) => {
                 runtime
-                    .execute(entity, id, request, durability, idempotency_key)
+                    .execute(entity, id, request, durability, idempotency_key, calls)
                     .await
             }
             Engine::Stateless(engine) => engine.execute(entity, id, request, idempotency_key).await,

@@ -43,6 +43,23 @@
 //! Handlers are synchronous and must not block: they run while the entity is
 //! locked. Anything that varies between runs (time, randomness) comes from
 //! the [`Context`], so a handler is a pure function of its inputs.
+//!
+//! # Calling other entities
+//!
+//! A handler that needs another entity (a checkout reserving stock from a
+//! shared inventory) returns [`Outcome::calls`] instead of a reply. The
+//! runtime commits the state first (a call is an output, and the output gate
+//! holds outputs until what they depend on is durable), sends the calls to
+//! their owners, and gives the replies to [`Entity::on_replies`], which
+//! returns the reply or further calls. The entity stays locked meanwhile,
+//! so requests to it still run one at a time. Each call carries an
+//! idempotency id the handler chooses; if the worker dies mid-way, the next
+//! owner finds the calls in the stored state and sends them again, and the
+//! receiver applies each id once. Calls must not form cycles (A calls B
+//! while B calls A): like non-reentrant actors, they would wait on each
+//! other until the call deadline.
+
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -63,13 +80,47 @@ pub trait Entity: Send + Sync + 'static {
     /// Rebuild the state from [`Entity::encode`]'s bytes.
     fn decode(&self, bytes: &[u8]) -> Result<Self::State, String>;
 
-    /// Apply one request. Returns the reply and whether `state` changed.
+    /// Apply one request. Returns the reply (or calls) and whether `state`
+    /// changed.
     fn handle(&self, state: &mut Self::State, request: Self::Request, ctx: &Context) -> Outcome;
+
+    /// The key the proxy and the workers route entity `id` by (HRW over
+    /// it). Per-user types are routed by the user's key, so all of a user's
+    /// entities live on one worker; a shared type (one inventory per SKU)
+    /// has keys of its own, such as `inventory:{sku}`.
+    fn routing_key(id: &str) -> String {
+        id.to_owned()
+    }
+
+    /// Whether `request` may make calls to other entities. Such requests
+    /// run durable whatever the client asked: the state that records the
+    /// calls must be committed before any call goes out, so the next owner
+    /// can finish them after a crash.
+    fn makes_calls(&self, _request: &Self::Request) -> bool {
+        false
+    }
+
+    /// The replies to the calls the last outcome made, in the same order.
+    /// Returns the reply to the request, or further calls.
+    fn on_replies(
+        &self,
+        _state: &mut Self::State,
+        _replies: Vec<Reply>,
+        _ctx: &Context,
+    ) -> Outcome {
+        Outcome::read(Reply::error(
+            500,
+            "unexpected_replies",
+            format!("{} makes no calls", Self::KIND),
+        ))
+    }
 }
 
 /// What a handler may know besides the state and the request.
 #[derive(Debug, Clone)]
 pub struct Context {
+    /// The entity's store key, `kind/id`.
+    pub key: Arc<str>,
     /// Wall-clock time in milliseconds since the Unix epoch (for expiry).
     pub now_ms: u64,
     /// The entity's version before this request (for `If-Match`).
@@ -78,19 +129,35 @@ pub struct Context {
     pub random: u64,
 }
 
+impl Context {
+    /// The entity's id (its key without the `kind/` prefix).
+    pub fn id(&self) -> &str {
+        self.key.split_once('/').map_or(&self.key, |(_, id)| id)
+    }
+}
+
 /// A handler's result.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub reply: Reply,
+    pub next: Next,
     /// Whether the state changed (bumps the version, marks it dirty).
     pub changed: bool,
+}
+
+/// What a handler wants done after it ran.
+#[derive(Debug, Clone)]
+pub enum Next {
+    /// Answer the request.
+    Reply(Reply),
+    /// Send these calls and hand their replies to [`Entity::on_replies`].
+    Calls(Vec<Call>),
 }
 
 impl Outcome {
     /// A reply that left the state as it was.
     pub fn read(reply: Reply) -> Self {
         Outcome {
-            reply,
+            next: Next::Reply(reply),
             changed: false,
         }
     }
@@ -98,8 +165,78 @@ impl Outcome {
     /// A reply after changing the state.
     pub fn changed(reply: Reply) -> Self {
         Outcome {
-            reply,
+            next: Next::Reply(reply),
             changed: true,
+        }
+    }
+
+    /// Calls to other entities (the state changed first when `changed`).
+    pub fn calls(calls: Vec<Call>, changed: bool) -> Self {
+        Outcome {
+            next: Next::Calls(calls),
+            changed,
+        }
+    }
+
+    /// An answer, changing the state or not.
+    pub fn answer(reply: Reply, changed: bool) -> Self {
+        Outcome {
+            next: Next::Reply(reply),
+            changed,
+        }
+    }
+
+    /// The reply, unless the outcome makes calls.
+    pub fn reply(&self) -> Option<&Reply> {
+        match &self.next {
+            Next::Reply(reply) => Some(reply),
+            Next::Calls(_) => None,
+        }
+    }
+
+    /// The reply's status, unless the outcome makes calls.
+    pub fn status(&self) -> Option<u16> {
+        self.reply().map(|reply| reply.status)
+    }
+}
+
+/// A request from one entity to another, by the receiver's type and id.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Call {
+    /// The receiving entity type ([`Entity::KIND`]).
+    pub kind: String,
+    /// The receiving entity's id.
+    pub id: String,
+    /// What HRW routes the call by ([`Entity::routing_key`]).
+    pub routing_key: String,
+    /// The request, as the receiving type's call body (JSON).
+    pub body: Box<RawValue>,
+    /// The same id on every attempt: the receiver applies it once.
+    pub idempotency_id: String,
+}
+
+impl PartialEq for Call {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.id == other.id
+            && self.routing_key == other.routing_key
+            && self.body.get() == other.body.get()
+            && self.idempotency_id == other.idempotency_id
+    }
+}
+
+impl Call {
+    /// A call to entity `id` of type `E` with `body` (which must serialize;
+    /// one that does not is a bug in the caller and goes out as `null`, which
+    /// the receiver refuses with 400).
+    pub fn to<E: Entity>(id: &str, body: &impl Serialize, idempotency_id: String) -> Self {
+        let body = serde_json::value::to_raw_value(body).unwrap_or_default();
+        Call {
+            kind: E::KIND.to_owned(),
+            id: id.to_owned(),
+            routing_key: E::routing_key(id),
+            body,
+            idempotency_id,
         }
     }
 }

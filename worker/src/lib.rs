@@ -12,13 +12,16 @@
 //! - [`ownership`]: claims and epochs, and the invariants they uphold.
 //! - [`lease`]: whether this worker may serve: its lease, renewed by
 //!   heartbeat, and revalidation after a lapse.
+//! - [`calls`]: entity-to-entity calls: routed by HRW over the live
+//!   workers, retried with the same idempotency id.
 //! - [`store`]: the `Store` and `Registry` traits; Postgres and SQLite.
-//! - [`entities`]: the built-in types: session, cart, quota.
+//! - [`entities`]: the built-in types: session, cart, quota, inventory.
 //! - [`http`]: the accept loop and the HTTP API.
 //! - [`engine`], [`stateless`]: what the API executes requests with: the
 //!   runtime, or the Postgres-per-request baseline benchmarks compare with.
 //! - [`config`], [`metrics`]: what the worker is told and what it reports.
 
+pub mod calls;
 pub mod config;
 pub mod engine;
 pub mod entities;

@@ -12,6 +12,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
+use roost_worker::calls::http::HttpCalls;
+use roost_worker::calls::peers::Peers;
+use roost_worker::calls::Caller;
 use roost_worker::config::{WorkerConfig, DEFAULT_STORE};
 use roost_worker::engine::Engine;
 use roost_worker::http::{serve, Api};
@@ -55,7 +58,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match args.config.as_deref().map(WorkerConfig::load).transpose() {
-        Ok(config) => config.unwrap_or_default(),
+        Ok(config) => config.unwrap_or_default().with_env_secrets(),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
@@ -89,7 +92,7 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let drain = config.drain();
-    let (engine, runtime) = if args.stateless {
+    let (engine, runtime, caller) = if args.stateless {
         let store = PostgresStore::connect(&args.store).await.with_context(|| {
             format!(
                 "--stateless needs a postgres store; cannot open {}",
@@ -98,6 +101,7 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
         })?;
         (
             Engine::Stateless(Arc::new(StatelessEngine::new(&store, &args.id))),
+            None,
             None,
         )
     } else {
@@ -115,11 +119,16 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
             .await
             .with_context(|| format!("cannot join the fleet as {}", args.id))?;
         let runtime = Runtime::start(&args.id, opened.store, lease, config.runtime());
-        (Engine::Memory(Arc::clone(&runtime)), Some(runtime))
+        let caller = start_caller(&args.id, &config, Arc::clone(runtime.store())).await?;
+        (
+            Engine::Memory(Arc::clone(&runtime)),
+            Some(runtime),
+            Some(caller),
+        )
     };
     tracing::info!(id = %args.id, listen = %args.listen, store = %redact(&args.store), stateless = args.stateless, "roost-worker ready");
 
-    let api = Arc::new(Api::new(engine, config));
+    let api = Arc::new(Api::new(engine, config, caller));
     let registry = runtime.as_ref().map(|r| Arc::clone(r.registry()));
     let signalled = async move {
         shutdown_signal().await;
@@ -147,6 +156,28 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
         );
     }
     Ok(flushed)
+}
+
+/// The caller of entity-to-entity calls, with its view of the live workers
+/// read once before serving and kept fresh in the background.
+async fn start_caller(
+    id: &str,
+    config: &WorkerConfig,
+    store: Arc<dyn roost_worker::store::Store>,
+) -> anyhow::Result<Caller> {
+    if config.hash_seed.is_none() {
+        tracing::warn!("hash_seed is not set: calls between entities are routed by a different HRW than the proxy's unless its hash_seed is empty too");
+    }
+    if config.internal_token.is_none() {
+        tracing::warn!("internal_token is not set: this worker neither takes nor makes calls to other workers' entities");
+    }
+    let peers = Arc::new(Peers::new(id, config.seed(), store));
+    peers.refresh_soon().await;
+    let refresh = std::time::Duration::from_millis(config.peers_refresh_ms);
+    tokio::spawn(Arc::clone(&peers).keep_fresh(refresh));
+    let http = HttpCalls::new(config.internal_token.clone())
+        .context("cannot build the HTTP client for calls to other workers")?;
+    Ok(Caller::new(peers, http))
 }
 
 /// The store URL without a password, for logs.

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter, register_int_gauge,
-    Histogram, HistogramVec, IntCounter, IntGauge,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 /// Latency buckets in seconds: 50 µs to 10 s.
@@ -35,6 +35,8 @@ pub struct Metrics {
     pub handovers: IntCounter,
     pub revalidation_drops: IntCounter,
     pub request_seconds: HistogramVec,
+    pub call_attempts: IntCounterVec,
+    pub calls_unfinished: IntCounter,
 }
 
 /// Registration only fails on a name clash inside this file.
@@ -116,6 +118,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             buckets()
         )
         .expect("register request_seconds"),
+        call_attempts: register_int_counter_vec!(
+            "roost_worker_call_attempts_total",
+            "Attempts at entity-to-entity calls: decided (the receiver answered), or retried (no worker, a broken connection, a timeout, 421 or 5xx).",
+            &["result"]
+        )
+        .expect("register call_attempts"),
+        calls_unfinished: register_int_counter!(
+            "roost_worker_calls_unfinished_total",
+            "Requests answered 503 because their calls were undecided at the deadline (the calls stay awaited and finish with the entity's next request)."
+        )
+        .expect("register calls_unfinished"),
     }
 });
 

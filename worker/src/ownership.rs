@@ -55,29 +55,29 @@ pub enum ClaimError {
 
 /// Rebuild a claimed entity's state.
 pub fn load<E: Entity>(entity: &E, key: &str, claim: Claim) -> Result<Loaded, ClaimError> {
-    let (replies, state) = decode_state(entity, key, claim.state.as_deref())?;
+    let (meta, state) = decode_state(entity, key, claim.state.as_deref())?;
     Ok(Loaded {
         state: Box::new(state),
-        replies,
+        meta,
         version: u64::try_from(claim.version).unwrap_or(0),
         epoch: claim.epoch,
     })
 }
 
-/// Rebuild an entity's state and remembered replies from stored bytes
+/// Rebuild an entity's state and the runtime's meta from stored bytes
 /// (`None`: a key never written).
 pub fn decode_state<E: Entity>(
     entity: &E,
     key: &str,
     bytes: Option<&[u8]>,
-) -> Result<(envelope::ReplyCache, E::State), ClaimError> {
+) -> Result<(envelope::Meta, E::State), ClaimError> {
     let Some(bytes) = bytes else {
-        return Ok((envelope::ReplyCache::default(), E::State::default()));
+        return Ok((envelope::Meta::default(), E::State::default()));
     };
     let corrupt = |reason: String| ClaimError::Corrupt {
         key: key.to_owned(),
         reason,
     };
-    let (replies, state) = envelope::decode(bytes).map_err(corrupt)?;
-    Ok((replies, entity.decode(state).map_err(corrupt)?))
+    let (meta, state) = envelope::decode(bytes).map_err(corrupt)?;
+    Ok((meta, entity.decode(state).map_err(corrupt)?))
 }

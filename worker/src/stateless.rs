@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 
-use crate::entity::{Context, Entity};
+use crate::entity::{Context, Entity, Next, Reply};
 use crate::ownership::{self, ClaimError};
 use crate::runtime::{envelope, EntityReply, RuntimeError};
 use crate::store::postgres::PostgresStore;
@@ -76,9 +76,9 @@ impl StatelessEngine {
         let row = row.ok_or_else(|| unavailable("the row vanished"))?;
         let (epoch, version): (i64, i64) = (row.get(0), row.get(1));
         let bytes: Option<Vec<u8>> = row.get(2);
-        let (mut replies, mut state) = ownership::decode_state(entity, &key, bytes.as_deref())?;
+        let (mut meta, mut state) = ownership::decode_state(entity, &key, bytes.as_deref())?;
         let version = u64::try_from(version).unwrap_or(0);
-        if let Some(first) = idempotency_key.as_deref().and_then(|k| replies.get(k)) {
+        if let Some(first) = idempotency_key.as_deref().and_then(|k| meta.replies.get(k)) {
             return Ok(EntityReply {
                 reply: first.reply.clone(),
                 version: first.version,
@@ -86,17 +86,30 @@ impl StatelessEngine {
             });
         }
         let ctx = Context {
+            key: key.as_str().into(),
             now_ms: crate::runtime::wall_clock_ms(),
             version,
             random: rand::random(),
         };
         let outcome = entity.handle(&mut state, request, &ctx);
+        let Next::Reply(reply) = outcome.next else {
+            // The transaction rolls back when dropped.
+            return Ok(EntityReply {
+                reply: Reply::error(
+                    501,
+                    "calls_unsupported",
+                    "the stateless baseline makes no calls to other entities",
+                ),
+                version,
+                epoch,
+            });
+        };
         let version = version + u64::from(outcome.changed);
         if outcome.changed {
             if let Some(k) = idempotency_key {
-                replies.remember(k, outcome.reply.clone(), version);
+                meta.replies.remember(k, reply.clone(), version);
             }
-            let bytes = envelope::encode(&entity.encode(&state), &replies);
+            let bytes = envelope::encode(&entity.encode(&state), &meta);
             let stored_version = i64::try_from(version).unwrap_or(i64::MAX);
             let write = transaction
                 .prepare_cached(WRITE)
@@ -109,7 +122,7 @@ impl StatelessEngine {
         }
         transaction.commit().await.map_err(unavailable)?;
         Ok(EntityReply {
-            reply: outcome.reply,
+            reply,
             version,
             epoch,
         })

@@ -242,6 +242,10 @@ fn assert_limit_respected(acked: &Acked) {
 /// the resulting state is the same for any such choice, since a cart reply
 /// shows the whole cart. Returns the model after the last version and the
 /// changes in version order.
+///
+/// A checkout makes two versions: the pending order, which no reply can
+/// see (the cart stays locked until the order is decided), then the order.
+/// So a version with no reply must be followed by a checkout's.
 fn replay(acked: &[Acked]) -> (CartModel, Vec<&Acked>) {
     let mut by_version: BTreeMap<u64, Vec<&Acked>> = BTreeMap::new();
     for a in acked {
@@ -250,10 +254,15 @@ fn replay(acked: &[Acked]) -> (CartModel, Vec<&Acked>) {
     let last = by_version.keys().next_back().copied().unwrap_or(0);
     let mut model = CartModel::default();
     let mut changes = Vec::new();
+    let mut pending_checkout = false;
     for version in 0..=last {
         let group = by_version.remove(&version).unwrap_or_default();
         if version == 0 {
             explain_unchanged(&mut model, &group).unwrap_or_else(|e| panic!("version 0: {e}"));
+            continue;
+        }
+        if group.is_empty() && !pending_checkout {
+            pending_checkout = true;
             continue;
         }
         let mut why_not = Vec::new();
@@ -285,6 +294,12 @@ fn replay(acked: &[Acked]) -> (CartModel, Vec<&Acked>) {
                 model.view()
             )
         });
+        assert!(
+            !pending_checkout || matches!(change.op, CartOp::Checkout),
+            "version {} has no reply, and version {version} is not a checkout: {change:?}",
+            version - 1
+        );
+        pending_checkout = false;
         model = next;
         changes.push(change);
     }
@@ -388,7 +403,15 @@ async fn cart_race(store: Store) {
         .map(|a| a.version)
         .max()
         .expect("at least one reply");
-    assert_eq!(in_order.len() as u64, changes, "one change per version");
+    let checkouts = in_order
+        .iter()
+        .filter(|a| matches!(a.op, CartOp::Checkout))
+        .count();
+    assert_eq!(
+        (in_order.len() + checkouts) as u64,
+        changes,
+        "one change per version, two per checkout (the pending order, then the order)"
+    );
 
     // The final state is the model's: read it back, then from the store.
     let read = worker.api().get_cart(&key).send().await;

@@ -182,6 +182,11 @@ pub enum Missing {
 pub enum Source {
     Header(String),
     Cookie(String),
+    /// `{path: TEMPLATE, prefix: PREFIX}`.
+    Path {
+        template: String,
+        prefix: String,
+    },
 }
 
 /// `health:` in the proxy config.
@@ -304,6 +309,9 @@ impl FleetConfig {
             .map(|s| match s {
                 Source::Header(name) => format!("{{header: {}}}", quote(name)),
                 Source::Cookie(name) => format!("{{cookie: {}}}", quote(name)),
+                Source::Path { template, prefix } => {
+                    format!("{{path: {}, prefix: {}}}", quote(template), quote(prefix))
+                }
             })
             .collect();
         let mut yaml = format!(
@@ -777,6 +785,24 @@ impl TestFleet {
         let path = self.proxy_log_path();
         fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read the proxy log {}: {e}", path.display()))
+    }
+
+    /// The access-log lines (target `roost::access`) of a fleet started
+    /// with `json_logs`, as JSON, once there are at least `count` (bounded
+    /// wait: a line is written in the logging phase, just after its
+    /// response).
+    pub async fn access_log_lines(&self, count: usize) -> Vec<Value> {
+        let what = format!("{count} access-log lines");
+        eventually(Duration::from_secs(5), &what, || async {
+            let lines: Vec<Value> = self
+                .proxy_log()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter(|line| line["target"] == "roost::access")
+                .collect();
+            (lines.len() >= count).then_some(lines)
+        })
+        .await
     }
 
     // --- requests -----------------------------------------------------------

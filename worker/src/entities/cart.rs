@@ -1,16 +1,33 @@
-//! `cart`: items with per-user purchase limits, and an atomic checkout that
-//! records an order and empties the cart in one step, whatever other devices
-//! of the user are doing (requests to one cart run one at a time).
+//! `cart`: items with per-user purchase limits, and a checkout that reserves
+//! every item's stock from its [`inventory`](super::inventory) entity, all
+//! or nothing, then records the order and empties the cart, whatever other
+//! devices of the user are doing (requests to one cart run one at a time,
+//! and a checkout holds the cart until it is decided).
 //!
 //! A per-SKU limit ("one per customer") counts what is in the cart plus
 //! what the user already ordered.
+//!
+//! # Checkout
+//!
+//! 1. The order is written down as pending (with a reservation id unique to
+//!    this attempt) and one `reserve` call goes to each item's inventory.
+//! 2. All reserved: the order is recorded, the cart emptied: 201.
+//! 3. Some refused: the reservations made are released (a second round of
+//!    calls), the pending order dropped, the cart kept: 409 `out_of_stock`
+//!    with the SKUs that ran out.
+//!
+//! The pending order is committed before the calls go out, so if the worker
+//! dies mid-way the next owner of the cart finishes the same attempt with
+//! the same reservation ids (the runtime does it before the cart's next
+//! request), and the inventories apply each id once.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::inventory::{Inventory, InventoryCall};
 use super::{decode_json, encode_json};
-use crate::entity::{Context, Entity, Outcome, Reply};
+use crate::entity::{Call, Context, Entity, ErrorBody, Outcome, Reply};
 
 /// The cart entity type, with the per-SKU limits from config.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +47,20 @@ pub struct CartState {
     /// SKU → quantity (always ≥ 1).
     pub items: BTreeMap<String, u64>,
     pub orders: Vec<Order>,
+    /// The checkout in progress, if its calls are not all answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<PendingCheckout>,
+}
+
+/// A checkout between its first call and its reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingCheckout {
+    pub order: Order,
+    /// The id every inventory knows this attempt's reservations by.
+    pub reservation: String,
+    /// SKUs that ran out; once set, the reservations made are being released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +82,8 @@ pub enum CartRequest {
     },
     Clear,
     Checkout,
+    /// The user's orders.
+    Orders,
 }
 
 impl CartState {
@@ -81,6 +114,17 @@ impl Order {
 struct CartView<'a> {
     items: ItemsView<'a>,
     orders: Vec<OrderView<'a>>,
+}
+
+#[derive(Serialize)]
+struct OrdersView<'a> {
+    orders: Vec<OrderView<'a>>,
+}
+
+/// `out_of_stock`'s extra field.
+#[derive(Serialize)]
+struct RanOut<'a> {
+    skus: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -116,9 +160,16 @@ impl Entity for Cart {
         decode_json(bytes)
     }
 
-    fn handle(&self, cart: &mut CartState, request: CartRequest, _ctx: &Context) -> Outcome {
+    fn makes_calls(&self, request: &CartRequest) -> bool {
+        matches!(request, CartRequest::Checkout)
+    }
+
+    fn handle(&self, cart: &mut CartState, request: CartRequest, ctx: &Context) -> Outcome {
         match request {
             CartRequest::Get => Outcome::read(Reply::ok(cart.view())),
+            CartRequest::Orders => Outcome::read(Reply::ok(OrdersView {
+                orders: cart.orders.iter().map(Order::view).collect(),
+            })),
             CartRequest::Add { sku, qty } => self.add(cart, sku, qty),
             CartRequest::Remove { sku } => match cart.items.remove(&sku) {
                 Some(_) => Outcome::changed(Reply::ok(cart.view())),
@@ -131,13 +182,45 @@ impl Entity for Cart {
             CartRequest::Clear => {
                 let changed = !cart.items.is_empty();
                 cart.items.clear();
-                Outcome {
-                    reply: Reply::ok(cart.view()),
-                    changed,
-                }
+                Outcome::answer(Reply::ok(cart.view()), changed)
             }
-            CartRequest::Checkout => checkout(cart),
+            CartRequest::Checkout => start_checkout(cart, ctx),
         }
+    }
+
+    fn on_replies(&self, cart: &mut CartState, replies: Vec<Reply>, _ctx: &Context) -> Outcome {
+        let Some(pending) = cart.checkout.as_mut() else {
+            let message = "replies arrived for a checkout that is not pending";
+            return Outcome::read(Reply::error(500, "no_checkout", message));
+        };
+        if !pending.refused.is_empty() {
+            // The releases are answered: the attempt is over.
+            return refuse_checkout(cart);
+        }
+        let (mut reserved, mut refused) = (Vec::new(), Vec::new());
+        for (sku, reply) in pending.order.items.keys().zip(&replies) {
+            if (200..300).contains(&reply.status) {
+                reserved.push(sku.clone());
+            } else {
+                refused.push(sku.clone());
+            }
+        }
+        if refused.is_empty() {
+            return finish_checkout(cart);
+        }
+        pending.refused = refused;
+        if reserved.is_empty() {
+            return refuse_checkout(cart);
+        }
+        let release = InventoryCall::Release {
+            reservation: pending.reservation.clone(),
+        };
+        let id = format!("{}/release", pending.reservation);
+        let calls = reserved
+            .iter()
+            .map(|sku| Call::to::<Inventory>(sku, &release, id.clone()))
+            .collect();
+        Outcome::calls(calls, true)
     }
 }
 
@@ -156,8 +239,9 @@ impl Cart {
     }
 }
 
-/// Record the cart as an order and empty it, in one step.
-fn checkout(cart: &mut CartState) -> Outcome {
+/// Write the order down as pending and ask every item's inventory to
+/// reserve it.
+fn start_checkout(cart: &mut CartState, ctx: &Context) -> Outcome {
     if cart.items.is_empty() {
         return Outcome::read(Reply::error(
             409,
@@ -167,65 +251,167 @@ fn checkout(cart: &mut CartState) -> Outcome {
     }
     let order = Order {
         id: format!("order-{}", cart.orders.len() + 1),
-        items: std::mem::take(&mut cart.items),
+        items: cart.items.clone(),
     };
+    // Unique per attempt: a refused attempt's released reservations must not
+    // answer the next attempt's reserves.
+    let reservation = format!("{}/{}@{}", ctx.id(), order.id, ctx.version);
+    let id = format!("{reservation}/reserve");
+    let calls = order
+        .items
+        .iter()
+        .map(|(sku, &qty)| {
+            let reserve = InventoryCall::Reserve {
+                reservation: reservation.clone(),
+                qty,
+            };
+            Call::to::<Inventory>(sku, &reserve, id.clone())
+        })
+        .collect();
+    cart.checkout = Some(PendingCheckout {
+        order,
+        reservation,
+        refused: Vec::new(),
+    });
+    Outcome::calls(calls, true)
+}
+
+/// Every item is reserved: record the order and empty the cart.
+fn finish_checkout(cart: &mut CartState) -> Outcome {
+    let Some(PendingCheckout { order, .. }) = cart.checkout.take() else {
+        return Outcome::read(Reply::error(500, "no_checkout", "no checkout is pending"));
+    };
+    for sku in order.items.keys() {
+        cart.items.remove(sku);
+    }
     let reply = Reply::with_status(201, order.view());
     cart.orders.push(order);
     Outcome::changed(reply)
 }
 
+/// Some item ran out and what was reserved is released: drop the pending
+/// order, keep the cart.
+fn refuse_checkout(cart: &mut CartState) -> Outcome {
+    let refused = cart
+        .checkout
+        .take()
+        .map(|pending| pending.refused)
+        .unwrap_or_default();
+    let body = ErrorBody {
+        error: "out_of_stock".into(),
+        message: format!("not enough stock of {}", refused.join(", ")),
+        extra: RanOut { skus: &refused },
+    };
+    Outcome::changed(Reply::with_status(409, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entity::Next;
 
     fn ctx() -> Context {
         Context {
+            key: "cart/alice".into(),
             now_ms: 0,
-            version: 0,
+            version: 7,
             random: 0,
         }
     }
 
-    fn add(cart: &Cart, state: &mut CartState, sku: &str, qty: u64) -> u16 {
+    fn add(cart: &Cart, state: &mut CartState, sku: &str, qty: u64) -> Option<u16> {
         let request = CartRequest::Add {
             sku: sku.into(),
             qty,
         };
-        cart.handle(state, request, &ctx()).reply.status
+        cart.handle(state, request, &ctx()).status()
+    }
+
+    fn calls(outcome: Outcome) -> Vec<Call> {
+        match outcome.next {
+            Next::Calls(calls) => calls,
+            Next::Reply(reply) => panic!("expected calls, got {reply:?}"),
+        }
+    }
+
+    fn replies(statuses: &[u16]) -> Vec<Reply> {
+        statuses
+            .iter()
+            .map(|&status| Reply::with_status(status, serde_json::json!({})))
+            .collect()
+    }
+
+    /// Check out, answering the reserves with `statuses`.
+    fn checkout(cart: &Cart, state: &mut CartState, statuses: &[u16]) -> Outcome {
+        let reserves = calls(cart.handle(state, CartRequest::Checkout, &ctx()));
+        assert_eq!(reserves.len(), statuses.len());
+        cart.on_replies(state, replies(statuses), &ctx())
     }
 
     #[test]
     fn limit_counts_cart_and_past_orders() {
         let cart = Cart::new(HashMap::from([("tee-limited".to_string(), 1)]));
         let mut state = CartState::default();
-        assert_eq!(add(&cart, &mut state, "tee-limited", 2), 409);
-        assert_eq!(add(&cart, &mut state, "tee-limited", 1), 200);
-        assert_eq!(add(&cart, &mut state, "tee-limited", 1), 409);
-        assert_eq!(
-            cart.handle(&mut state, CartRequest::Checkout, &ctx())
-                .reply
-                .status,
-            201
-        );
-        assert_eq!(add(&cart, &mut state, "tee-limited", 1), 409);
-        assert_eq!(add(&cart, &mut state, "mug", 5), 200);
+        assert_eq!(add(&cart, &mut state, "tee-limited", 2), Some(409));
+        assert_eq!(add(&cart, &mut state, "tee-limited", 1), Some(200));
+        assert_eq!(add(&cart, &mut state, "tee-limited", 1), Some(409));
+        assert_eq!(checkout(&cart, &mut state, &[200]).status(), Some(201));
+        assert_eq!(add(&cart, &mut state, "tee-limited", 1), Some(409));
+        assert_eq!(add(&cart, &mut state, "mug", 5), Some(200));
     }
 
     #[test]
-    fn checkout_moves_items_into_an_order_and_an_empty_cart_is_refused() {
+    fn checkout_reserves_each_item_then_records_the_order() {
         let cart = Cart::default();
         let mut state = CartState::default();
-        assert_eq!(
-            cart.handle(&mut state, CartRequest::Checkout, &ctx())
-                .reply
-                .status,
-            409
-        );
         add(&cart, &mut state, "mug", 2);
-        let outcome = cart.handle(&mut state, CartRequest::Checkout, &ctx());
-        assert!(outcome.changed);
-        assert!(state.items.is_empty());
+        add(&cart, &mut state, "tee", 1);
+        let reserves = calls(cart.handle(&mut state, CartRequest::Checkout, &ctx()));
+        let routed: Vec<&str> = reserves.iter().map(|c| c.routing_key.as_str()).collect();
+        assert_eq!(routed, ["inventory:mug", "inventory:tee"]);
+        assert_eq!(
+            reserves[0].body.get(),
+            r#"{"op":"reserve","reservation":"alice/order-1@7","qty":2}"#
+        );
+        assert_eq!(reserves[0].idempotency_id, "alice/order-1@7/reserve");
+        assert!(
+            state.checkout.is_some(),
+            "the attempt is written down first"
+        );
+        let outcome = cart.on_replies(&mut state, replies(&[200, 200]), &ctx());
+        assert_eq!(outcome.status(), Some(201));
+        assert!(state.items.is_empty() && state.checkout.is_none());
         assert_eq!(state.orders.len(), 1);
         assert_eq!(state.orders[0].items.get("mug"), Some(&2));
+    }
+
+    #[test]
+    fn a_refused_item_releases_the_others_and_keeps_the_cart() {
+        let cart = Cart::default();
+        let mut state = CartState::default();
+        add(&cart, &mut state, "mug", 1);
+        add(&cart, &mut state, "tee", 1);
+        let releases = calls(checkout(&cart, &mut state, &[200, 409]));
+        assert_eq!(releases.len(), 1);
+        assert_eq!(releases[0].routing_key, "inventory:mug");
+        assert_eq!(
+            releases[0].body.get(),
+            r#"{"op":"release","reservation":"alice/order-1@7"}"#
+        );
+        let outcome = cart.on_replies(&mut state, replies(&[200]), &ctx());
+        assert_eq!(outcome.status(), Some(409));
+        let body = outcome.reply().map(Reply::body_text).unwrap_or_default();
+        assert!(body.contains(r#""skus":["tee"]"#), "{body}");
+        assert_eq!(state.items.len(), 2);
+        assert!(state.orders.is_empty() && state.checkout.is_none());
+    }
+
+    #[test]
+    fn an_empty_cart_is_refused_without_calls() {
+        let cart = Cart::default();
+        let mut state = CartState::default();
+        let outcome = cart.handle(&mut state, CartRequest::Checkout, &ctx());
+        assert_eq!(outcome.status(), Some(409));
+        assert!(!outcome.changed);
     }
 }

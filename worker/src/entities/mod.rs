@@ -2,6 +2,7 @@
 //! [`crate::entity::Entity`] trait as any user's type.
 
 pub mod cart;
+pub mod inventory;
 pub mod quota;
 pub mod session;
 

@@ -141,6 +141,7 @@ mod tests {
 
     fn ctx(now_ms: u64, random: u64) -> Context {
         Context {
+            key: "quota/u".into(),
             now_ms,
             version: 0,
             random,
@@ -159,20 +160,20 @@ mod tests {
     #[test]
     fn limit_holds_until_release_or_expiry() {
         let mut state = QuotaState::default();
-        assert_eq!(acquire_at(&mut state, 0, 1).reply.status, 200);
-        assert_eq!(acquire_at(&mut state, 0, 2).reply.status, 200);
-        assert_eq!(acquire_at(&mut state, 10, 3).reply.status, 429);
+        assert_eq!(acquire_at(&mut state, 0, 1).status(), Some(200));
+        assert_eq!(acquire_at(&mut state, 0, 2).status(), Some(200));
+        assert_eq!(acquire_at(&mut state, 10, 3).status(), Some(429));
         let release = QuotaRequest::Release {
             name: "uploads".into(),
             token: format!("{:016x}", 1),
         };
         assert_eq!(
-            Quota.handle(&mut state, release, &ctx(20, 0)).reply.status,
-            200
+            Quota.handle(&mut state, release, &ctx(20, 0)).status(),
+            Some(200)
         );
-        assert_eq!(acquire_at(&mut state, 30, 4).reply.status, 200);
-        assert_eq!(acquire_at(&mut state, 999, 5).reply.status, 429);
+        assert_eq!(acquire_at(&mut state, 30, 4).status(), Some(200));
+        assert_eq!(acquire_at(&mut state, 999, 5).status(), Some(429));
         // Token 2 expires at 1000, so a slot is free at 1000.
-        assert_eq!(acquire_at(&mut state, 1000, 6).reply.status, 200);
+        assert_eq!(acquire_at(&mut state, 1000, 6).status(), Some(200));
     }
 }

@@ -107,10 +107,7 @@ impl Entity for Session {
             }
             SessionRequest::Delete { if_match } => precondition(&if_match).unwrap_or_else(|| {
                 let existed = state.take().is_some();
-                Outcome {
-                    reply: Reply::no_content(),
-                    changed: existed,
-                }
+                Outcome::answer(Reply::no_content(), existed)
             }),
         }
     }

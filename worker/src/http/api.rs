@@ -11,7 +11,10 @@
 //! | `/v1/cart` | GET, DELETE |
 //! | `/v1/cart/items` | POST `{"sku", "qty"}` |
 //! | `/v1/cart/items/{sku}` | DELETE |
-//! | `/v1/cart/checkout` | POST |
+//! | `/v1/cart/checkout` | POST: reserves every item's stock, records the order, empties the cart |
+//! | `/v1/orders` | GET: the user's orders |
+//! | `/v1/inventory/{sku}` | GET; PUT `{"stock"}` with `Authorization: Bearer <admin_token>` (no `x-roost-key`: the SKU is the entity) |
+//! | `/internal/v1/{kind}/{id}` | POST: a call from another worker's entity, with the fleet's internal token |
 //! | `/v1/quota/{name}/acquire` | POST `{"limit", "ttl_ms"}` |
 //! | `/v1/quota/{name}/release` | POST `{"token"}` |
 //! | `/v1/whoami` | any of GET, POST, PUT, PATCH, DELETE: who answered; reads and drops the body, touches no state (the benchmark ceiling) |
@@ -23,6 +26,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -32,14 +36,17 @@ use percent_encoding::percent_decode_str;
 use roost_routing::headers;
 use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use super::body;
+use crate::calls::{CallError, CallSender, Caller, LocalReceiver};
 use crate::config::WorkerConfig;
 use crate::engine::Engine;
 use crate::entities::cart::{Cart, CartRequest};
+use crate::entities::inventory::{Inventory, InventoryCall, InventoryRequest};
 use crate::entities::quota::{Quota, QuotaRequest};
 use crate::entities::session::{IfMatch, Session, SessionRequest};
-use crate::entity::{Entity, Reply};
+use crate::entity::{Call, Entity, Reply};
 use crate::metrics::METRICS;
 use crate::runtime::{Durability, EntityReply, RuntimeError};
 
@@ -58,9 +65,12 @@ pub struct Api {
     worker: HeaderValue,
     /// Set on SIGTERM: `/readyz` fails from then on.
     draining: AtomicBool,
+    /// Sends entity-to-entity calls (`None`: the stateless baseline).
+    caller: Option<Caller>,
     session: Session,
     cart: Cart,
     quota: Quota,
+    inventory: Inventory,
 }
 
 /// The routes, with their path parameters.
@@ -75,8 +85,11 @@ enum Route<'p> {
     CartItems,
     CartItem(&'p str),
     Checkout,
+    Orders,
     QuotaAcquire(&'p str),
     QuotaRelease(&'p str),
+    Inventory(&'p str),
+    Internal { kind: &'p str, id: &'p str },
 }
 
 impl<'p> Route<'p> {
@@ -92,6 +105,11 @@ impl<'p> Route<'p> {
             ["v1", "cart", "items"] => Route::CartItems,
             ["v1", "cart", "items", sku] if !sku.is_empty() => Route::CartItem(sku),
             ["v1", "cart", "checkout"] => Route::Checkout,
+            ["v1", "orders"] => Route::Orders,
+            ["v1", "inventory", sku] if !sku.is_empty() => Route::Inventory(sku),
+            ["internal", "v1", kind, id] if !kind.is_empty() && !id.is_empty() => {
+                Route::Internal { kind, id }
+            }
             ["v1", "quota", name, "acquire"] if !name.is_empty() => Route::QuotaAcquire(name),
             ["v1", "quota", name, "release"] if !name.is_empty() => Route::QuotaRelease(name),
             _ => return None,
@@ -110,14 +128,18 @@ impl<'p> Route<'p> {
             Route::CartItems => "cart_items",
             Route::CartItem(_) => "cart_item",
             Route::Checkout => "cart_checkout",
+            Route::Orders => "orders",
             Route::QuotaAcquire(_) => "quota_acquire",
             Route::QuotaRelease(_) => "quota_release",
+            Route::Inventory(_) => "inventory",
+            Route::Internal { .. } => "internal",
         }
     }
 
     fn methods(self) -> &'static [Method] {
         match self {
-            Route::Healthz | Route::Readyz | Route::Metrics => &[Method::GET],
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::Orders => &[Method::GET],
+            Route::Inventory(_) => &[Method::GET, Method::PUT],
             Route::WhoAmI => &[
                 Method::GET,
                 Method::POST,
@@ -131,15 +153,22 @@ impl<'p> Route<'p> {
             Route::CartItems
             | Route::Checkout
             | Route::QuotaAcquire(_)
-            | Route::QuotaRelease(_) => &[Method::POST],
+            | Route::QuotaRelease(_)
+            | Route::Internal { .. } => &[Method::POST],
         }
     }
 
-    /// Routes about a user's entity need the proxy's `x-roost-key`.
+    /// Routes about a user's entity need the proxy's `x-roost-key`; shared
+    /// entities are named by their path.
     fn needs_key(self) -> bool {
         !matches!(
             self,
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::WhoAmI
+            Route::Healthz
+                | Route::Readyz
+                | Route::Metrics
+                | Route::WhoAmI
+                | Route::Inventory(_)
+                | Route::Internal { .. }
         )
     }
 }
@@ -180,8 +209,15 @@ struct Release {
     token: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetStock {
+    stock: u64,
+}
+
 impl Api {
-    pub fn new(engine: Engine, config: WorkerConfig) -> Self {
+    /// The API over `engine`; `caller` sends entity-to-entity calls.
+    pub fn new(engine: Engine, config: WorkerConfig, caller: Option<Caller>) -> Self {
         let worker = HeaderValue::from_str(engine.owner())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
         Api {
@@ -190,8 +226,10 @@ impl Api {
             config,
             worker,
             draining: AtomicBool::new(false),
+            caller,
             session: Session,
             quota: Quota,
+            inventory: Inventory,
         }
     }
 
@@ -252,12 +290,16 @@ impl Api {
                 Ok(reply.into())
             }
             Route::Session => self.session(&key, method, request).await,
-            Route::Cart | Route::CartItems | Route::CartItem(_) | Route::Checkout => {
-                self.cart(&key, route, method, request).await
-            }
+            Route::Cart
+            | Route::CartItems
+            | Route::CartItem(_)
+            | Route::Checkout
+            | Route::Orders => self.cart(&key, route, method, request).await,
             Route::QuotaAcquire(name) | Route::QuotaRelease(name) => {
                 self.quota(&key, route, name, request).await
             }
+            Route::Inventory(sku) => self.inventory(sku, method, request).await,
+            Route::Internal { kind, id } => self.internal(kind, id, request).await,
         }
     }
 
@@ -329,6 +371,7 @@ impl Api {
                 sku: decode_segment(sku)?,
             },
             (Route::Checkout, _) => CartRequest::Checkout,
+            (Route::Orders, _) => CartRequest::Orders,
             _ => {
                 let item: AddItem = body::json_object(&self.body(request).await?)?;
                 if item.qty == 0 {
@@ -377,6 +420,56 @@ impl Api {
         self.execute(&self.quota, key, quota_request, call).await
     }
 
+    /// `GET` anyone may; `PUT {"stock": N}` needs the admin token.
+    async fn inventory(
+        &self,
+        sku: &str,
+        method: Method,
+        request: Request<Incoming>,
+    ) -> Result<Answer, Answer> {
+        let sku = decode_segment(sku)?;
+        let inventory_request = if method == Method::GET {
+            InventoryRequest::Get
+        } else {
+            check_bearer(request.headers(), self.config.admin_token.as_deref())?;
+            let set: SetStock = body::json_object(&self.body(request).await?)?;
+            InventoryRequest::SetStock(set.stock)
+        };
+        // Stock changes are always durable: an acknowledged stock level is
+        // what every later reservation is checked against.
+        let call = (Durability::Durable, None);
+        self.execute(&self.inventory, &sku, inventory_request, call)
+            .await
+    }
+
+    /// A call from another worker: check its token, then apply it here.
+    async fn internal(
+        &self,
+        kind: &str,
+        id: &str,
+        request: Request<Incoming>,
+    ) -> Result<Answer, Answer> {
+        check_internal_token(request.headers(), self.config.internal_token.as_deref())?;
+        let idempotency_id = header_str(request.headers(), "idempotency-key")
+            .ok_or_else(|| {
+                Reply::error(
+                    400,
+                    "missing_idempotency_key",
+                    "a call needs an Idempotency-Key",
+                )
+            })?
+            .to_owned();
+        let call = Call {
+            kind: decode_segment(kind)?,
+            id: decode_segment(id)?,
+            // Routing is the sender's business; the receiver applies.
+            routing_key: String::new(),
+            body: raw_json(&self.body(request).await?)?,
+            idempotency_id: check_name("Idempotency-Key", idempotency_id)?,
+        };
+        Ok(self.receive(&call).await.into())
+    }
+
     async fn body(&self, request: Request<Incoming>) -> Result<Bytes, Answer> {
         Ok(body::read(request, self.config.max_body_bytes).await?)
     }
@@ -411,7 +504,7 @@ impl Api {
         (durability, idempotency_key): (Durability, Option<String>),
     ) -> Result<Answer, Answer> {
         self.engine
-            .execute(entity, key, request, durability, idempotency_key)
+            .execute(entity, key, request, durability, idempotency_key, self)
             .await
             .map(Answer::Entity)
             .map_err(|e| runtime_error(&e).into())
@@ -479,6 +572,131 @@ impl Api {
     }
 }
 
+#[async_trait]
+impl CallSender for Api {
+    async fn send(&self, call: &Call, deadline: Instant) -> Result<Reply, CallError> {
+        match &self.caller {
+            Some(caller) => caller.send(call, deadline, self).await,
+            None => Ok(Reply::error(
+                501,
+                "calls_unsupported",
+                "this worker makes no calls to other entities",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl LocalReceiver for Api {
+    /// Apply a call here, durably, once per idempotency id. A draining
+    /// worker takes no entities: 421, and the caller moves on.
+    async fn receive(&self, call: &Call) -> Reply {
+        if self.draining.load(Ordering::Acquire) {
+            return Reply::error(421, "not_owner", "this worker is draining");
+        }
+        let key = Some(call.idempotency_id.clone());
+        let answer = match call.kind.as_str() {
+            Inventory::KIND => match inventory_call(call.body.get()) {
+                Ok(request) => {
+                    let options = (Durability::Durable, key);
+                    self.execute(&self.inventory, &call.id, request, options)
+                        .await
+                }
+                Err(reply) => Err(reply.into()),
+            },
+            kind => Err(Reply::error(
+                404,
+                "unknown_kind",
+                format!("no entity type {kind:?} takes calls"),
+            )
+            .into()),
+        };
+        match answer {
+            Ok(Answer::Entity(entity)) | Err(Answer::Entity(entity)) => entity.reply,
+            Ok(Answer::Plain(reply)) | Err(Answer::Plain(reply)) => reply,
+            Ok(Answer::Raw { .. }) | Err(Answer::Raw { .. }) => {
+                Reply::error(500, "unexpected_reply", "a call got a non-JSON reply")
+            }
+        }
+    }
+}
+
+/// An inventory call's body, checked like client input.
+fn inventory_call(body: &str) -> Result<InventoryRequest, Reply> {
+    let call: InventoryCall = serde_json::from_str(body)
+        .map_err(|e| Reply::error(400, "invalid_call", format!("not an inventory call: {e}")))?;
+    let (InventoryCall::Reserve { reservation, .. } | InventoryCall::Release { reservation }) =
+        &call;
+    if let Err(Answer::Plain(reply)) = check_name("reservation", reservation.clone()) {
+        return Err(reply);
+    }
+    if let InventoryCall::Reserve { qty: 0, .. } = call {
+        return Err(Reply::error(400, "invalid_qty", "qty must be at least 1"));
+    }
+    Ok(call.into())
+}
+
+/// A request body as raw JSON (checked, not walked).
+fn raw_json(bytes: &[u8]) -> Result<Box<RawValue>, Answer> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Reply::error(400, "invalid_json", format!("the body is not JSON: {e}")).into())
+}
+
+/// The admin token as `Authorization: Bearer …`: 401 without one, 403 if
+/// wrong or if no admin token is configured.
+fn check_bearer(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
+    let Some(sent) = header_str(headers, hyper::header::AUTHORIZATION) else {
+        return Err(Reply::error(
+            401,
+            "unauthorized",
+            "this call needs Authorization: Bearer <admin token>",
+        )
+        .into());
+    };
+    let sent = sent.strip_prefix("Bearer ").unwrap_or_default();
+    match expected {
+        Some(expected) if same_secret(sent, expected) => Ok(()),
+        Some(_) => Err(Reply::error(403, "forbidden", "the admin token is wrong").into()),
+        None => Err(Reply::error(
+            403,
+            "admin_disabled",
+            "this worker has no admin_token configured",
+        )
+        .into()),
+    }
+}
+
+/// The fleet's internal token in its header: 403 if missing, wrong, or not
+/// configured here.
+fn check_internal_token(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
+    let sent = header_str(headers, headers::INTERNAL_TOKEN).unwrap_or_default();
+    match expected {
+        Some(expected) if same_secret(sent, expected) => Ok(()),
+        Some(_) => Err(Reply::error(
+            403,
+            "forbidden",
+            "internal calls need the fleet's internal token",
+        )
+        .into()),
+        None => Err(Reply::error(
+            403,
+            "internal_disabled",
+            "this worker has no internal_token configured",
+        )
+        .into()),
+    }
+}
+
+/// Compare secrets in time independent of where they differ.
+fn same_secret(sent: &str, expected: &str) -> bool {
+    sent.len() == expected.len()
+        && sent
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
 fn insert_display(headers: &mut HeaderMap, name: HeaderName, value: impl std::fmt::Display) {
     if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
         headers.insert(name, value);
@@ -534,5 +752,14 @@ fn runtime_error(error: &RuntimeError) -> Reply {
         }
         RuntimeError::Fenced => Reply::error(503, "not_owner", error.to_string()),
         RuntimeError::LeaseLost => Reply::error(503, "lease_lost", error.to_string()),
+        RuntimeError::CallsUnfinished(_) => {
+            METRICS.calls_unfinished.inc();
+            tracing::warn!(%error, "calls to other entities unfinished");
+            Reply::error(503, "calls_unfinished", error.to_string())
+        }
+        RuntimeError::UndeclaredCalls { .. } => {
+            tracing::error!(%error, "an entity type made calls it did not declare");
+            Reply::error(500, "undeclared_calls", error.to_string())
+        }
     }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-use super::envelope::ReplyCache;
+use super::envelope::Meta;
 use crate::store::{FlushRow, StoreError};
 
 /// Why a durable write was not acknowledged.
@@ -81,7 +81,7 @@ pub struct Slot {
 pub struct Loaded {
     /// The entity's `State`, type-erased so one map holds every entity type.
     pub state: Box<dyn Any + Send>,
-    pub replies: ReplyCache,
+    pub meta: Meta,
     /// Bumped on every change; persisted with the state.
     pub version: u64,
     /// The epoch of our claim: every write is guarded by it.

@@ -1,15 +1,50 @@
-//! What the store keeps for one entity: the entity's own state bytes plus the
-//! replies remembered for `Idempotency-Key`s, so a client retrying after a
-//! failover gets its first reply from the new owner too.
+//! What the store keeps for one entity: the entity's own state bytes plus
+//! what the runtime keeps beside them ([`Meta`]): the replies remembered for
+//! `Idempotency-Key`s, so a client retrying after a failover gets its first
+//! reply from the new owner too, and the calls to other entities the entity
+//! is waiting on, so the new owner can finish them.
 //!
-//! Layout: `u32` little-endian length of the replies' JSON, the JSON, then
-//! the state bytes exactly as the entity encoded them.
+//! Layout: `u32` little-endian length of the meta JSON, the JSON, then the
+//! state bytes exactly as the entity encoded them. The meta JSON is the list
+//! of replies when nothing is awaited (the format before calls existed, so
+//! old rows still read), else `{"replies": [...], "awaiting": {...}}`.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::entity::Reply;
+use crate::entity::{Call, Reply};
+
+/// Everything the runtime stores beside an entity's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Meta {
+    pub replies: ReplyCache,
+    pub awaiting: Option<Awaiting>,
+}
+
+/// Calls an entity made whose replies it has not had yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Awaiting {
+    /// The `Idempotency-Key` of the request that made them: its reply, once
+    /// decided, is remembered under it.
+    pub idempotency_key: Option<String>,
+    pub calls: Vec<Call>,
+}
+
+/// The meta JSON's object form (written only while calls are awaited).
+#[derive(Serialize)]
+struct WithAwaiting<'a> {
+    replies: &'a VecDeque<Remembered>,
+    awaiting: &'a Awaiting,
+}
+
+/// [`WithAwaiting`] as read back. (Not an untagged enum over both forms:
+/// serde buffers those, and a call's raw JSON body cannot be buffered.)
+#[derive(Deserialize)]
+struct ReadWithAwaiting {
+    replies: VecDeque<Remembered>,
+    awaiting: Awaiting,
+}
 
 /// How many idempotency keys an entity remembers (oldest forgotten first).
 pub const REMEMBERED_REPLIES: usize = 64;
@@ -47,9 +82,14 @@ impl ReplyCache {
     }
 }
 
-/// Wrap `state` bytes with `replies`.
-pub fn encode(state: &[u8], replies: &ReplyCache) -> Vec<u8> {
-    let json = serde_json::to_vec(&replies.entries).unwrap_or_else(|_| b"[]".to_vec());
+/// Wrap `state` bytes with `meta`.
+pub fn encode(state: &[u8], meta: &Meta) -> Vec<u8> {
+    let replies = &meta.replies.entries;
+    let json = match &meta.awaiting {
+        None => serde_json::to_vec(replies),
+        Some(awaiting) => serde_json::to_vec(&WithAwaiting { replies, awaiting }),
+    }
+    .unwrap_or_else(|_| b"[]".to_vec());
     let mut bytes = Vec::with_capacity(4 + json.len() + state.len());
     bytes.extend_from_slice(&u32::try_from(json.len()).unwrap_or(0).to_le_bytes());
     bytes.extend_from_slice(&json);
@@ -57,8 +97,8 @@ pub fn encode(state: &[u8], replies: &ReplyCache) -> Vec<u8> {
     bytes
 }
 
-/// Split stored bytes into the replies and the entity's state bytes.
-pub fn decode(bytes: &[u8]) -> Result<(ReplyCache, &[u8]), String> {
+/// Split stored bytes into the meta and the entity's state bytes.
+pub fn decode(bytes: &[u8]) -> Result<(Meta, &[u8]), String> {
     let (length, rest) = bytes
         .split_first_chunk::<4>()
         .ok_or_else(|| "stored entity shorter than its header".to_string())?;
@@ -67,8 +107,24 @@ pub fn decode(bytes: &[u8]) -> Result<(ReplyCache, &[u8]), String> {
         return Err("stored entity shorter than its replies".into());
     }
     let (json, state) = rest.split_at(length);
-    let entries = serde_json::from_slice(json).map_err(|e| format!("stored replies: {e}"))?;
-    Ok((ReplyCache { entries }, state))
+    let unreadable = |e: serde_json::Error| format!("stored meta: {e}");
+    let meta = if json.first() == Some(&b'{') {
+        let read: ReadWithAwaiting = serde_json::from_slice(json).map_err(unreadable)?;
+        Meta {
+            replies: ReplyCache {
+                entries: read.replies,
+            },
+            awaiting: Some(read.awaiting),
+        }
+    } else {
+        Meta {
+            replies: ReplyCache {
+                entries: serde_json::from_slice(json).map_err(unreadable)?,
+            },
+            awaiting: None,
+        }
+    };
+    Ok((meta, state))
 }
 
 #[cfg(test)]
@@ -83,10 +139,35 @@ mod tests {
         }
         assert!(replies.get("k0").is_none());
         assert!(replies.get("k1").is_some());
-        let bytes = encode(b"state", &replies);
+        let meta = Meta {
+            replies,
+            awaiting: None,
+        };
+        let bytes = encode(b"state", &meta);
         let (decoded, state) = decode(&bytes).expect("decodes");
-        assert_eq!(decoded, replies);
+        assert_eq!(decoded, meta);
         assert_eq!(state, b"state");
+    }
+
+    #[test]
+    fn awaited_calls_round_trip_beside_the_replies() {
+        let mut meta = Meta::default();
+        meta.replies.remember("k".into(), Reply::no_content(), 3);
+        meta.awaiting = Some(Awaiting {
+            idempotency_key: Some("checkout-1".into()),
+            calls: vec![Call {
+                kind: "inventory".into(),
+                id: "show-1".into(),
+                routing_key: "inventory:show-1".into(),
+                body: serde_json::value::to_raw_value(&serde_json::json!({"op": "release"}))
+                    .expect("serializes"),
+                idempotency_id: "u/order-1/release".into(),
+            }],
+        });
+        let bytes = encode(b"{}", &meta);
+        let (decoded, state) = decode(&bytes).expect("decodes");
+        assert_eq!(decoded, meta);
+        assert_eq!(state, b"{}");
     }
 
     #[test]

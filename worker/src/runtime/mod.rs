@@ -18,6 +18,14 @@
 //!    if that change fails, answer 503
 //!    ([`activation`](self::activation#the-output-gate)).
 //!
+//! A handler may answer with calls to other entities instead
+//! ([`crate::entity#calling-other-entities`]). Then, with the entity still
+//! locked, the runtime commits the state that records the calls, sends them
+//! through a [`CallSender`], and runs [`Entity::on_replies`] on the replies
+//! (durably too), until it has a reply. Calls still awaited when a request
+//! comes (the last owner crashed mid-way, or the calls missed their
+//! deadline) are finished before that request runs.
+//!
 //! A background sweep passivates entities idle longer than `idle`.
 
 pub mod activation;
@@ -32,9 +40,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
 use self::activation::{Activation, BuiltOnFailure, Effect, FlushFailure, Gate, Loaded};
+use self::envelope::Awaiting;
 use self::flusher::{FlushConfig, Flusher};
 use self::map::EntityMap;
-use crate::entity::{Context, Entity, Reply};
+use crate::calls::{CallError, CallSender};
+use crate::entity::{Context, Entity, Next, Outcome, Reply};
 use crate::lease::Lease;
 use crate::metrics::METRICS;
 use crate::ownership::{self, ClaimError};
@@ -71,6 +81,26 @@ pub enum RuntimeError {
     NotDurable(FlushFailure),
     #[error("the entity was claimed by another worker")]
     Fenced,
+    #[error("calls to other entities are not finished: {0}")]
+    CallsUnfinished(#[from] CallError),
+    #[error("{kind} made calls from a request it did not declare in makes_calls")]
+    UndeclaredCalls { kind: &'static str },
+}
+
+/// What a handler step ran into.
+enum Step<E: Entity> {
+    /// A client's (or a caller's) request.
+    Request(E::Request),
+    /// The replies to the calls the entity made.
+    Replies(Vec<Reply>),
+}
+
+/// What applying a step left to do.
+enum Applied {
+    /// Answer with this reply (once the gate, if any, opens).
+    Replied(EntityReply, Option<Gate>),
+    /// Send the calls now recorded in the entity's meta, once the gate opens.
+    Calling(Option<Gate>),
 }
 
 /// Runtime settings.
@@ -81,6 +111,9 @@ pub struct RuntimeConfig {
     pub idle: Duration,
     /// The longest a claim waits for a live owner to hand an entity over.
     pub handoff_timeout: Duration,
+    /// The longest one round of calls to other entities may take, retries
+    /// included; past it the request gets 503 and the calls stay awaited.
+    pub call_timeout: Duration,
 }
 
 /// How long a claimer waits before asking the store again, at first; it
@@ -174,7 +207,8 @@ impl Runtime {
 
     /// Apply `request` to the entity `id` of type `E`, one request at a time;
     /// the reply waits at the output gate when it must
-    /// ([`activation`](self::activation#the-output-gate)).
+    /// ([`activation`](self::activation#the-output-gate)). Calls the handler
+    /// makes go out through `calls`.
     pub async fn execute<E: Entity>(
         &self,
         entity: &E,
@@ -182,8 +216,14 @@ impl Runtime {
         request: E::Request,
         durability: Durability,
         idempotency_key: Option<String>,
+        calls: &dyn CallSender,
     ) -> Result<EntityReply, RuntimeError> {
         let key = format!("{}/{}", E::KIND, id);
+        let durability = if entity.makes_calls(&request) {
+            Durability::Durable
+        } else {
+            durability
+        };
         let (reply, gate) = loop {
             let activation = self.entities.get_or_insert(&key, self.now_ms()).await;
             let mut slot = activation.slot.lock().await;
@@ -200,22 +240,96 @@ impl Runtime {
             if !self.lease.is_held() {
                 return Err(RuntimeError::LeaseLost);
             }
-            let applied = self.apply(
+            Self::revert_if_failed(entity, &activation, loaded)?;
+            if loaded.meta.awaiting.is_some() {
+                // An earlier request's calls first; its reply is remembered
+                // for its idempotency key.
+                self.finish_calls(entity, &activation, loaded, calls)
+                    .await?;
+            }
+            let step = Step::Request(request);
+            let answered = match self.apply(
                 entity,
                 &activation,
                 loaded,
-                request,
+                step,
                 durability,
                 idempotency_key,
-            );
+            )? {
+                Applied::Replied(reply, gate) => (reply, gate),
+                Applied::Calling(gate) => {
+                    if let Some(gate) = gate {
+                        self.wait_at_gate(gate).await?;
+                    }
+                    self.finish_calls(entity, &activation, loaded, calls)
+                        .await?
+                }
+            };
             // Held replies wait with the entity unlocked.
             drop(slot);
-            break applied?;
+            break answered;
         };
         if let Some(gate) = gate {
             self.wait_at_gate(gate).await?;
         }
         Ok(reply)
+    }
+
+    /// Send the awaited calls and run the entity's `on_replies`, round after
+    /// round, until it answers. The entity stays locked; every round's state
+    /// is committed before its calls go out.
+    async fn finish_calls<E: Entity>(
+        &self,
+        entity: &E,
+        activation: &Arc<Activation>,
+        loaded: &mut Loaded,
+        calls: &dyn CallSender,
+    ) -> Result<(EntityReply, Option<Gate>), RuntimeError> {
+        loop {
+            let Some(awaiting) = loaded.meta.awaiting.clone() else {
+                return Err(RuntimeError::UndeclaredCalls { kind: E::KIND });
+            };
+            let replies = self.send_all(&awaiting, calls).await?;
+            let step = Step::Replies(replies);
+            let key = awaiting.idempotency_key;
+            match self.apply(entity, activation, loaded, step, Durability::Durable, key)? {
+                Applied::Replied(reply, gate) => return Ok((reply, gate)),
+                Applied::Calling(gate) => {
+                    if let Some(gate) = gate {
+                        self.wait_at_gate(gate).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send one round of calls at once; each retries until it has a
+    /// decided reply or the round's deadline passes.
+    async fn send_all(
+        &self,
+        awaiting: &Awaiting,
+        calls: &dyn CallSender,
+    ) -> Result<Vec<Reply>, CallError> {
+        let deadline = Instant::now() + self.config.call_timeout;
+        let sent = awaiting.calls.iter().map(|call| calls.send(call, deadline));
+        futures_util::future::join_all(sent)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// If a durable change failed since the entity was last used, go back
+    /// to the state before it. Returns the failures seen so far.
+    fn revert_if_failed<E: Entity>(
+        entity: &E,
+        activation: &Activation,
+        loaded: &mut Loaded,
+    ) -> Result<u64, RuntimeError> {
+        let (seen_failures, revert) = activation.revert_point();
+        if let Some(row) = revert {
+            Self::restore(entity, loaded, &row)?;
+        }
+        Ok(seen_failures)
     }
 
     /// Claim the entity: at once when nobody alive owns it; from a live
@@ -263,36 +377,34 @@ impl Runtime {
         }
     }
 
-    /// Steps 4 and 5 of the request path, with the entity locked. Returns
-    /// the reply and, when the output gate holds it, what it waits for.
+    /// Steps 4 and 5 of the request path, with the entity locked: answer a
+    /// replayed idempotency key, or run the step and record what changed.
     fn apply<E: Entity>(
         &self,
         entity: &E,
         activation: &Arc<Activation>,
         loaded: &mut Loaded,
-        request: E::Request,
+        step: Step<E>,
         durability: Durability,
         idempotency_key: Option<String>,
-    ) -> Result<(EntityReply, Option<Gate>), RuntimeError> {
-        let (seen_failures, revert) = activation.revert_point();
-        if let Some(row) = revert {
-            Self::restore(entity, loaded, &row)?;
+    ) -> Result<Applied, RuntimeError> {
+        let seen_failures = Self::revert_if_failed(entity, activation, loaded)?;
+        let replayed = match (&step, idempotency_key.as_deref()) {
+            (Step::Request(_), Some(k)) => loaded.meta.replies.get(k),
+            _ => None,
         }
-        let replayed = idempotency_key
-            .as_deref()
-            .and_then(|k| loaded.replies.get(k))
-            .map(|first| EntityReply {
-                reply: first.reply.clone(),
-                version: first.version,
-                epoch: loaded.epoch,
-            });
+        .map(|first| EntityReply {
+            reply: first.reply.clone(),
+            version: first.version,
+            epoch: loaded.epoch,
+        });
         let (reply, effect) = match replayed {
-            Some(reply) => (reply, Effect::Read),
+            Some(reply) => (Some(reply), Effect::Read),
             None => self.run_handler(
                 entity,
                 activation,
                 loaded,
-                request,
+                step,
                 durability,
                 idempotency_key,
             )?,
@@ -304,14 +416,15 @@ impl Runtime {
                     self.flusher
                         .schedule(activation, durability == Durability::Durable);
                 }
-                Ok((reply, gate))
+                Ok(match reply {
+                    Some(reply) => Applied::Replied(reply, gate),
+                    None => Applied::Calling(gate),
+                })
             }
             Err(BuiltOnFailure) => {
                 // A durable change under this request's view failed to commit
                 // while it ran: go back now, and fail it like the others.
-                if let (_, Some(row)) = activation.revert_point() {
-                    Self::restore(entity, loaded, &row)?;
-                }
+                Self::revert_if_failed(entity, activation, loaded)?;
                 Err(RuntimeError::NotDurable(FlushFailure::Store(
                     StoreError::Unavailable(
                         "an earlier durable change to this entity did not commit".into(),
@@ -321,17 +434,18 @@ impl Runtime {
         }
     }
 
-    /// Run the handler; on a change, bump the version, remember the reply
-    /// for its idempotency key and encode the row.
+    /// Run the handler (or `on_replies`); on a change, bump the version,
+    /// record awaited calls or remember the reply for its idempotency key,
+    /// and encode the row. The reply is `None` when the step made calls.
     fn run_handler<E: Entity>(
         &self,
         entity: &E,
-        activation: &Activation,
+        activation: &Arc<Activation>,
         loaded: &mut Loaded,
-        request: E::Request,
+        step: Step<E>,
         durability: Durability,
         idempotency_key: Option<String>,
-    ) -> Result<(EntityReply, Effect), RuntimeError> {
+    ) -> Result<(Option<EntityReply>, Effect), RuntimeError> {
         let Some(state) = loaded.state.downcast_mut::<E::State>() else {
             return Err(ClaimError::Corrupt {
                 key: activation.key.to_string(),
@@ -342,37 +456,75 @@ impl Runtime {
         let durable = durability == Durability::Durable;
         let before_state = durable.then(|| state.clone());
         let ctx = Context {
+            key: Arc::clone(&activation.key),
             now_ms: wall_clock_ms(),
             version: loaded.version,
             random: rand::random(),
         };
-        let outcome = entity.handle(state, request, &ctx);
-        if !outcome.changed {
-            let reply = EntityReply {
-                reply: outcome.reply,
-                version: loaded.version,
-                epoch: loaded.epoch,
-            };
-            return Ok((reply, Effect::Read));
+        let outcome = match step {
+            Step::Request(request) => entity.handle(state, request, &ctx),
+            Step::Replies(replies) => entity.on_replies(state, replies, &ctx),
+        };
+        let Outcome { next, changed } = outcome;
+        let was_awaiting = loaded.meta.awaiting.is_some();
+        if let Next::Reply(reply) = &next {
+            if !changed && !was_awaiting {
+                let reply = EntityReply {
+                    reply: reply.clone(),
+                    version: loaded.version,
+                    epoch: loaded.epoch,
+                };
+                return Ok((Some(reply), Effect::Read));
+            }
         }
-        let epoch = loaded.epoch;
         let before = before_state.map(|before| {
             let bytes = entity.encode(&before);
-            row(activation, epoch, loaded.version, &loaded.replies, &bytes)
+            row(
+                activation,
+                loaded.epoch,
+                loaded.version,
+                &loaded.meta,
+                &bytes,
+            )
         });
-        loaded.version += 1;
-        if let Some(k) = idempotency_key {
-            loaded
-                .replies
-                .remember(k, outcome.reply.clone(), loaded.version);
+        if before.is_none() && matches!(next, Next::Calls(_)) {
+            // The handler changed memory we cannot roll back: drop the
+            // entity, so the next request reloads what was committed.
+            self.entities.evict(activation);
+            return Err(RuntimeError::UndeclaredCalls { kind: E::KIND });
         }
-        let bytes = entity.encode(state);
-        let row = row(activation, epoch, loaded.version, &loaded.replies, &bytes);
-        let reply = EntityReply {
-            reply: outcome.reply,
-            version: loaded.version,
-            epoch,
+        loaded.version += 1;
+        let reply = match next {
+            Next::Reply(reply) => {
+                loaded.meta.awaiting = None;
+                if let Some(k) = idempotency_key {
+                    loaded
+                        .meta
+                        .replies
+                        .remember(k, reply.clone(), loaded.version);
+                }
+                Some(EntityReply {
+                    reply,
+                    version: loaded.version,
+                    epoch: loaded.epoch,
+                })
+            }
+            Next::Calls(calls) => {
+                loaded.meta.awaiting = Some(Awaiting {
+                    idempotency_key,
+                    calls,
+                });
+                None
+            }
         };
+        let bytes = entity.encode(state);
+        let row = row(
+            activation,
+            loaded.epoch,
+            loaded.version,
+            &loaded.meta,
+            &bytes,
+        );
         let effect = match before {
             Some(before) => Effect::Durable { row, before },
             None => Effect::WriteBehind(row),
@@ -404,9 +556,9 @@ impl Runtime {
         loaded: &mut Loaded,
         row: &FlushRow,
     ) -> Result<(), RuntimeError> {
-        let (replies, state) = ownership::decode_state(entity, &row.key, Some(&row.state))?;
+        let (meta, state) = ownership::decode_state(entity, &row.key, Some(&row.state))?;
         loaded.state = Box::new(state);
-        loaded.replies = replies;
+        loaded.meta = meta;
         loaded.version = u64::try_from(row.version).unwrap_or(0);
         Ok(())
     }
@@ -447,15 +599,24 @@ impl Runtime {
     /// unwritten, forget the entity and release it in the store. Gives up
     /// (keeping the entity) if the flush does not complete within
     /// `handoff_timeout`; the claimer then times out too.
+    ///
+    /// The release happens with the key's current activation locked (one
+    /// is made if there is none) and before it is evicted, so no request of
+    /// ours can claim the key between our last look and the release; and an
+    /// activation replaced while we waited for its lock (an earlier
+    /// hand-over of the same key evicted it, and a request claimed the key
+    /// back) is not the one to hand over: the current one is. Without these
+    /// checks the release could undo a claim a later request made, and that
+    /// request's writes would be fenced.
     pub async fn hand_over(&self, key: &str) {
-        let activation = self.entities.get(key);
-        let slot = match &activation {
-            Some(activation) => Some(activation.slot.lock().await),
-            None => None,
-        };
-        if let Some(activation) = &activation {
+        loop {
+            let activation = self.entities.get_or_insert(key, self.now_ms()).await;
+            let slot = activation.slot.lock().await;
+            if activation.is_gone() {
+                continue;
+            }
             if let Some(flushed) = activation.await_flushed() {
-                self.flusher.schedule(activation, true);
+                self.flusher.schedule(&activation, true);
                 match tokio::time::timeout(self.config.handoff_timeout, flushed).await {
                     Ok(Ok(Ok(()))) => {}
                     _ => {
@@ -464,13 +625,21 @@ impl Runtime {
                     }
                 }
             }
-            self.entities.evict(activation);
+            // Release first, evict after: a request of ours waiting on
+            // this slot must not claim the key (taking it from ourselves)
+            // before the release, which would then undo its claim.
+            match self.store.release(key, &self.owner).await {
+                Ok(()) => {
+                    self.entities.evict(&activation);
+                    METRICS.handovers.inc();
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "hand-over: cannot release the entity; keeping it");
+                }
+            }
+            drop(slot);
+            return;
         }
-        match self.store.release(key, &self.owner).await {
-            Ok(()) => METRICS.handovers.inc(),
-            Err(e) => tracing::warn!(key, error = %e, "hand-over: cannot release the entity"),
-        }
-        drop(slot);
     }
 
     /// Passivate idle entities every quarter of `idle` until stopped.
@@ -537,14 +706,14 @@ fn row(
     activation: &Activation,
     epoch: i64,
     version: u64,
-    replies: &envelope::ReplyCache,
+    meta: &envelope::Meta,
     state: &[u8],
 ) -> FlushRow {
     FlushRow {
         key: activation.key.to_string(),
         epoch,
         version: i64::try_from(version).unwrap_or(i64::MAX),
-        state: envelope::encode(state, replies),
+        state: envelope::encode(state, meta),
     }
 }
 

@@ -109,6 +109,9 @@ pub trait Store: Send + Sync + 'static {
     /// tests and tools).
     async fn peek(&self, key: &str) -> StoreResult<Option<Claim>>;
 
+    /// `(id, addr)` of every live worker (the set calls are routed over).
+    async fn live_workers(&self) -> StoreResult<Vec<(String, String)>>;
+
     /// A short name for logs: `postgres` or `sqlite`.
     fn kind(&self) -> &'static str;
 }

@@ -266,6 +266,16 @@ impl StoredRow {
     }
 }
 
+/// Stored state bytes from the runtime's meta JSON and the entity's state.
+pub fn encode_envelope(meta: &Value, state: &Value) -> Vec<u8> {
+    let meta = serde_json::to_vec(meta).expect("meta serializes");
+    let length = u32::try_from(meta.len()).expect("meta under 4 GiB");
+    let mut bytes = length.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&meta);
+    bytes.extend_from_slice(&serde_json::to_vec(state).expect("state serializes"));
+    bytes
+}
+
 /// Split stored state bytes: `u32` LE length, that many bytes of replies
 /// JSON, then the entity's JSON state.
 pub fn decode_envelope(bytes: &[u8]) -> (Value, Value) {
@@ -346,6 +356,28 @@ impl Store {
                 .expect("the sqlite check task")
             }
         }
+    }
+
+    /// Write a `roost_entities` row directly, as a worker that has since
+    /// died would have left it (`owner` may be a worker that is gone).
+    pub async fn put_row(
+        &self,
+        store_key: &str,
+        epoch: i64,
+        owner: &str,
+        version: i64,
+        state: &[u8],
+    ) {
+        let hex: String = state.iter().map(|b| format!("{b:02x}")).collect();
+        let bytes = match self {
+            Store::Postgres(_) => format!("decode('{hex}', 'hex')"),
+            Store::Sqlite(_) => format!("X'{hex}'"),
+        };
+        self.execute_batch(&format!(
+            "INSERT INTO roost_entities (key, epoch, owner, version, state) \
+             VALUES ('{store_key}', {epoch}, '{owner}', {version}, {bytes})"
+        ))
+        .await;
     }
 
     /// Wait (bounded) until the stored row of `store_key` has `version`.

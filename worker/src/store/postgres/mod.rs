@@ -251,6 +251,18 @@ impl Store for PostgresStore {
         row.as_ref().map(claim_of).transpose()
     }
 
+    async fn live_workers(&self) -> StoreResult<Vec<(String, String)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(roost_routing::registry::LIVE_POSTGRES, &[])
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(unavailable)
+    }
+
     fn kind(&self) -> &'static str {
         "postgres"
     }

@@ -252,6 +252,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn live_workers(&self) -> StoreResult<Vec<(String, String)>> {
+        let now = registry::wall_clock_ms();
+        self.with(move |c| {
+            c.prepare_cached(roost_routing::registry::LIVE_SQLITE)?
+                .query_map(params![now], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
     fn kind(&self) -> &'static str {
         "sqlite"
     }

@@ -127,7 +127,7 @@ pub(super) fn is_alive(
     Ok(locks.is_held(lock_id).unwrap_or(true))
 }
 
-fn wall_clock_ms() -> i64 {
+pub(super) fn wall_clock_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -1,0 +1,373 @@
+//! Shared entities and entity-to-entity calls, against real workers and a
+//! real store: a checkout reserves stock from the inventory's owner on
+//! another worker, the booth never oversells when many users with two
+//! devices each race for few tickets, a retried call applies once, a
+//! checkout a crash interrupted is finished by the next owner, and the
+//! admin and internal routes check their tokens.
+
+#[macro_use]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use reqwest::Method;
+use roost_routing::hrw::{Member, Ring, Seed};
+use serde_json::{json, Value};
+use support::{encode_envelope, unique_key, Api, Reply, Store, Worker};
+
+const HASH_SEED: &str = "calls-test-seed";
+const INTERNAL_TOKEN: &str = "internal-token-for-tests";
+const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+/// A fleet config with the tokens, and a limit of one for `limited`.
+fn config(limited: &str) -> String {
+    format!(
+        "hash_seed: {HASH_SEED}\ninternal_token: {INTERNAL_TOKEN}\nadmin_token: {ADMIN_TOKEN}\n\
+         flush_interval_ms: 20\nlimits: {{{limited}: 1}}\n"
+    )
+}
+
+async fn fleet(store: &Store, ids: &[&str], limited: &str) -> Vec<Worker> {
+    let config = config(limited);
+    let mut workers = Vec::new();
+    for id in ids {
+        workers.push(Worker::start(id, store, Some(&config)).await);
+    }
+    workers
+}
+
+/// The worker HRW picks for `key` among `workers` (as the proxy and the
+/// workers' calls do).
+fn owner<'w>(workers: &'w [Worker], key: &str) -> &'w Worker {
+    let ring = Ring::new(
+        Seed::from_phrase(HASH_SEED),
+        workers.iter().enumerate().map(|(i, w)| Member {
+            id: Arc::from(w.id.as_str()),
+            weight: 1.0,
+            value: i,
+        }),
+    )
+    .expect("a valid ring");
+    let index = ring.owner(key.as_bytes()).expect("a non-empty ring").value;
+    &workers[index]
+}
+
+async fn set_stock(api: &Api, sku: &str, stock: u64) {
+    api.call(Method::PUT, &format!("/v1/inventory/{sku}"))
+        .header("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .json(&json!({"stock": stock}))
+        .send()
+        .await
+        .expect_status(200, "admin PUT stock");
+}
+
+async fn inventory(api: &Api, sku: &str) -> Value {
+    let reply = api.get(&format!("/v1/inventory/{sku}")).send().await;
+    reply.expect_status(200, "GET inventory");
+    reply.json()
+}
+
+async fn orders(api: &Api, user: &str) -> Vec<Value> {
+    let reply = api.get("/v1/orders").key(user).send().await;
+    reply.expect_status(200, "GET /v1/orders");
+    reply.json()["orders"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A user that HRW places on `worker` and a SKU whose inventory it does not.
+fn user_and_sku_apart(workers: &[Worker], worker: usize) -> (String, String) {
+    let user = (0..)
+        .map(|i| unique_key(&format!("user{i}")))
+        .find(|u| owner(workers, u).id == workers[worker].id)
+        .expect("some user lands on the worker");
+    let sku = (0..)
+        .map(|i| unique_key(&format!("sku{i}")))
+        .find(|s| owner(workers, &format!("inventory:{s}")).id != workers[worker].id)
+        .expect("some SKU lands elsewhere");
+    (user, sku)
+}
+
+both_stores!(checkout_reserves_stock_on_the_inventorys_owner);
+async fn checkout_reserves_stock_on_the_inventorys_owner(store: Store) {
+    let workers = fleet(&store, &["c1", "c2", "c3"], "none").await;
+    let (user, sku) = user_and_sku_apart(&workers, 0);
+    let inventory_owner = owner(&workers, &format!("inventory:{sku}"));
+    set_stock(&inventory_owner.api(), &sku, 3).await;
+
+    let api = workers[0].api();
+    api.add_item(&user, &sku, 2)
+        .send()
+        .await
+        .expect_status(200, "add");
+    let reply = api.checkout(&user).send().await;
+    reply.expect_status(201, "checkout");
+    assert_eq!(reply.json()["items"][0]["qty"], 2, "{}", reply.body);
+
+    let after = inventory(&inventory_owner.api(), &sku).await;
+    assert_eq!(
+        (after["stock"].clone(), after["sold"].clone()),
+        (json!(1), json!(2))
+    );
+    let placed = orders(&api, &user).await;
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    let remote = support::metric_value(
+        &workers[0].metrics().await,
+        "roost_worker_call_attempts_total",
+        &[("result", "decided")],
+    );
+    assert!(
+        remote >= Some(1.0),
+        "the reserve went to another worker over HTTP"
+    );
+
+    // Two more than are left: refused, nothing sold, the cart kept.
+    api.add_item(&user, &sku, 2)
+        .send()
+        .await
+        .expect_status(200, "add again");
+    let reply = api.checkout(&user).send().await;
+    reply.expect_status(409, "checkout beyond the stock");
+    assert_eq!(reply.json()["error"], "out_of_stock", "{}", reply.body);
+    assert_eq!(reply.json()["skus"], json!([sku]), "{}", reply.body);
+    assert_eq!(inventory(&inventory_owner.api(), &sku).await["sold"], 2);
+    assert_eq!(orders(&api, &user).await.len(), 1);
+    let cart = api.get_cart(&user).send().await;
+    assert_eq!(support::cart_of(&cart.json()).0.get(&sku), Some(&2));
+}
+
+both_stores!(a_refused_item_releases_the_reserved_ones);
+async fn a_refused_item_releases_the_reserved_ones(store: Store) {
+    let workers = fleet(&store, &["r1", "r2"], "none").await;
+    let user = unique_key("user");
+    let (plenty, scarce) = (unique_key("plenty"), unique_key("scarce"));
+    set_stock(&workers[0].api(), &plenty, 10).await;
+    set_stock(&workers[1].api(), &scarce, 0).await;
+    let api = owner(&workers, &user).api();
+    api.add_item(&user, &plenty, 1).send().await;
+    api.add_item(&user, &scarce, 1).send().await;
+    let reply = api.checkout(&user).send().await;
+    reply.expect_status(409, "checkout with one item out of stock");
+    assert_eq!(reply.json()["skus"], json!([scarce]), "{}", reply.body);
+    let plenty_now = inventory(&workers[0].api(), &plenty).await;
+    assert_eq!(
+        (plenty_now["stock"].clone(), plenty_now["sold"].clone()),
+        (json!(10), json!(0)),
+        "the reservation made was released"
+    );
+    assert!(orders(&api, &user).await.is_empty());
+}
+
+both_stores!(the_booth_never_oversells);
+/// 20 tickets, 60 users with two devices each, all at once, against three
+/// workers; each device adds the ticket (limit one per user) and checks out.
+async fn the_booth_never_oversells(store: Store) {
+    const TICKETS: u64 = 20;
+    const USERS: usize = 60;
+    let show = unique_key("show");
+    let workers = fleet(&store, &["b1", "b2", "b3"], &show).await;
+    set_stock(&workers[0].api(), &show, TICKETS).await;
+
+    let users: Vec<String> = (0..USERS).map(|i| unique_key(&format!("fan{i}"))).collect();
+    let mut devices = tokio::task::JoinSet::new();
+    for (i, user) in users.iter().enumerate() {
+        for device in 0..2 {
+            // Each user's devices go to the user's worker, as the proxy
+            // sends them; every third user's second device goes elsewhere.
+            let target = if device == 1 && i % 3 == 0 {
+                &workers[i % workers.len()]
+            } else {
+                owner(&workers, user)
+            };
+            let (api, user, show) = (target.api(), user.clone(), show.clone());
+            devices.spawn(async move {
+                api.add_item(&user, &show, 1).send().await;
+                let key = format!("{user}-device{device}");
+                let reply = api.checkout(&user).idempotency_key(&key).send().await;
+                (user, reply)
+            });
+        }
+    }
+    let mut acknowledged: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    while let Some(joined) = devices.join_next().await {
+        let (user, reply): (String, Reply) = joined.expect("a device task");
+        match reply.status {
+            201 => acknowledged.entry(user).or_default().push(reply.json()),
+            409 => {}
+            status => panic!("checkout for {user}: {status} {}", reply.body),
+        }
+    }
+    let sold: usize = acknowledged.values().map(Vec::len).sum();
+    assert_eq!(
+        sold as u64, TICKETS,
+        "tickets acknowledged: {acknowledged:?}"
+    );
+    let mut ordered = 0;
+    for user in &users {
+        let held = orders(&owner(&workers, user).api(), user).await;
+        assert!(held.len() <= 1, "{user} holds {}: {held:?}", held.len());
+        if let Some(acked) = acknowledged.get(user) {
+            assert_eq!(acked.len(), 1, "{user} was acknowledged twice");
+            assert_eq!(
+                held.first(),
+                acked.first(),
+                "{user}'s acknowledged order exists"
+            );
+        }
+        ordered += held.len();
+    }
+    assert_eq!(ordered as u64, TICKETS);
+    let booth = inventory(&workers[0].api(), &show).await;
+    assert_eq!(
+        (booth["stock"].clone(), booth["sold"].clone()),
+        (json!(0), json!(TICKETS))
+    );
+}
+
+both_stores!(a_retried_call_applies_once);
+async fn a_retried_call_applies_once(store: Store) {
+    let workers = fleet(&store, &["i1"], "none").await;
+    let sku = unique_key("sku");
+    let api = workers[0].api();
+    set_stock(&api, &sku, 5).await;
+    let call = |reservation: &str, key: &str, token: &str| {
+        api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+            .header("x-roost-internal-token", token)
+            .idempotency_key(key)
+            .json(&json!({"op": "reserve", "reservation": reservation, "qty": 2}))
+    };
+    for attempt in 0..3 {
+        call("r1", "r1/reserve", INTERNAL_TOKEN)
+            .send()
+            .await
+            .expect_status(200, &format!("reserve attempt {attempt}"));
+    }
+    // The same reservation under another idempotency id: still once.
+    call("r1", "other-id", INTERNAL_TOKEN)
+        .send()
+        .await
+        .expect_status(200, "the same reservation again");
+    let after = inventory(&api, &sku).await;
+    assert_eq!(
+        (after["stock"].clone(), after["sold"].clone()),
+        (json!(3), json!(2))
+    );
+
+    call("r2", "r2/reserve", "wrong-token-wrong-token")
+        .send()
+        .await
+        .expect_error(403, "forbidden", "a wrong internal token");
+    api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+        .idempotency_key("r3/reserve")
+        .json(&json!({"op": "reserve", "reservation": "r3", "qty": 1}))
+        .send()
+        .await
+        .expect_error(403, "forbidden", "no internal token");
+    call("r4", "r4/reserve", INTERNAL_TOKEN)
+        .json(&json!({"op": "reserve", "reservation": "r4", "qty": 0}))
+        .send()
+        .await
+        .expect_error(400, "invalid_qty", "qty 0");
+    assert_eq!(
+        inventory(&api, &sku).await["sold"],
+        2,
+        "refused calls changed nothing"
+    );
+}
+
+both_stores!(admin_calls_need_the_admin_token);
+async fn admin_calls_need_the_admin_token(store: Store) {
+    let workers = fleet(&store, &["a1"], "none").await;
+    let sku = unique_key("sku");
+    let api = workers[0].api();
+    let put = |auth: Option<&str>| {
+        let call = api
+            .call(Method::PUT, &format!("/v1/inventory/{sku}"))
+            .json(&json!({"stock": 7}));
+        match auth {
+            Some(value) => call.header("authorization", value),
+            None => call,
+        }
+    };
+    put(None)
+        .send()
+        .await
+        .expect_error(401, "unauthorized", "no token");
+    put(Some("Bearer not-the-admin-token"))
+        .send()
+        .await
+        .expect_error(403, "forbidden", "a wrong token");
+    assert_eq!(
+        inventory(&api, &sku).await["stock"],
+        Value::Null,
+        "untouched"
+    );
+    put(Some(&format!("Bearer {ADMIN_TOKEN}")))
+        .send()
+        .await
+        .expect_status(200, "the admin token");
+    assert_eq!(inventory(&api, &sku).await["stock"], 7);
+}
+
+both_stores!(a_checkout_a_crash_interrupted_is_finished_by_the_next_owner);
+/// The worker that made the pending order durable and sent the reserve
+/// died before the reply: the row it left says so. The next owner finishes
+/// the same attempt before the cart's next request (the inventory applies
+/// the reservation once, even if the dead worker's reserve got through),
+/// and a retry of the checkout gets the order.
+async fn a_checkout_a_crash_interrupted_is_finished_by_the_next_owner(store: Store) {
+    let workers = fleet(&store, &["n1"], "none").await;
+    let api = workers[0].api();
+    for reserve_got_through in [false, true] {
+        let (user, sku) = (unique_key("user"), unique_key("sku"));
+        set_stock(&api, &sku, 1).await;
+        let reservation = format!("{user}/order-1@3");
+        let reserve = json!({"op": "reserve", "reservation": reservation, "qty": 1});
+        if reserve_got_through {
+            api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+                .header("x-roost-internal-token", INTERNAL_TOKEN)
+                .idempotency_key(&format!("{reservation}/reserve"))
+                .json(&reserve)
+                .send()
+                .await
+                .expect_status(200, "the dead worker's reserve");
+        }
+        let items = json!({ sku.as_str(): 1 });
+        let meta = json!({"replies": [], "awaiting": {
+            "idempotency_key": "checkout-1",
+            "calls": [{
+                "kind": "inventory", "id": sku, "routing_key": format!("inventory:{sku}"),
+                "body": reserve, "idempotency_id": format!("{reservation}/reserve"),
+            }],
+        }});
+        let cart = json!({"items": items, "orders": [], "checkout": {
+            "order": {"id": "order-1", "items": items}, "reservation": reservation,
+        }});
+        store
+            .put_row(
+                &format!("cart/{user}"),
+                1,
+                "gone",
+                4,
+                &encode_envelope(&meta, &cart),
+            )
+            .await;
+
+        let placed = orders(&api, &user).await;
+        assert_eq!(placed.len(), 1, "the order was finished: {placed:?}");
+        let booth = inventory(&api, &sku).await;
+        assert_eq!(
+            (booth["stock"].clone(), booth["sold"].clone()),
+            (json!(0), json!(1))
+        );
+        let retry = api
+            .checkout(&user)
+            .idempotency_key("checkout-1")
+            .send()
+            .await;
+        retry.expect_status(201, "the client's retry of the interrupted checkout");
+        assert_eq!(retry.json()["id"], "order-1", "{}", retry.body);
+    }
+}
