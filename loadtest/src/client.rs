@@ -40,11 +40,32 @@ pub struct Call {
 }
 
 impl Call {
+    /// A call of `op` on `path` with no body, durability or effect.
+    pub fn new(entity: Kind, op: Op, path: &str, op_id: String) -> Call {
+        Call {
+            entity,
+            op,
+            path: path.into(),
+            body: None,
+            durability: None,
+            op_id,
+            effect: None,
+        }
+    }
+
+    /// The same call with a JSON body.
+    pub fn with_body(self, body: Value) -> Call {
+        Call {
+            body: Some(body),
+            ..self
+        }
+    }
+
     fn method(&self) -> Method {
         match self.op {
             Op::Get => Method::GET,
             Op::Patch => Method::PATCH,
-            Op::Add | Op::Acquire | Op::Release => Method::POST,
+            Op::Add | Op::Acquire | Op::Release | Op::Checkout => Method::POST,
         }
     }
 
@@ -63,22 +84,48 @@ pub struct Client {
     ledger: Ledger,
 }
 
+/// An HTTP client with the devices' timeouts; `idle_per_host` keep-alive
+/// connections are kept for reuse.
+pub fn http_client(idle_per_host: usize) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_max_idle_per_host(idle_per_host)
+        .build()
+        .context("build an HTTP client")
+}
+
 impl Client {
+    /// A device with its own connection pool.
     pub fn new(base: &str, user: &str, device: u8, phase: Phase, ledger: Ledger) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .context("build a device's HTTP client")?;
-        Ok(Client {
+        Ok(Client::with_http(
+            http_client(usize::MAX)?,
+            base,
+            user,
+            device,
+            phase,
+            ledger,
+        ))
+    }
+
+    /// A device that shares `http`'s connection pool with others.
+    pub fn with_http(
+        http: reqwest::Client,
+        base: &str,
+        user: &str,
+        device: u8,
+        phase: Phase,
+        ledger: Ledger,
+    ) -> Self {
+        Client {
             http,
             base: base.to_owned(),
             user: user.to_owned(),
             device,
             phase,
             ledger,
-        })
+        }
     }
 
     /// Try `call` until it gets an answer that is not a 5xx, it has been
@@ -186,7 +233,7 @@ fn fill_reply(record: &mut Record, status: u16, headers: &HeaderMap, body: &[u8]
     if record.op == Op::Acquire && record.is_2xx() {
         remember_token(record, json.as_ref());
     }
-    if record.op.is_read() {
+    if record.op.keeps_body() {
         record.body = json;
     }
 }

@@ -1,5 +1,6 @@
 //! Injecting each scenario's fault into the running fleet, every step noted
-//! in the ledger's events (with its time) as it happens. A step that fails
+//! in the ledger's events (with its time) as it happens. The kill -9 and
+//! rolling-restart steps are public: the ticket sale injects them too. A step that fails
 //! (a worker that does not come back, a drain that does not end) does not
 //! end the run: the load and the checks go on, and the problem is reported.
 
@@ -61,23 +62,36 @@ pub async fn inject(scenario: Scenario, target: Target<'_>) -> FaultOutcome {
         Scenario::Rolling => rolling(target, &mut outcome).await,
         Scenario::Scale => scale(target, &mut outcome).await,
     };
-    if let Err(e) = result {
-        ledger.event(format!("fault step failed: {e:#}"));
-        outcome.problems.push(format!("{e:#}"));
-    }
+    outcome.note(&ledger, result);
     outcome
+}
+
+impl FaultOutcome {
+    /// Keep a fault step's failure as a problem (and an event).
+    pub fn note(&mut self, ledger: &Ledger, result: Result<()>) {
+        if let Err(e) = result {
+            ledger.event(format!("fault step failed: {e:#}"));
+            self.problems.push(format!("{e:#}"));
+        }
+    }
 }
 
 async fn kill9(target: Target<'_>) -> Result<()> {
     let Target { fleet, ledger, .. } = target;
     let victim = busiest_worker(ledger, &fleet.ids());
+    kill9_and_restart(fleet, ledger, &victim).await
+}
+
+/// SIGKILL worker `victim`, start it again [`KILL9_DOWNTIME`] later, and
+/// wait until the proxy sees it healthy.
+pub async fn kill9_and_restart(fleet: &mut Fleet, ledger: &Ledger, victim: &str) -> Result<()> {
     ledger.event(format!("kill -9 {victim}"));
-    fleet.kill9(&victim)?;
+    fleet.kill9(victim)?;
     tokio::time::sleep(KILL9_DOWNTIME).await;
     ledger.event(format!("start {victim} again"));
-    fleet.start_worker(&victim).await?;
+    fleet.start_worker(victim).await?;
     ledger.event(format!("{victim} answers /healthz"));
-    fleet.wait_proxy_sees(&victim, true).await?;
+    fleet.wait_proxy_sees(victim, true).await?;
     ledger.event(format!("proxy sees {victim} healthy"));
     Ok(())
 }
@@ -105,11 +119,23 @@ fn pg_restart(target: &Target<'_>) -> Result<()> {
 
 async fn rolling(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
     let Target { fleet, ledger, .. } = target;
-    for id in fleet.ids() {
-        drain(fleet, ledger, &id, outcome).await?;
-        fleet.start_worker(&id).await?;
+    let order = fleet.ids();
+    rolling_restart(fleet, ledger, &order, outcome).await
+}
+
+/// Drain (SIGTERM) and start again each worker of `order` in turn, each
+/// once the proxy sees the one before it healthy again.
+pub async fn rolling_restart(
+    fleet: &mut Fleet,
+    ledger: &Ledger,
+    order: &[String],
+    outcome: &mut FaultOutcome,
+) -> Result<()> {
+    for id in order {
+        drain(fleet, ledger, id, outcome).await?;
+        fleet.start_worker(id).await?;
         ledger.event(format!("{id} started again"));
-        fleet.wait_proxy_sees(&id, true).await?;
+        fleet.wait_proxy_sees(id, true).await?;
         ledger.event(format!("proxy sees {id} healthy"));
     }
     Ok(())

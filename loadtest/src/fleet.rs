@@ -2,7 +2,9 @@
 //! `roost-proxy` in front of them, all on 127.0.0.1 with free ports, their
 //! configs and logs in the scenario's output dir. The fault injector drives
 //! them through this (signals, restarts) and waits on what the proxy's
-//! admin API reports.
+//! admin API reports. What differs between the fault suite and the ticket
+//! sale — the workers' config, the proxy's key sources, the shared
+//! `hash_seed` — is a [`FleetConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,14 +24,63 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(25);
 
-/// The worker config of every scenario.
-const WORKER_YAML: &str = "\
+/// The timing every run's workers share: flushes, leases, hand-overs.
+const WORKER_TIMING_YAML: &str = "\
 flush_interval_ms: 50
 lease_ms: 2000
 heartbeat_ms: 500
 handoff_timeout_ms: 3000
-durability: {session: write-behind, cart: durable, quota: durable}
 ";
+
+/// What a run configures in the fleet it starts.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The proxy's `hash_seed` phrase (random per run, so no run depends
+    /// on where a key happens to land).
+    pub hash_seed: String,
+    /// The whole worker config file.
+    pub worker_yaml: String,
+    /// The proxy's `key.sources`, as a YAML flow sequence.
+    pub key_sources: String,
+    /// The fleet's internal token (random per run): the workers take
+    /// requests only with it (`internal_token`), and the proxy sends it
+    /// (`trusted_hop`), as a production fleet should run.
+    pub internal_token: String,
+}
+
+impl FleetConfig {
+    /// A random `hash_seed` and internal token, the shared timing plus
+    /// `worker_extra` (YAML lines) for the workers, and `key_sources` for
+    /// the proxy.
+    pub fn new(worker_extra: &str, key_sources: &str) -> FleetConfig {
+        let internal_token = format!("{:032x}", rand::random::<u128>());
+        FleetConfig {
+            hash_seed: format!("roost-loadtest-{:016x}", rand::random::<u64>()),
+            worker_yaml: format!(
+                "{WORKER_TIMING_YAML}internal_token: \"{internal_token}\"\n{worker_extra}"
+            ),
+            key_sources: key_sources.to_owned(),
+            internal_token,
+        }
+    }
+
+    /// The same `hash_seed` in the workers' config too (workers that route
+    /// calls between entities rank workers as the proxy does).
+    pub fn seed_in_workers(mut self) -> FleetConfig {
+        self.worker_yaml
+            .push_str(&format!("hash_seed: \"{}\"\n", self.hash_seed));
+        self
+    }
+
+    /// The fault suite's: sessions write-behind, carts and quotas durable,
+    /// users keyed by `x-user-id`.
+    pub fn faults() -> FleetConfig {
+        FleetConfig::new(
+            "durability: {session: write-behind, cart: durable, quota: durable}\n",
+            "[{header: x-user-id}]",
+        )
+    }
+}
 
 /// One worker the proxy lists, running or not.
 struct Slot {
@@ -45,9 +96,13 @@ pub struct AdminWorker {
     pub healthy: bool,
 }
 
+/// The proxy's `GET /admin/route?key=K`.
 #[derive(Debug, Deserialize)]
-struct AdminRoute {
-    candidates: Vec<AdminWorker>,
+pub struct AdminRoute {
+    /// The live worker a request for the key reaches now.
+    pub owner: Option<String>,
+    /// Every listed worker in the key's HRW order.
+    pub candidates: Vec<AdminWorker>,
 }
 
 /// The running fleet.
@@ -55,6 +110,7 @@ pub struct Fleet {
     binaries: Binaries,
     dir: PathBuf,
     store_url: String,
+    config: FleetConfig,
     worker_config: PathBuf,
     slots: Vec<Slot>,
     proxy: Option<Process>,
@@ -71,11 +127,12 @@ impl Fleet {
         binaries: &Binaries,
         dir: &Path,
         store_url: &str,
+        config: &FleetConfig,
         listed: usize,
         running: usize,
     ) -> Result<Fleet> {
         let worker_config = dir.join("worker.yaml");
-        std::fs::write(&worker_config, WORKER_YAML)
+        std::fs::write(&worker_config, &config.worker_yaml)
             .with_context(|| format!("write {}", worker_config.display()))?;
         let slots = (1..=listed)
             .map(|n| -> Result<Slot> {
@@ -90,6 +147,7 @@ impl Fleet {
             binaries: binaries.clone(),
             dir: dir.to_path_buf(),
             store_url: store_url.to_owned(),
+            config: config.clone(),
             worker_config,
             slots,
             proxy: None,
@@ -205,15 +263,18 @@ impl Fleet {
         format!(
             "listen: \"{listen}\"\n\
              admin_listen: \"{admin}\"\n\
-             hash_seed: \"faults-{seed:016x}\"\n\
-             key:\n  sources: [{{header: x-user-id}}]\n  missing: reject\n\
+             hash_seed: \"{seed}\"\n\
+             key:\n  sources: {sources}\n  missing: reject\n\
              discovery: {{store: \"{store}\", interval_ms: 100}}\n\
              health: {{path: /readyz, interval_ms: 100, timeout_ms: 100, rise: 1, fall: 1}}\n\
+             trusted_hop: {{token: \"{token}\"}}\n\
              access_log: false\n",
             listen = self.proxy_addr,
             admin = self.admin_addr,
-            seed = rand::random::<u64>(),
+            seed = self.config.hash_seed,
+            sources = self.config.key_sources,
             store = self.store_url,
+            token = self.config.internal_token,
         )
     }
 
@@ -246,9 +307,8 @@ impl Fleet {
         }
     }
 
-    /// The first worker of `key`'s HRW order over every listed worker,
-    /// healthy or not (`/admin/route`'s first candidate).
-    pub async fn hrw_first(&self, key: &str) -> Result<String> {
+    /// The proxy's routing of `key`.
+    pub async fn route(&self, key: &str) -> Result<AdminRoute> {
         let url = format!("http://{}/admin/route", self.admin_addr);
         let reply = self
             .http
@@ -257,8 +317,14 @@ impl Fleet {
             .send()
             .await
             .with_context(|| format!("GET /admin/route?key={key}"))?;
-        let route: AdminRoute = reply.json().await.context("parse /admin/route")?;
-        route
+        reply.json().await.context("parse /admin/route")
+    }
+
+    /// The first worker of `key`'s HRW order over every listed worker,
+    /// healthy or not (`/admin/route`'s first candidate).
+    pub async fn hrw_first(&self, key: &str) -> Result<String> {
+        self.route(key)
+            .await?
             .candidates
             .into_iter()
             .next()

@@ -37,13 +37,15 @@ impl Clock {
     }
 }
 
-/// The three built-in entity types the load exercises.
+/// The built-in entity types the loads exercise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Session,
     Cart,
     Quota,
+    /// A shared entity (the ticket sale's stock), keyed by its SKU.
+    Inventory,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Session => "session",
             Kind::Cart => "cart",
             Kind::Quota => "quota",
+            Kind::Inventory => "inventory",
         }
     }
 }
@@ -70,11 +73,19 @@ pub enum Op {
     Acquire,
     /// `POST /v1/quota/{name}/release`.
     Release,
+    /// `POST /v1/cart/checkout`.
+    Checkout,
 }
 
 impl Op {
     pub fn is_read(self) -> bool {
         self == Op::Get
+    }
+
+    /// Whether the ledger keeps the reply body: reads (what was shown) and
+    /// checkouts (the order id).
+    pub fn keeps_body(self) -> bool {
+        matches!(self, Op::Get | Op::Checkout)
     }
 }
 
@@ -140,6 +151,7 @@ pub enum Phase {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub phase: Phase,
+    /// The user key, or a shared entity's id (an inventory's SKU).
     pub user: String,
     pub device: u8,
     pub entity: Kind,
@@ -164,7 +176,7 @@ pub struct Record {
     /// `ETag`: the entity version after the request.
     pub version: Option<u64>,
     pub effect: Option<Effect>,
-    /// For reads: the state returned.
+    /// For reads: the state returned; for checkouts: the reply.
     pub body: Option<Value>,
 }
 
@@ -176,14 +188,28 @@ impl Record {
         self.status.is_some_and(|s| (200..300).contains(&s))
     }
 
-    /// A reply the load expects and is not a failure: 2xx, or the 404 of
-    /// a session that no write has created yet.
+    /// A reply the load expects and is not a failure: 2xx, the 404 of a
+    /// session that no write has created yet, or a cart's decided refusal.
     pub fn is_success(&self) -> bool {
         self.is_2xx()
             || (self.entity == Kind::Session
                 && self.op == Op::Get
                 && self.status == Some(404)
                 && self.error.as_deref() == Some("not_found"))
+            || self.is_refusal()
+    }
+
+    /// A cart's final "no" to an add or a checkout (409 `limit_exceeded`,
+    /// `out_of_stock`, `empty_cart`): decided, nothing to retry. The fault
+    /// suite sets no limits and never checks out, so it never sees one.
+    pub fn is_refusal(&self) -> bool {
+        self.entity == Kind::Cart
+            && matches!(self.op, Op::Add | Op::Checkout)
+            && self.status == Some(409)
+            && matches!(
+                self.error.as_deref(),
+                Some("limit_exceeded" | "out_of_stock" | "empty_cart")
+            )
     }
 
     /// A mutation the user was told succeeded.
@@ -199,13 +225,18 @@ impl Record {
         self.latency_us() > SLOW_US
     }
 
-    /// Label of a failure: `503 handoff_timeout`, `transport: timeout`…
-    pub fn failure_label(&self) -> String {
-        let error = self.error.as_deref().unwrap_or("-");
-        match self.status {
-            Some(status) => format!("{status} {error}"),
+    /// Label of an outcome: `201`, `409 out_of_stock`, `503
+    /// handoff_timeout`, `transport timeout`…
+    pub fn outcome_label(&self) -> String {
+        let error = self.error.as_deref();
+        match (self.status, error) {
+            (Some(status), Some(error)) => format!("{status} {error}"),
+            (Some(status), None) => status.to_string(),
             // Transport errors read `kind (detail)`; the kind is the label.
-            None => format!("transport {}", error.split(" (").next().unwrap_or(error)),
+            (None, error) => {
+                let error = error.unwrap_or("-");
+                format!("transport {}", error.split(" (").next().unwrap_or(error))
+            }
         }
     }
 

@@ -1,4 +1,4 @@
-//! `roost-loadtest`: Roost's fault suite (issue 4). Each scenario starts a
+//! `roost-loadtest`: Roost's fault suite (issue 4) and ticket sale (issue 5). Each scenario starts a
 //! throwaway Postgres cluster, three workers and the proxy on 127.0.0.1,
 //! puts a mixed load of users with two devices each through the proxy,
 //! injects one fault in the middle (kill -9, SIGSTOP, a store restart, a
@@ -11,6 +11,11 @@
 //! The binary `roost-faults` is a thin CLI over [`suite::run`]; the test
 //! `tests/faults_short.rs` runs the short suite through the same call.
 //!
+//! The ticket sale ([`tickets`]: 100 tickets, thousands of users with two
+//! devices each, one ticket per user; plain, kill -9 and rolling restart)
+//! runs on the same machinery: the binary `roost-tickets` over
+//! [`tickets::run`], the test `tests/tickets_short.rs`.
+//!
 //! | module | concept |
 //! |---|---|
 //! | [`scenario`] | the five faults and each run's plan |
@@ -22,10 +27,13 @@
 //! | [`stored`] | the final state in the store |
 //! | [`check`] | every question asked of the ledger |
 //! | [`report`], [`timeline`] | verdicts, the summary table, the SVG plot |
+//! | [`cli`] | what both binaries do around a suite |
+//! | [`tickets`] | the ticket sale |
 
 pub mod binaries;
 pub mod bystanders;
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod fault;
 pub mod fleet;
@@ -38,4 +46,5 @@ pub mod run;
 pub mod scenario;
 pub mod stored;
 pub mod suite;
+pub mod tickets;
 pub mod timeline;

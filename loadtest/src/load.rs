@@ -6,7 +6,8 @@
 //! writes and reads of both entity kinds that have one.
 //!
 //! After the load, [`read_back`] reads every user's session and cart once
-//! more through the proxy, to compare with the store.
+//! more through the proxy, to compare with the store (the ticket sale
+//! reads every buyer's orders with it).
 
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::client::{Call, Client};
+use crate::client::{http_client, Call, Client};
 use crate::ledger::{Durability, Effect, Kind, Ledger, Op, Phase};
 
 /// The one quota every user acquires and releases tokens of.
@@ -89,11 +90,8 @@ impl Load {
     }
 
     /// Wait until every device has stopped.
-    pub async fn join(mut self) -> Result<()> {
-        while let Some(done) = self.tasks.join_next().await {
-            done.context("a device task failed")?;
-        }
-        Ok(())
+    pub async fn join(self) -> Result<()> {
+        join_all(self.tasks, "a device task").await.map(drop)
     }
 }
 
@@ -181,16 +179,9 @@ impl Device {
     }
 }
 
-fn read(entity: Kind, path: &str, op_id: String) -> Call {
-    Call {
-        entity,
-        op: Op::Get,
-        path: path.into(),
-        body: None,
-        durability: None,
-        op_id,
-        effect: None,
-    }
+/// A `GET` of `path`.
+pub fn read(entity: Kind, path: &str, op_id: String) -> Call {
+    Call::new(entity, Op::Get, path, op_id)
 }
 
 fn quota_acquire(op_id: String) -> Call {
@@ -223,25 +214,50 @@ fn quota_release(op_id: String, token: String) -> Call {
     }
 }
 
-/// Read every user's session and cart once through the proxy (phase
-/// `Final` in the ledger), retrying like the load does.
-pub async fn read_back(users: &[String], base: &str, ledger: &Ledger) -> Result<()> {
+/// What the fault suite reads back: every user's session and cart.
+pub const SESSION_AND_CART: &[(Kind, &str)] =
+    &[(Kind::Session, "/v1/session"), (Kind::Cart, "/v1/cart")];
+
+/// `GET` each of `reads` (entity kind, path) once for every user through
+/// the proxy (phase `Final` in the ledger), retrying like the load does,
+/// over one shared pool of keep-alive connections.
+pub async fn read_back(
+    users: &[String],
+    reads: &'static [(Kind, &'static str)],
+    base: &str,
+    ledger: &Ledger,
+) -> Result<()> {
+    let http = http_client(READ_BACK_CONCURRENCY)?;
     let permits = Arc::new(Semaphore::new(READ_BACK_CONCURRENCY));
     let mut tasks = JoinSet::new();
     for user in users {
-        let client = Client::new(base, user, READ_BACK_DEVICE, Phase::Final, ledger.clone())?;
+        let client = Client::with_http(
+            http.clone(),
+            base,
+            user,
+            READ_BACK_DEVICE,
+            Phase::Final,
+            ledger.clone(),
+        );
         let permits = Arc::clone(&permits);
         let user = user.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire().await;
-            for (kind, path) in [(Kind::Session, "/v1/session"), (Kind::Cart, "/v1/cart")] {
+            for &(kind, path) in reads {
                 let call = read(kind, path, format!("read-back-{user}-{}", kind.name()));
                 client.perform(&call, || true).await;
             }
         });
     }
+    join_all(tasks, "a read-back task").await.map(drop)
+}
+
+/// Wait for every task of `tasks`; their results, or an error naming
+/// `what` failed (a panic).
+pub async fn join_all<T: 'static>(mut tasks: JoinSet<T>, what: &str) -> Result<Vec<T>> {
+    let mut results = Vec::with_capacity(tasks.len());
     while let Some(done) = tasks.join_next().await {
-        done.context("a read-back task failed")?;
+        results.push(done.with_context(|| format!("{what} failed"))?);
     }
-    Ok(())
+    Ok(results)
 }

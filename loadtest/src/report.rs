@@ -27,7 +27,7 @@ pub struct Verdict {
     pub detail: String,
 }
 
-fn verdict(name: &str, holds: bool, detail: String) -> Verdict {
+pub fn verdict(name: &str, holds: bool, detail: String) -> Verdict {
     Verdict {
         name: name.into(),
         holds,
@@ -86,16 +86,33 @@ impl ScenarioReport {
             targets,
         }
     }
+}
 
-    pub fn musts_hold(&self) -> bool {
-        self.musts.iter().all(|m| m.holds)
+impl RunReport for ScenarioReport {
+    fn name(&self) -> &str {
+        &self.scenario
     }
 
-    pub fn broken_musts(&self) -> Vec<String> {
-        self.musts
+    fn musts(&self) -> &[Verdict] {
+        &self.musts
+    }
+}
+
+/// A report of one run: its name and its MUSTs.
+pub trait RunReport {
+    fn name(&self) -> &str;
+    fn musts(&self) -> &[Verdict];
+
+    fn musts_hold(&self) -> bool {
+        self.musts().iter().all(|m| m.holds)
+    }
+
+    /// `run: MUST (detail)` for each MUST that does not hold.
+    fn broken_musts(&self) -> Vec<String> {
+        self.musts()
             .iter()
             .filter(|m| !m.holds)
-            .map(|m| format!("{}: {} ({})", self.scenario, m.name, m.detail))
+            .map(|m| format!("{}: {} ({})", self.name(), m.name, m.detail))
             .collect()
     }
 }
@@ -182,15 +199,15 @@ fn targets(scenario: Scenario, findings: &Findings) -> Vec<Verdict> {
     targets
 }
 
-/// One scenario's outcome: a report, or the error that stopped it.
+/// One run's outcome: a report, or the error that stopped it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    Ran(Box<ScenarioReport>),
+pub enum Outcome<R = ScenarioReport> {
+    Ran(Box<R>),
     Failed { scenario: String, error: String },
 }
 
-impl Outcome {
+impl<R: RunReport> Outcome<R> {
     pub fn musts_hold(&self) -> bool {
         matches!(self, Outcome::Ran(report) if report.musts_hold())
     }
@@ -207,23 +224,38 @@ impl Outcome {
 
 /// The summary table over every outcome.
 pub fn table(outcomes: &[Outcome]) -> String {
-    let mut out = String::from(
+    table_with(
         "| scenario | requests | failed | unavailability p50 / p99 / max ms (users) | durable lost / acked | write-behind lost / acked | stale reads: violations (strict) | overlapping owners | targets | MUSTs |\n\
          |---|---:|---|---|---:|---:|---:|---:|---|---|\n",
-    );
+        outcomes,
+        row,
+    )
+}
+
+/// A markdown table: `header` (with its `|---|` line), then a row per
+/// outcome — `row` of a report, or the error of a run that did not run.
+pub fn table_with<R>(header: &str, outcomes: &[Outcome<R>], row: impl Fn(&R) -> String) -> String {
+    let columns = header.lines().next().unwrap_or("").matches('|').count();
+    let mut out = header.to_owned();
     for outcome in outcomes {
         match outcome {
             Outcome::Ran(report) => out.push_str(&row(report)),
             Outcome::Failed { scenario, error } => {
-                let _ = writeln!(
-                    out,
-                    "| {scenario} | – | – | – | – | – | – | – | – | **did not run**: {} |",
-                    one_line(error)
-                );
+                out.push_str(&failed_row(scenario, error, columns.saturating_sub(3)));
             }
         }
     }
     out
+}
+
+/// The table row of a run that did not run: its name, `blanks` empty
+/// cells, and the error.
+fn failed_row(name: &str, error: &str, blanks: usize) -> String {
+    format!(
+        "| {name} |{} **did not run**: {} |\n",
+        " – |".repeat(blanks),
+        one_line(error)
+    )
 }
 
 fn row(report: &ScenarioReport) -> String {
@@ -261,7 +293,8 @@ fn row(report: &ScenarioReport) -> String {
     )
 }
 
-fn verdicts_cell(verdicts: &[Verdict]) -> String {
+/// `all hold`, or the names of the verdicts that fail.
+pub fn verdicts_cell(verdicts: &[Verdict]) -> String {
     let failed: Vec<&str> = verdicts
         .iter()
         .filter(|v| !v.holds)
@@ -281,10 +314,16 @@ fn one_line(text: &str) -> String {
 /// The details under the table: per scenario, the fault's steps, the
 /// verdicts, and examples for everything that is not zero.
 pub fn details(outcomes: &[Outcome]) -> String {
+    details_with(outcomes, report_details)
+}
+
+/// A section per outcome: `section` of a report, or the error of a run
+/// that did not run.
+pub fn details_with<R>(outcomes: &[Outcome<R>], section: impl Fn(&mut String, &R)) -> String {
     let mut out = String::new();
     for outcome in outcomes {
         match outcome {
-            Outcome::Ran(report) => report_details(&mut out, report),
+            Outcome::Ran(report) => section(&mut out, report),
             Outcome::Failed { scenario, error } => {
                 let _ = writeln!(out, "\n## {scenario}: did not run\n\n```\n{error}\n```");
             }
@@ -295,21 +334,12 @@ pub fn details(outcomes: &[Outcome]) -> String {
 
 fn report_details(out: &mut String, r: &ScenarioReport) {
     let f = &r.findings;
-    let _ = writeln!(
-        out,
-        "\n## {}{}\n\n{} users × {} devices, load {:.1} s, wall {:.1} s, output `{}`\n",
-        r.scenario,
-        if r.short { " (short)" } else { "" },
-        r.users,
-        r.devices,
-        r.load_s,
-        r.wall_s,
-        r.out_dir
+    let what = format!(
+        "{} users × {} devices, load {:.1} s",
+        r.users, r.devices, r.load_s
     );
-    let _ = writeln!(out, "Fault steps:\n");
-    for event in &r.events {
-        let _ = writeln!(out, "- {}: {}", secs(event.t_us), event.what);
-    }
+    run_heading(out, &r.scenario, r.short, &what, r.wall_s, &r.out_dir);
+    fault_steps(out, &r.events);
     let _ = writeln!(
         out,
         "\nRequests {} ({} operations, {} given up), latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
@@ -329,16 +359,7 @@ fn report_details(out: &mut String, r: &ScenarioReport) {
         f.availability.window_ms.p99,
         f.availability.window_ms.max
     );
-    for v in r
-        .musts
-        .iter()
-        .map(|v| ("MUST", v))
-        .chain(r.targets.iter().map(|v| ("target", v)))
-    {
-        let (kind, v) = v;
-        let mark = if v.holds { "holds" } else { "**FAILS**" };
-        let _ = writeln!(out, "- {kind} {}: {mark} — {}", v.name, v.detail);
-    }
+    verdict_lines(out, &r.musts, &r.targets);
     examples(out, "Durable writes lost", &f.lost.durable_examples);
     examples(
         out,
@@ -363,7 +384,37 @@ fn report_details(out: &mut String, r: &ScenarioReport) {
     }
 }
 
-fn examples(out: &mut String, title: &str, examples: &Examples) {
+/// A run's section heading, and a line: `what`, wall time, output dir.
+pub fn run_heading(out: &mut String, name: &str, short: bool, what: &str, wall_s: f64, dir: &str) {
+    let short = if short { " (short)" } else { "" };
+    let _ = writeln!(
+        out,
+        "\n## {name}{short}\n\n{what}, wall {wall_s:.1} s, output `{dir}`\n"
+    );
+}
+
+/// `Fault steps:` and a line per event with its time.
+pub fn fault_steps(out: &mut String, events: &[Event]) {
+    let _ = writeln!(out, "Fault steps:\n");
+    for event in events {
+        let _ = writeln!(out, "- {}: {}", secs(event.t_us), event.what);
+    }
+}
+
+/// A line per MUST and per target: holds or fails, and why.
+pub fn verdict_lines(out: &mut String, musts: &[Verdict], targets: &[Verdict]) {
+    let all = musts
+        .iter()
+        .map(|v| ("MUST", v))
+        .chain(targets.iter().map(|v| ("target", v)));
+    for (kind, v) in all {
+        let mark = if v.holds { "holds" } else { "**FAILS**" };
+        let _ = writeln!(out, "- {kind} {}: {mark} — {}", v.name, v.detail);
+    }
+}
+
+/// `title:` and the examples as a list (nothing when there are none).
+pub fn examples(out: &mut String, title: &str, examples: &Examples) {
     let mut lines = examples.iter().peekable();
     if lines.peek().is_none() {
         return;
@@ -371,5 +422,22 @@ fn examples(out: &mut String, title: &str, examples: &Examples) {
     let _ = writeln!(out, "\n{title}:\n");
     for line in lines {
         let _ = writeln!(out, "- `{line}`");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_did_not_run_fills_every_column() {
+        let failed: Outcome = Outcome::Failed {
+            scenario: "kill9".into(),
+            error: "no initdb\nmore".into(),
+        };
+        let table = table(&[failed]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[2].matches('|').count(), lines[0].matches('|').count());
+        assert!(lines[2].starts_with("| kill9 |") && lines[2].contains("no initdb |"));
     }
 }

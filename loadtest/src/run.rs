@@ -3,6 +3,7 @@
 //! the proxy and from the store), everything stopped, then the checks and
 //! the files (ledger, summary, timeline) in the scenario's output dir.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,17 +13,70 @@ use crate::binaries::Binaries;
 use crate::check::movement::{Movement, ScaleWindow};
 use crate::check::Findings;
 use crate::fault::{self, FaultOutcome, HrwView, Target, HRW_SAMPLE_KEYS};
-use crate::fleet::Fleet;
-use crate::ledger::{write_jsonl, Clock, Ledger, Record};
-use crate::load::{read_back, user_name, Load};
+use crate::fleet::{Fleet, FleetConfig};
+use crate::ledger::{write_jsonl, Clock, Event, Ledger, Record};
+use crate::load::{read_back, user_name, Load, SESSION_AND_CART};
 use crate::postgres::Cluster;
 use crate::report::{RunFacts, ScenarioReport};
 use crate::scenario::{Plan, Scenario};
-use crate::stored::read_entities;
+use crate::stored::{read_entities, StoredEntity};
 
 /// The pause between the end of the load and the final reads: many flush
 /// intervals, so write-behind changes that survived are in the store.
-const SETTLE: Duration = Duration::from_secs(1);
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// What a run runs on: a throwaway Postgres cluster and a fleet on it.
+/// Dropped, it stops the fleet, then the cluster.
+pub struct Stage {
+    pub fleet: Fleet,
+    pub cluster: Cluster,
+}
+
+impl Stage {
+    /// `out_dir` (created), the cluster, and a fleet of `listed` workers
+    /// (`running` of them started) and the proxy on it.
+    pub async fn start(
+        binaries: &Binaries,
+        out_dir: &Path,
+        config: &FleetConfig,
+        listed: usize,
+        running: usize,
+    ) -> Result<Stage> {
+        std::fs::create_dir_all(out_dir)
+            .with_context(|| format!("create {}", out_dir.display()))?;
+        let cluster = Cluster::start()
+            .await
+            .context("start the throwaway Postgres cluster")?;
+        let fleet = Fleet::start(binaries, out_dir, &cluster.url(), config, listed, running)
+            .await
+            .context("start the fleet")?;
+        Ok(Stage { fleet, cluster })
+    }
+
+    /// The final state, read from the store; then everything stopped.
+    pub async fn read_store_and_stop(mut self) -> Result<HashMap<String, StoredEntity>> {
+        let stored = read_entities(&self.cluster.url())
+            .await
+            .context("read the final state from the store")?;
+        self.fleet.shutdown();
+        self.cluster.stop();
+        Ok(stored)
+    }
+}
+
+/// `ledger.jsonl` and `timeline.svg` (titled `title`, up to `end_us`) of a
+/// run in `out_dir`.
+pub fn write_ledger(
+    out_dir: &Path,
+    title: &str,
+    records: &[Record],
+    events: &[Event],
+    end_us: u64,
+) -> Result<()> {
+    write_jsonl(&out_dir.join("ledger.jsonl"), records)?;
+    let svg = crate::timeline::svg(title, records, events, end_us);
+    write(&out_dir.join("timeline.svg"), &svg)
+}
 
 /// Run `scenario` to `plan`, with its output in `out_dir` (created).
 pub async fn run_scenario(
@@ -33,38 +87,30 @@ pub async fn run_scenario(
     out_dir: &Path,
 ) -> Result<ScenarioReport> {
     let wall = Instant::now();
-    std::fs::create_dir_all(out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     eprintln!(
         "== {scenario}: {} users × {} devices, output in {}",
         plan.load.users,
         plan.load.devices,
         out_dir.display()
     );
-    let mut cluster = Cluster::start()
-        .await
-        .context("start the throwaway Postgres cluster")?;
-    let mut fleet = Fleet::start(
+    let mut stage = Stage::start(
         binaries,
         out_dir,
-        &cluster.url(),
+        &FleetConfig::faults(),
         scenario.listed_workers(),
         scenario.initial_workers(),
     )
-    .await
-    .context("start the fleet")?;
+    .await?;
 
     let ledger = Ledger::new(Clock::start());
-    let fault = run_load_with_fault(scenario, plan, &mut fleet, &cluster, &ledger).await?;
+    let fault =
+        run_load_with_fault(scenario, plan, &mut stage.fleet, &stage.cluster, &ledger).await?;
     let load_us = ledger.clock().now_us();
 
     tokio::time::sleep(SETTLE).await;
     let users: Vec<String> = (0..plan.load.users).map(user_name).collect();
-    read_back(&users, &fleet.proxy_url(), &ledger).await?;
-    let stored = read_entities(&cluster.url())
-        .await
-        .context("read the final state from the store")?;
-    fleet.shutdown();
-    cluster.stop();
+    read_back(&users, SESSION_AND_CART, &stage.fleet.proxy_url(), &ledger).await?;
+    let stored = stage.read_store_and_stop().await?;
 
     let (records, events) = ledger.snapshot();
     let movement = fault.scale.zip(fault.hrw.as_ref()).map(|(window, hrw)| {
@@ -75,13 +121,11 @@ pub async fn run_scenario(
         movement
     });
     let findings = Findings::examine(&records, &stored, load_us, movement);
-    write_jsonl(&out_dir.join("ledger.jsonl"), &records)?;
     let title = format!(
         "roost fault suite: {scenario}{}",
         if short { " (short)" } else { "" }
     );
-    let svg = crate::timeline::svg(&title, &records, &events, load_us);
-    write(&out_dir.join("timeline.svg"), &svg)?;
+    write_ledger(out_dir, &title, &records, &events, load_us)?;
     Ok(ScenarioReport::new(RunFacts {
         scenario,
         short,

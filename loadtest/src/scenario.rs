@@ -14,7 +14,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+
+use crate::suite::RunKind;
 
 use crate::load::LoadPlan;
 
@@ -50,14 +52,6 @@ impl Scenario {
             Scenario::Rolling => "rolling",
             Scenario::Scale => "scale",
         }
-    }
-
-    /// `all` or one scenario name.
-    pub fn parse_selection(text: &str) -> Result<Vec<Scenario>> {
-        if text == "all" {
-            return Ok(Scenario::ALL.to_vec());
-        }
-        Ok(vec![text.parse()?])
     }
 
     /// Workers the proxy lists (the scale scenario's fourth starts later).
@@ -111,16 +105,7 @@ impl FromStr for Scenario {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> Result<Self> {
-        match Scenario::ALL.into_iter().find(|s| s.name() == text) {
-            Some(scenario) => Ok(scenario),
-            None => {
-                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-                bail!(
-                    "unknown scenario {text:?}: pick one of {}, or all",
-                    names.join(", ")
-                )
-            }
-        }
+        Scenario::named(text)
     }
 }
 
@@ -139,21 +124,4 @@ pub struct Plan {
     /// Scale: users who ask once before and once after the scale-out, so
     /// the moved fraction is measured over many entities.
     pub bystanders: usize,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        for scenario in Scenario::ALL {
-            assert_eq!(scenario.name().parse::<Scenario>().ok(), Some(scenario));
-        }
-        assert_eq!(
-            Scenario::parse_selection("all").ok().map(|s| s.len()),
-            Some(5)
-        );
-        assert!("kill".parse::<Scenario>().is_err());
-    }
 }

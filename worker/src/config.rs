@@ -90,7 +90,7 @@ impl Default for WorkerConfig {
             internal_token: None,
             admin_token: None,
             call_timeout_ms: 4_000,
-            peers_refresh_ms: 1_000,
+            peers_refresh_ms: 250,
         }
     }
 }

@@ -53,6 +53,13 @@ fn owner<'w>(workers: &'w [Worker], key: &str) -> &'w Worker {
     &workers[index]
 }
 
+/// Requests to `worker` as the proxy sends them: with the trusted-hop token.
+fn trusted(worker: &Worker) -> Api {
+    worker
+        .api()
+        .with_header("x-roost-internal-token", INTERNAL_TOKEN)
+}
+
 async fn set_stock(api: &Api, sku: &str, stock: u64) {
     api.call(Method::PUT, &format!("/v1/inventory/{sku}"))
         .header("authorization", &format!("Bearer {ADMIN_TOKEN}"))
@@ -95,9 +102,9 @@ async fn checkout_reserves_stock_on_the_inventorys_owner(store: Store) {
     let workers = fleet(&store, &["c1", "c2", "c3"], "none").await;
     let (user, sku) = user_and_sku_apart(&workers, 0);
     let inventory_owner = owner(&workers, &format!("inventory:{sku}"));
-    set_stock(&inventory_owner.api(), &sku, 3).await;
+    set_stock(&trusted(inventory_owner), &sku, 3).await;
 
-    let api = workers[0].api();
+    let api = trusted(&workers[0]);
     api.add_item(&user, &sku, 2)
         .send()
         .await
@@ -106,7 +113,7 @@ async fn checkout_reserves_stock_on_the_inventorys_owner(store: Store) {
     reply.expect_status(201, "checkout");
     assert_eq!(reply.json()["items"][0]["qty"], 2, "{}", reply.body);
 
-    let after = inventory(&inventory_owner.api(), &sku).await;
+    let after = inventory(&trusted(inventory_owner), &sku).await;
     assert_eq!(
         (after["stock"].clone(), after["sold"].clone()),
         (json!(1), json!(2))
@@ -132,7 +139,7 @@ async fn checkout_reserves_stock_on_the_inventorys_owner(store: Store) {
     reply.expect_status(409, "checkout beyond the stock");
     assert_eq!(reply.json()["error"], "out_of_stock", "{}", reply.body);
     assert_eq!(reply.json()["skus"], json!([sku]), "{}", reply.body);
-    assert_eq!(inventory(&inventory_owner.api(), &sku).await["sold"], 2);
+    assert_eq!(inventory(&trusted(inventory_owner), &sku).await["sold"], 2);
     assert_eq!(orders(&api, &user).await.len(), 1);
     let cart = api.get_cart(&user).send().await;
     assert_eq!(support::cart_of(&cart.json()).0.get(&sku), Some(&2));
@@ -143,15 +150,15 @@ async fn a_refused_item_releases_the_reserved_ones(store: Store) {
     let workers = fleet(&store, &["r1", "r2"], "none").await;
     let user = unique_key("user");
     let (plenty, scarce) = (unique_key("plenty"), unique_key("scarce"));
-    set_stock(&workers[0].api(), &plenty, 10).await;
-    set_stock(&workers[1].api(), &scarce, 0).await;
-    let api = owner(&workers, &user).api();
+    set_stock(&trusted(&workers[0]), &plenty, 10).await;
+    set_stock(&trusted(&workers[1]), &scarce, 0).await;
+    let api = trusted(owner(&workers, &user));
     api.add_item(&user, &plenty, 1).send().await;
     api.add_item(&user, &scarce, 1).send().await;
     let reply = api.checkout(&user).send().await;
     reply.expect_status(409, "checkout with one item out of stock");
     assert_eq!(reply.json()["skus"], json!([scarce]), "{}", reply.body);
-    let plenty_now = inventory(&workers[0].api(), &plenty).await;
+    let plenty_now = inventory(&trusted(&workers[0]), &plenty).await;
     assert_eq!(
         (plenty_now["stock"].clone(), plenty_now["sold"].clone()),
         (json!(10), json!(0)),
@@ -168,7 +175,7 @@ async fn the_booth_never_oversells(store: Store) {
     const USERS: usize = 60;
     let show = unique_key("show");
     let workers = fleet(&store, &["b1", "b2", "b3"], &show).await;
-    set_stock(&workers[0].api(), &show, TICKETS).await;
+    set_stock(&trusted(&workers[0]), &show, TICKETS).await;
 
     let users: Vec<String> = (0..USERS).map(|i| unique_key(&format!("fan{i}"))).collect();
     let mut devices = tokio::task::JoinSet::new();
@@ -181,11 +188,11 @@ async fn the_booth_never_oversells(store: Store) {
             } else {
                 owner(&workers, user)
             };
-            let (api, user, show) = (target.api(), user.clone(), show.clone());
+            let (api, user, show) = (trusted(target), user.clone(), show.clone());
             devices.spawn(async move {
                 api.add_item(&user, &show, 1).send().await;
                 let key = format!("{user}-device{device}");
-                let reply = api.checkout(&user).idempotency_key(&key).send().await;
+                let reply = checkout_until_decided(&api, &user, &key).await;
                 (user, reply)
             });
         }
@@ -206,7 +213,7 @@ async fn the_booth_never_oversells(store: Store) {
     );
     let mut ordered = 0;
     for user in &users {
-        let held = orders(&owner(&workers, user).api(), user).await;
+        let held = orders(&trusted(owner(&workers, user)), user).await;
         assert!(held.len() <= 1, "{user} holds {}: {held:?}", held.len());
         if let Some(acked) = acknowledged.get(user) {
             assert_eq!(acked.len(), 1, "{user} was acknowledged twice");
@@ -219,21 +226,38 @@ async fn the_booth_never_oversells(store: Store) {
         ordered += held.len();
     }
     assert_eq!(ordered as u64, TICKETS);
-    let booth = inventory(&workers[0].api(), &show).await;
+    let booth = inventory(&trusted(&workers[0]), &show).await;
     assert_eq!(
         (booth["stock"].clone(), booth["sold"].clone()),
         (json!(0), json!(TICKETS))
     );
 }
 
+/// Check out as a client does: a 503 (the cart was being handed over, or
+/// its calls were undecided) is retried with the same `Idempotency-Key`,
+/// a bounded number of times.
+async fn checkout_until_decided(api: &Api, user: &str, key: &str) -> Reply {
+    for _ in 0..20 {
+        let reply = api.checkout(user).idempotency_key(key).send().await;
+        if reply.status != 503 {
+            return reply;
+        }
+        eprintln!("{user} {key}: 503, retrying: {}", reply.body);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{user} {key}: still 503 after 20 attempts");
+}
+
 both_stores!(a_retried_call_applies_once);
 async fn a_retried_call_applies_once(store: Store) {
     let workers = fleet(&store, &["i1"], "none").await;
     let sku = unique_key("sku");
-    let api = workers[0].api();
+    let api = trusted(&workers[0]);
     set_stock(&api, &sku, 5).await;
+    // As another worker sends them (or someone without the token).
+    let raw = workers[0].api();
     let call = |reservation: &str, key: &str, token: &str| {
-        api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+        raw.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
             .header("x-roost-internal-token", token)
             .idempotency_key(key)
             .json(&json!({"op": "reserve", "reservation": reservation, "qty": 2}))
@@ -258,13 +282,13 @@ async fn a_retried_call_applies_once(store: Store) {
     call("r2", "r2/reserve", "wrong-token-wrong-token")
         .send()
         .await
-        .expect_error(403, "forbidden", "a wrong internal token");
-    api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+        .expect_error(403, "untrusted_hop", "a wrong internal token");
+    raw.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
         .idempotency_key("r3/reserve")
         .json(&json!({"op": "reserve", "reservation": "r3", "qty": 1}))
         .send()
         .await
-        .expect_error(403, "forbidden", "no internal token");
+        .expect_error(403, "untrusted_hop", "no internal token");
     call("r4", "r4/reserve", INTERNAL_TOKEN)
         .json(&json!({"op": "reserve", "reservation": "r4", "qty": 0}))
         .send()
@@ -281,7 +305,7 @@ both_stores!(admin_calls_need_the_admin_token);
 async fn admin_calls_need_the_admin_token(store: Store) {
     let workers = fleet(&store, &["a1"], "none").await;
     let sku = unique_key("sku");
-    let api = workers[0].api();
+    let api = trusted(&workers[0]);
     let put = |auth: Option<&str>| {
         let call = api
             .call(Method::PUT, &format!("/v1/inventory/{sku}"))
@@ -319,14 +343,16 @@ both_stores!(a_checkout_a_crash_interrupted_is_finished_by_the_next_owner);
 /// and a retry of the checkout gets the order.
 async fn a_checkout_a_crash_interrupted_is_finished_by_the_next_owner(store: Store) {
     let workers = fleet(&store, &["n1"], "none").await;
-    let api = workers[0].api();
+    let api = trusted(&workers[0]);
     for reserve_got_through in [false, true] {
         let (user, sku) = (unique_key("user"), unique_key("sku"));
         set_stock(&api, &sku, 1).await;
         let reservation = format!("{user}/order-1@3");
         let reserve = json!({"op": "reserve", "reservation": reservation, "qty": 1});
         if reserve_got_through {
-            api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+            workers[0]
+                .api()
+                .call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
                 .header("x-roost-internal-token", INTERNAL_TOKEN)
                 .idempotency_key(&format!("{reservation}/reserve"))
                 .json(&reserve)
@@ -370,4 +396,51 @@ async fn a_checkout_a_crash_interrupted_is_finished_by_the_next_owner(store: Sto
         retry.expect_status(201, "the client's retry of the interrupted checkout");
         assert_eq!(retry.json()["id"], "order-1", "{}", retry.body);
     }
+}
+
+both_stores!(requests_without_the_proxys_credential_get_403);
+/// With an internal token configured, a worker takes nothing around the
+/// proxy: the public API and internal calls without the token get 403, and
+/// nothing changes; health, readiness and metrics stay open to probes.
+async fn requests_without_the_proxys_credential_get_403(store: Store) {
+    let workers = fleet(&store, &["h1"], "none").await;
+    let (user, sku) = (unique_key("user"), unique_key("sku"));
+    let raw = workers[0].api();
+    raw.add_item(&user, &sku, 1).send().await.expect_error(
+        403,
+        "untrusted_hop",
+        "the public API straight to a worker",
+    );
+    raw.get("/v1/whoami").send().await.expect_error(
+        403,
+        "untrusted_hop",
+        "whoami straight to a worker",
+    );
+    raw.call(Method::PUT, &format!("/v1/inventory/{sku}"))
+        .header("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .json(&json!({"stock": 1}))
+        .send()
+        .await
+        .expect_error(403, "untrusted_hop", "an admin call without the hop token");
+    raw.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+        .idempotency_key("x/reserve")
+        .json(&json!({"op": "reserve", "reservation": "x", "qty": 1}))
+        .send()
+        .await
+        .expect_error(403, "untrusted_hop", "an internal call without the token");
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        raw.get(open).send().await.expect_status(200, open);
+    }
+    let api = trusted(&workers[0]);
+    let cart = api.get_cart(&user).send().await;
+    assert_eq!(
+        support::cart_of(&cart.json()).0.len(),
+        0,
+        "nothing was added"
+    );
+    assert_eq!(
+        inventory(&api, &sku).await["stock"],
+        Value::Null,
+        "nothing was stocked"
+    );
 }

@@ -68,7 +68,7 @@ impl Traffic {
         };
         for record in load.iter().filter(|r| !r.is_success()) {
             traffic.failed += 1;
-            *traffic.failures.entry(record.failure_label()).or_default() += 1;
+            *traffic.failures.entry(record.outcome_label()).or_default() += 1;
         }
         let mut succeeded: HashMap<&str, bool> = HashMap::new();
         for record in &load {
