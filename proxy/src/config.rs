@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
@@ -15,7 +16,9 @@ use serde_saphyr::{Location, Spanned};
 use roost_routing::config_file::{self, Invalid, Validate};
 use roost_routing::hrw::validate_weight;
 
-use crate::key::{KeySource, PathTemplate};
+use crate::identity::mint::MAX_AGE_MARGIN_S;
+use crate::identity::{Algorithm, CookieSigner, Jwks, JwtVerifier, Secret, SignedCookie};
+use crate::key::{KeySource, PathTemplate, TokenAt};
 
 pub use roost_routing::config_file::ConfigError;
 
@@ -57,10 +60,75 @@ pub struct ProxyConfig {
     /// claim a user from a frozen one.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_ms: u64,
+    /// What one request may carry (headers, key, body, rate per key).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// How long a client may take to send a request or stay idle.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// A TLS (rustls) listener beside `listen`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The trusted hop: the fleet's internal token, sent to the workers with
+    /// every request so they take requests only through a proxy.
+    #[serde(default)]
+    pub trusted_hop: Option<TrustedHopConfig>,
 }
 
 fn default_upstream_timeout() -> u64 {
     5_000
+}
+
+/// `trusted_hop:` — how a proxy proves to the workers that a request came
+/// through it (and so through its identity checks and limits): the fleet's
+/// internal token (the workers' `internal_token`) in
+/// `x-roost-internal-token`, a header clients cannot send (every
+/// `x-roost-*` header from a client is stripped).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedHopConfig {
+    /// Environment variable holding the token (preferred).
+    #[serde(default)]
+    pub token_env: Option<Spanned<String>>,
+    /// The token itself (keep secrets out of files where you can).
+    #[serde(default)]
+    pub token: Option<Spanned<String>>,
+}
+
+/// Shortest internal token accepted (the workers ask the same).
+pub const MIN_HOP_TOKEN_BYTES: usize = 16;
+
+impl TrustedHopConfig {
+    /// The token, from the environment or inline: at least
+    /// [`MIN_HOP_TOKEN_BYTES`] visible ASCII characters (it travels in a
+    /// header).
+    pub fn token(&self) -> Result<String, Invalid> {
+        let (token, location, field) = match (&self.token_env, &self.token) {
+            (Some(env), None) => {
+                let value = std::env::var(&env.value).map_err(|_| {
+                    let message = format!("environment variable {} is not set", env.value);
+                    Invalid::at(env.referenced, "token_env", message)
+                })?;
+                (value, env.referenced, "token_env")
+            }
+            (None, Some(inline)) => (inline.value.clone(), inline.referenced, "token"),
+            (Some(_), Some(inline)) => {
+                let message = "give `token_env` or `token`, not both";
+                return Err(Invalid::at(inline.referenced, "token", message));
+            }
+            (None, None) => {
+                let message = "needs the fleet's internal token: `token_env: VARIABLE` (preferred) or `token: \"...\"`";
+                return Err(Invalid::top("trusted_hop", message));
+            }
+        };
+        if token.len() < MIN_HOP_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            let message = format!(
+                "the token must be at least {MIN_HOP_TOKEN_BYTES} visible ASCII characters, like the workers' internal_token"
+            );
+            return Err(Invalid::at(location, field, message));
+        }
+        Ok(token)
+    }
 }
 
 /// `key:` — the ordered list of sources and what to do without a key.
@@ -79,31 +147,54 @@ pub struct KeyConfig {
 
 impl KeyConfig {
     /// The sources the [`KeyExtractor`](crate::key::KeyExtractor) tries, in
-    /// order, or the first entry that names none or several.
+    /// order, or the first entry that is unusable. Reads the secrets'
+    /// environment variables and the JWKS files, so it runs at start only.
     pub fn to_sources(&self) -> Result<Vec<KeySource>, Invalid> {
-        self.sources
+        let sources: Vec<KeySource> = self
+            .sources
             .iter()
             .map(|entry| entry.value.to_source(entry.referenced))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        let can_mint = sources
+            .iter()
+            .any(|source| matches!(source, KeySource::SignedCookie(_)));
+        if self.missing == MissingKey::Mint && !can_mint {
+            return Err(Invalid::top(
+                "key.missing",
+                "`mint` needs a `signed_cookie` source in key.sources to sign the new ids with",
+            ));
+        }
+        Ok(sources)
     }
 }
 
-/// One entry of `key.sources`, as written. Exactly one of `header`, `cookie`
-/// and `path`; `prefix` only beside `path`:
+/// One entry of `key.sources`, as written. Exactly one of `header`,
+/// `cookie`, `path`, `signed_cookie` and `jwt`; `prefix` only beside `path`;
+/// `secret_env`, `secret` and `ttl_s` only beside `signed_cookie`:
 ///
-/// - `{header: x-user-id}`: the header's value, trimmed;
-/// - `{cookie: uid}`: the cookie's value, unquoted;
+/// - `{header: x-user-id}`: the header's value, trimmed (trusted setups
+///   only: the client chooses it);
+/// - `{cookie: uid}`: the cookie's value, unquoted (trusted setups only);
 /// - `{path: "/v1/inventory/{key}", prefix: "inventory:"}`: for a request
 ///   path (query string excluded) whose first segments match the template's
 ///   literal segments byte for byte, `prefix` + the percent-decoded `{key}`
 ///   segment (non-empty). More segments may follow:
 ///   `/v1/inventory/show-1/holds` gives `inventory:show-1`. A path that does
 ///   not match, or whose segment does not decode to UTF-8 free of control
-///   characters, yields nothing from this source.
+///   characters, yields nothing from this source;
+/// - `{signed_cookie: sid, secret_env: ROOST_COOKIE_SECRET, ttl_s: 2592000}`:
+///   the id of a cookie `id.expiry.signature` signed with the secret (see
+///   [`crate::identity::signed_cookie`]);
+/// - `{jwt: {header: authorization, algorithms: [RS256], jwks: PATH, ...}}`:
+///   a claim of a verified JWT (see [`JwtConfig`]).
 ///
-/// A struct rather than an externally tagged enum because `path` takes a
-/// second field; [`to_source`](Self::to_source) checks the combination and
-/// pre-splits the template, once, at load.
+/// A verified source (`signed_cookie`, `jwt`) whose credential is absent
+/// yields nothing; one whose credential is present but fails verification
+/// answers 401 at once.
+///
+/// A struct rather than an externally tagged enum because `path` and
+/// `signed_cookie` take more fields; [`to_source`](Self::to_source) checks
+/// the combination and builds the source, once, at load.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySourceConfig {
@@ -119,47 +210,86 @@ pub struct KeySourceConfig {
     /// hash the whole key; no control characters, since the key is forwarded
     /// in the `x-roost-key` header.
     pub prefix: Option<Spanned<String>>,
+    /// A signed cookie's name.
+    pub signed_cookie: Option<Spanned<String>>,
+    /// Beside `signed_cookie`: the environment variable holding the HMAC
+    /// secret (read at start; at least 32 bytes). Preferred over `secret`.
+    pub secret_env: Option<Spanned<String>>,
+    /// Beside `signed_cookie`: the HMAC secret itself, at least 32 bytes.
+    pub secret: Option<Spanned<String>>,
+    /// Beside `signed_cookie`: how long a minted cookie lasts, in seconds
+    /// (default 30 days).
+    pub ttl_s: Option<Spanned<u64>>,
+    /// A JWT source.
+    pub jwt: Option<Spanned<JwtConfig>>,
 }
+
+/// A minted signed cookie lasts 30 days unless `ttl_s` says otherwise.
+pub const DEFAULT_COOKIE_TTL_S: u64 = 30 * 24 * 3600;
 
 impl KeySourceConfig {
     /// The source this entry names; `entry` is where the entry is, for an
     /// entry that names no field to point at.
     pub fn to_source(&self, entry: Location) -> Result<KeySource, Invalid> {
-        let mut named: Vec<_> = [
-            self.header.as_ref().map(|name| ("header", name)),
-            self.cookie.as_ref().map(|name| ("cookie", name)),
-            self.path.as_ref().map(|template| ("path", template)),
+        let mut named: Vec<(&str, Location)> = [
+            ("header", location_of(&self.header)),
+            ("cookie", location_of(&self.cookie)),
+            ("path", location_of(&self.path)),
+            ("signed_cookie", location_of(&self.signed_cookie)),
+            ("jwt", location_of(&self.jwt)),
         ]
         .into_iter()
-        .flatten()
+        .filter_map(|(kind, at)| Some((kind, at?)))
         .collect();
         // Point at the second one written: the first reads as intended.
-        named.sort_by_key(|(_, value)| (value.referenced.line(), value.referenced.column()));
-        if let [(kind, _), (other, value), ..] = named.as_slice() {
+        named.sort_by_key(|(_, at)| (at.line(), at.column()));
+        if let [(kind, _), (other, at), ..] = named.as_slice() {
             let message = format!(
-                "a source takes exactly one of header, cookie and path, not both `{kind}` \
-                 and `{other}`: list them as separate sources, in the order to try them"
+                "a source takes exactly one of header, cookie, path, signed_cookie and jwt, \
+                 not both `{kind}` and `{other}`: list them as separate sources, in the \
+                 order to try them"
             );
-            return Err(Invalid::at(value.referenced, other, message));
+            return Err(Invalid::at(*at, other, message));
         }
-        if let (Some(prefix), None) = (&self.prefix, &self.path) {
-            let message = "goes only beside `path` (a header or cookie value is used as sent)";
-            return Err(Invalid::at(prefix.referenced, "prefix", message));
-        }
+        self.check_companions(named.first().map(|(kind, _)| *kind))?;
         if let Some(name) = &self.header {
             return Ok(KeySource::Header(name.value.clone()));
         }
         if let Some(name) = &self.cookie {
             return Ok(KeySource::Cookie(name.value.clone()));
         }
-        match &self.path {
-            Some(template) => self.path_source(template),
+        if let Some(template) = &self.path {
+            return self.path_source(template);
+        }
+        if let Some(name) = &self.signed_cookie {
+            return self.signed_cookie_source(name);
+        }
+        match &self.jwt {
+            Some(jwt) => jwt.value.to_source(jwt.referenced),
             None => Err(Invalid::at(
                 entry,
                 "key.sources",
-                "each source needs one of `header`, `cookie` or `path`",
+                "each source needs one of `header`, `cookie`, `path`, `signed_cookie` or `jwt`",
             )),
         }
+    }
+
+    /// Fields that go beside one kind of source only must not be beside
+    /// another (or alone).
+    fn check_companions(&self, kind: Option<&str>) -> Result<(), Invalid> {
+        let companions = [
+            ("prefix", location_of(&self.prefix), "path"),
+            ("secret_env", location_of(&self.secret_env), "signed_cookie"),
+            ("secret", location_of(&self.secret), "signed_cookie"),
+            ("ttl_s", location_of(&self.ttl_s), "signed_cookie"),
+        ];
+        for (field, at, owner) in companions {
+            if let Some(at) = at.filter(|_| kind != Some(owner)) {
+                let message = format!("goes only beside `{owner}`");
+                return Err(Invalid::at(at, field, message));
+            }
+        }
+        Ok(())
     }
 
     fn path_source(&self, template: &Spanned<String>) -> Result<KeySource, Invalid> {
@@ -181,6 +311,241 @@ impl KeySourceConfig {
             prefix,
         })
     }
+
+    fn signed_cookie_source(&self, name: &Spanned<String>) -> Result<KeySource, Invalid> {
+        if name.value.is_empty() {
+            return Err(Invalid::at(
+                name.referenced,
+                "signed_cookie",
+                "must not be empty",
+            ));
+        }
+        let secret = resolve_secret(
+            (name.referenced, "signed_cookie"),
+            self.secret_env.as_ref(),
+            self.secret.as_ref(),
+        )?;
+        let ttl_s = match &self.ttl_s {
+            Some(ttl) if ttl.value <= MAX_AGE_MARGIN_S => {
+                let message = format!(
+                    "must be more than {MAX_AGE_MARGIN_S} s (browsers are told to drop the \
+                     cookie that much before it expires)"
+                );
+                return Err(Invalid::at(ttl.referenced, "ttl_s", message));
+            }
+            Some(ttl) => ttl.value,
+            None => DEFAULT_COOKIE_TTL_S,
+        };
+        Ok(KeySource::SignedCookie(Arc::new(SignedCookie {
+            name: name.value.clone(),
+            signer: CookieSigner::new(secret),
+            ttl_s,
+        })))
+    }
+}
+
+/// Where an optional field is, when it is there.
+fn location_of<T>(field: &Option<Spanned<T>>) -> Option<Location> {
+    field.as_ref().map(|spanned| spanned.referenced)
+}
+
+/// The HMAC secret named by `secret_env` or given as `secret`: exactly one
+/// of them. `owner` is the field and place of the source that needs it.
+fn resolve_secret(
+    owner: (Location, &str),
+    secret_env: Option<&Spanned<String>>,
+    secret: Option<&Spanned<String>>,
+) -> Result<Secret, Invalid> {
+    match (secret_env, secret) {
+        (Some(env), None) => Secret::from_env(&env.value)
+            .map_err(|e| Invalid::at(env.referenced, "secret_env", e.to_string())),
+        (None, Some(inline)) => Secret::new(inline.value.as_bytes(), "the secret")
+            .map_err(|e| Invalid::at(inline.referenced, "secret", e.to_string())),
+        (Some(_), Some(inline)) => Err(Invalid::at(
+            inline.referenced,
+            "secret",
+            "give `secret_env` or `secret`, not both",
+        )),
+        (None, None) => Err(Invalid::at(
+            owner.0,
+            owner.1,
+            "needs its HMAC secret: `secret_env: VARIABLE` (preferred) or `secret: \"...\"`",
+        )),
+    }
+}
+
+/// `{jwt: {...}}` — route by a claim of a verified JWT.
+///
+/// ```yaml
+/// - jwt:
+///     header: authorization       # `Bearer <token>`; or `cookie: NAME`
+///     claim: sub
+///     algorithms: [RS256, ES256]  # a subset of HS256, RS256, ES256
+///     jwks: /etc/roost/jwks.json  # RS256/ES256 keys, by kid
+///     issuer: https://id.example.com
+///     audience: roost
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// A header holding `Bearer <token>` (usually `authorization`).
+    pub header: Option<Spanned<String>>,
+    /// Or a cookie holding the bare token. Exactly one of the two.
+    pub cookie: Option<Spanned<String>>,
+    /// The claim routed by; its value must be a string (default `sub`).
+    #[serde(default = "default_claim")]
+    pub claim: Spanned<String>,
+    /// The `alg` values accepted: a subset of `HS256`, `RS256`, `ES256`.
+    pub algorithms: Vec<Spanned<String>>,
+    /// HS256's secret: an environment variable (preferred) ...
+    pub secret_env: Option<Spanned<String>>,
+    /// ... or the secret itself; at least 32 bytes either way.
+    pub secret: Option<Spanned<String>>,
+    /// A JWKS file with the RS256/ES256 public keys, read at start
+    /// (relative to the working directory).
+    pub jwks: Option<Spanned<String>>,
+    /// The required `iss`.
+    pub issuer: Spanned<String>,
+    /// The value `aud` must be or hold.
+    pub audience: Spanned<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (default 30, at
+    /// most 600).
+    #[serde(default = "default_leeway")]
+    pub leeway_s: Spanned<u64>,
+}
+
+/// The most clock skew a JWT source may allow, in seconds.
+pub const MAX_LEEWAY_S: u64 = 600;
+
+fn default_claim() -> Spanned<String> {
+    Spanned::new("sub".into(), Location::UNKNOWN, Location::UNKNOWN)
+}
+
+fn default_leeway() -> Spanned<u64> {
+    Spanned::new(30, Location::UNKNOWN, Location::UNKNOWN)
+}
+
+impl JwtConfig {
+    /// The source, with its secret and keys loaded; `at` is where `jwt:` is.
+    pub fn to_source(&self, at: Location) -> Result<KeySource, Invalid> {
+        let from = match (&self.header, &self.cookie) {
+            (Some(header), None) => TokenAt::Bearer(header.value.clone()),
+            (None, Some(cookie)) => TokenAt::Cookie(cookie.value.clone()),
+            (Some(_), Some(cookie)) => {
+                let message = "a jwt source reads `header` or `cookie`, not both";
+                return Err(Invalid::at(cookie.referenced, "cookie", message));
+            }
+            (None, None) => {
+                let message = "needs where the token is: `header: authorization` or `cookie: NAME`";
+                return Err(Invalid::at(at, "jwt", message));
+            }
+        };
+        let algorithms = self.algorithms(at)?;
+        let secret = self.hs256_secret(at, &algorithms)?;
+        let jwks = self.jwks(at, &algorithms)?;
+        for (field, value) in [
+            ("issuer", &self.issuer),
+            ("audience", &self.audience),
+            ("claim", &self.claim),
+        ] {
+            if value.value.is_empty() {
+                return Err(Invalid::at(value.referenced, field, "must not be empty"));
+            }
+        }
+        if self.leeway_s.value > MAX_LEEWAY_S {
+            let message = format!("must be at most {MAX_LEEWAY_S} s");
+            return Err(Invalid::at(self.leeway_s.referenced, "leeway_s", message));
+        }
+        let verifier = JwtVerifier {
+            algorithms,
+            secret,
+            jwks,
+            issuer: self.issuer.value.clone(),
+            audience: self.audience.value.clone(),
+            claim: self.claim.value.clone(),
+            leeway_s: self.leeway_s.value,
+        };
+        Ok(KeySource::Jwt {
+            from,
+            verifier: Arc::new(verifier),
+        })
+    }
+
+    /// `algorithms`, parsed: at least one, each a name we support.
+    fn algorithms(&self, at: Location) -> Result<Vec<Algorithm>, Invalid> {
+        if self.algorithms.is_empty() {
+            return Err(Invalid::at(
+                at,
+                "algorithms",
+                "list at least one of HS256, RS256, ES256",
+            ));
+        }
+        self.algorithms
+            .iter()
+            .map(|name| {
+                Algorithm::from_name(&name.value).ok_or_else(|| {
+                    let message = format!(
+                        "unknown algorithm {:?}: use HS256, RS256 or ES256 (`none` is never accepted)",
+                        name.value
+                    );
+                    Invalid::at(name.referenced, "algorithms", message)
+                })
+            })
+            .collect()
+    }
+
+    /// The HS256 secret when HS256 is accepted, else none (and no
+    /// `secret_env` or `secret` field).
+    fn hs256_secret(
+        &self,
+        at: Location,
+        algorithms: &[Algorithm],
+    ) -> Result<Option<Secret>, Invalid> {
+        if algorithms.contains(&Algorithm::Hs256) {
+            let (env, inline) = (self.secret_env.as_ref(), self.secret.as_ref());
+            return resolve_secret((at, "jwt"), env, inline).map(Some);
+        }
+        let unused = [("secret_env", &self.secret_env), ("secret", &self.secret)]
+            .into_iter()
+            .find_map(|(field, value)| Some((field, location_of(value)?)));
+        match unused {
+            Some((field, at)) => {
+                let message = "is used only by HS256, which `algorithms` does not list";
+                Err(Invalid::at(at, field, message))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The JWKS file's keys when RS256 or ES256 is accepted (with a key for
+    /// each), else none (and no `jwks` field).
+    fn jwks(&self, at: Location, algorithms: &[Algorithm]) -> Result<Jwks, Invalid> {
+        let asymmetric: Vec<Algorithm> = algorithms
+            .iter()
+            .copied()
+            .filter(|alg| *alg != Algorithm::Hs256)
+            .collect();
+        let path = match (&self.jwks, asymmetric.is_empty()) {
+            (None, true) => return Ok(Jwks::default()),
+            (Some(path), true) => {
+                let message = "is used only by RS256 and ES256, which `algorithms` does not list";
+                return Err(Invalid::at(path.referenced, "jwks", message));
+            }
+            (None, false) => {
+                let message =
+                    "RS256 and ES256 need `jwks: PATH`, a JWKS file with their public keys";
+                return Err(Invalid::at(at, "jwks", message));
+            }
+            (Some(path), false) => path,
+        };
+        let jwks = Jwks::load(Path::new(&path.value))
+            .map_err(|e| Invalid::at(path.referenced, "jwks", e.to_string()))?;
+        if let Some(missing) = asymmetric.iter().find(|alg| !jwks.has_key_for(**alg)) {
+            let message = format!("{:?} has no {} key", path.value, missing.name());
+            return Err(Invalid::at(path.referenced, "jwks", message));
+        }
+        Ok(jwks)
+    }
 }
 
 /// `missing:` — the policy for keyless requests.
@@ -192,6 +557,9 @@ pub enum MissingKey {
     Reject,
     /// Send it to any live worker (round robin).
     Any,
+    /// Mint a new random id, route by it, and set it as the (first)
+    /// `signed_cookie` source's cookie on the response.
+    Mint,
 }
 
 /// One worker of the fleet.
@@ -275,6 +643,9 @@ impl Validate for ProxyConfig {
     /// Checks serde cannot express: weights, unique ids, key sources, sane
     /// health numbers.
     fn validate(&self) -> Result<(), Invalid> {
+        if let Some(hop) = &self.trusted_hop {
+            hop.token()?;
+        }
         let mut ids = HashSet::new();
         for worker in &self.workers {
             let id = &worker.id.value;
@@ -344,7 +715,361 @@ impl Validate for ProxyConfig {
                 "must be greater than zero",
             ));
         }
+        self.limits.validate()?;
+        self.timeouts.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.validate(&[self.listen, self.admin_listen])?;
+        }
         Ok(())
+    }
+}
+
+/// A value written nowhere: a default, pointing at its section's key.
+pub(crate) fn unwritten<T>(value: T) -> Spanned<T> {
+    Spanned::new(value, Location::UNKNOWN, Location::UNKNOWN)
+}
+
+/// `Invalid` unless `value` is within `range`, naming `field` (a dotted
+/// path for a default, which has no line of its own).
+fn check_range<T>(
+    value: &Spanned<T>,
+    range: std::ops::RangeInclusive<T>,
+    field: &str,
+    why: &str,
+) -> Result<(), Invalid>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value.value) {
+        return Ok(());
+    }
+    let name = match value.referenced {
+        Location::UNKNOWN => field,
+        _ => field.rsplit('.').next().unwrap_or(field),
+    };
+    let message = format!(
+        "{} is outside {}..={}: {why}",
+        value.value,
+        range.start(),
+        range.end()
+    );
+    Err(Invalid::at(value.referenced, name, message))
+}
+
+/// `limits:` — what one request may carry. Each breach is answered by the
+/// proxy with a JSON error before any worker sees the request; see
+/// [`crate::limits`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Request line plus header fields, in bytes as sent (431
+    /// `headers_too_large`). At most Pingora's own parse limit,
+    /// [`limits::PINGORA_MAX_HEADER_BYTES`](crate::limits::PINGORA_MAX_HEADER_BYTES).
+    pub max_header_bytes: Spanned<usize>,
+    /// Header fields (431 `headers_too_large`). At most Pingora's own parse
+    /// limit, [`limits::PINGORA_MAX_HEADERS`](crate::limits::PINGORA_MAX_HEADERS).
+    pub max_headers: Spanned<usize>,
+    /// Routing key length in bytes (400 `invalid_key`), prefix included.
+    pub max_key_bytes: Spanned<usize>,
+    /// Request body in bytes (413 `body_too_large`).
+    pub max_body_bytes: Spanned<u64>,
+    /// Requests per key per second (429 `rate_limited`).
+    pub rate: RateConfig,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_header_bytes: unwritten(16 * 1024),
+            max_headers: unwritten(100),
+            max_key_bytes: unwritten(256),
+            max_body_bytes: unwritten(1024 * 1024),
+            rate: RateConfig::default(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        use crate::limits::{PINGORA_MAX_HEADERS, PINGORA_MAX_HEADER_BYTES};
+        let pingora = "Pingora itself answers a bare 400 past it";
+        check_range(
+            &self.max_header_bytes,
+            1..=PINGORA_MAX_HEADER_BYTES,
+            "limits.max_header_bytes",
+            pingora,
+        )?;
+        check_range(
+            &self.max_headers,
+            1..=PINGORA_MAX_HEADERS,
+            "limits.max_headers",
+            pingora,
+        )?;
+        let key = "the key is forwarded in a header";
+        check_range(
+            &self.max_key_bytes,
+            1..=self.max_header_bytes.value,
+            "limits.max_key_bytes",
+            key,
+        )?;
+        check_range(
+            &self.max_body_bytes,
+            1..=u64::MAX,
+            "limits.max_body_bytes",
+            "must be greater than zero",
+        )?;
+        self.rate.validate()
+    }
+}
+
+/// `limits.rate:` — a token bucket per routing key: `per_s` tokens a
+/// second, at most `burst` saved up. `per_s: 0` turns it off. Keyless
+/// requests (`key.missing: any`) are not limited by it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    pub per_s: Spanned<u32>,
+    pub burst: Spanned<u32>,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            per_s: unwritten(100),
+            burst: unwritten(200),
+        }
+    }
+}
+
+impl RateConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.per_s.value == 0 {
+            return Ok(());
+        }
+        check_range(
+            &self.per_s,
+            0..=1_000_000,
+            "limits.rate.per_s",
+            "at most a million a second (0 turns the limit off)",
+        )?;
+        check_range(
+            &self.burst,
+            1..=1_000_000,
+            "limits.rate.burst",
+            "a bucket holds 1 to a million requests",
+        )
+    }
+}
+
+/// `timeouts:` — how long a client may take, so a slow or idle client
+/// (slowloris) cannot hold a connection; see [`crate::timeouts`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// From a connection's accept (or a kept-alive connection's first
+    /// byte of the next request) to the end of the request's header.
+    pub header_read_ms: Spanned<u64>,
+    /// Longest wait for the next piece of a request body (408
+    /// `request_timeout`).
+    pub body_idle_ms: Spanned<u64>,
+    /// Longest wait for the next request on a kept-alive connection.
+    pub keepalive_idle_ms: Spanned<u64>,
+    /// Longest wait for one write to the client to finish (a client that
+    /// stops reading its response).
+    pub write_ms: Spanned<u64>,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            header_read_ms: unwritten(10_000),
+            body_idle_ms: unwritten(30_000),
+            keepalive_idle_ms: unwritten(60_000),
+            write_ms: unwritten(30_000),
+        }
+    }
+}
+
+impl TimeoutsConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        let day = 86_400_000;
+        for (value, field) in [
+            (&self.header_read_ms, "timeouts.header_read_ms"),
+            (&self.body_idle_ms, "timeouts.body_idle_ms"),
+            (&self.keepalive_idle_ms, "timeouts.keepalive_idle_ms"),
+            (&self.write_ms, "timeouts.write_ms"),
+        ] {
+            check_range(value, 1..=day, field, "at least 1 ms, at most a day")?;
+        }
+        Ok(())
+    }
+}
+
+/// `tls:` — terminate TLS (rustls, HTTP/1.1) on a second listener beside
+/// `listen`; see [`crate::tls`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address TLS clients connect to.
+    pub listen: Spanned<SocketAddr>,
+    /// PEM certificate chain: the server certificate first, then any
+    /// intermediates.
+    pub cert: Spanned<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the first certificate.
+    pub key: Spanned<std::path::PathBuf>,
+}
+
+impl TlsConfig {
+    /// The address is free of the other listeners, and both files load
+    /// and match (an error names the file).
+    fn validate(&self, others: &[SocketAddr]) -> Result<(), Invalid> {
+        if others.contains(&self.listen.value) {
+            let message = "must differ from `listen` and `admin_listen`";
+            return Err(Invalid::at(self.listen.referenced, "listen", message));
+        }
+        crate::tls::certified_key(&self.cert.value, &self.key.value).map_err(|e| {
+            let (field, at) = match e.file {
+                crate::tls::TlsFile::Cert => ("cert", self.cert.referenced),
+                crate::tls::TlsFile::Key => ("key", self.key.referenced),
+            };
+            Invalid::at(at, field, e.to_string())
+        })?;
+        Ok(())
+    }
+}
+
+/// The `limits:`, `timeouts:` and `tls:` sections: defaults, and errors
+/// that name the line and the field.
+#[cfg(test)]
+mod client_section_tests {
+    use super::*;
+
+    /// A valid config (7 lines) followed by `extra`.
+    fn with(extra: &str) -> String {
+        format!(
+            "listen: 127.0.0.1:8080\nadmin_listen: 127.0.0.1:9090\nhash_seed: \"t\"\n\
+             key:\n  sources: [{{header: x-user-id}}]\n\
+             workers:\n  - {{id: w1, addr: 127.0.0.1:9001}}\n{extra}"
+        )
+    }
+
+    fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
+        config_file::parse(Path::new("proxy.yaml"), text)
+    }
+
+    /// Assert `extra` is refused at `line`, naming `field`, saying `why`.
+    fn assert_refused(extra: &str, line: u64, field: &str, why: &str) {
+        let error = parse(&with(extra)).expect_err(extra);
+        assert_eq!((error.line, error.field.as_str()), (line, field), "{error}");
+        assert!(error.message.contains(why), "{error}");
+    }
+
+    #[test]
+    fn absent_sections_take_the_documented_defaults() {
+        let config = parse(&with("")).expect("valid");
+        let limits = &config.limits;
+        assert_eq!(
+            (
+                limits.max_header_bytes.value,
+                limits.max_headers.value,
+                limits.max_key_bytes.value,
+                limits.max_body_bytes.value,
+            ),
+            (16_384, 100, 256, 1_048_576)
+        );
+        assert_eq!(
+            (limits.rate.per_s.value, limits.rate.burst.value),
+            (100, 200)
+        );
+        let t = &config.timeouts;
+        assert_eq!(
+            (
+                t.header_read_ms.value,
+                t.body_idle_ms.value,
+                t.keepalive_idle_ms.value,
+                t.write_ms.value,
+            ),
+            (10_000, 30_000, 60_000, 30_000)
+        );
+        assert!(config.tls.is_none());
+        let partial = parse(&with("limits: {rate: {per_s: 0}}\n")).expect("valid");
+        assert_eq!(
+            partial.limits.rate.burst.value, 200,
+            "unwritten fields keep defaults"
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_where_written() {
+        assert_refused("limits: {max_headers: 300}\n", 8, "max_headers", "Pingora");
+        assert_refused(
+            "limits:\n  max_header_bytes: 0\n",
+            9,
+            "max_header_bytes",
+            "1..=",
+        );
+        assert_refused(
+            "limits:\n  rate: {per_s: 10, burst: 0}\n",
+            9,
+            "burst",
+            "1 to a million",
+        );
+        assert_refused(
+            "timeouts: {body_idle_ms: 0}\n",
+            8,
+            "body_idle_ms",
+            "at least 1 ms",
+        );
+        assert_refused(
+            "limits: {max_key_bytes: 20000}\n",
+            8,
+            "max_key_bytes",
+            "forwarded in a header",
+        );
+    }
+
+    #[test]
+    fn a_default_that_no_longer_fits_is_refused_at_its_section() {
+        // max_key_bytes (256 by default) cannot exceed max_header_bytes.
+        assert_refused(
+            "limits: {max_header_bytes: 100}\n",
+            8,
+            "limits.max_key_bytes",
+            "1..=100",
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert_refused(
+            "limits:\n  max_bdy_bytes: 1\n",
+            9,
+            "max_bdy_bytes",
+            "unknown field",
+        );
+        assert_refused("timeouts:\n  idle_ms: 1\n", 9, "idle_ms", "unknown field");
+    }
+
+    #[test]
+    fn the_tls_listener_must_be_its_own_and_its_files_must_load() {
+        assert_refused(
+            "tls: {listen: 127.0.0.1:8080, cert: a.pem, key: b.pem}\n",
+            8,
+            "listen",
+            "must differ",
+        );
+        assert_refused(
+            "tls:\n  listen: 127.0.0.1:8443\n  cert: /nonexistent/roost.crt\n  key: b.pem\n",
+            10,
+            "cert",
+            "/nonexistent/roost.crt",
+        );
+        assert_refused(
+            "tls: {listen: 127.0.0.1:8443}\n",
+            8,
+            "tls",
+            "missing field `cert`",
+        );
     }
 }
 
@@ -448,7 +1173,16 @@ mod tests {
             r#"[{path: "/v1/{key}", header: a}]"#,
             "a}",
             "header",
-            "exactly one of header, cookie and path",
+            "exactly one of header, cookie, path, signed_cookie and jwt",
+        );
+        assert_rejected(
+            &format!(
+                "[{{signed_cookie: sid, secret: {SECRET}, \
+                 jwt: {{header: a, algorithms: [HS256], issuer: i, audience: a}}}}]"
+            ),
+            "{header",
+            "jwt",
+            "not both `signed_cookie` and `jwt`",
         );
     }
 
@@ -491,6 +1225,239 @@ mod tests {
     fn a_prefix_with_a_control_character_is_rejected() {
         let sources = r#"[{path: "/v1/{key}", prefix: "inv\n:"}]"#;
         assert_rejected(sources, r#""inv\n:""#, "prefix", "control character");
+    }
+
+    /// A 34-byte inline secret, quoted.
+    const SECRET: &str = "\"a test secret of at least 32 bytes\"";
+
+    #[test]
+    fn a_signed_cookie_source_takes_a_secret_and_an_optional_ttl() {
+        let text = yaml(&format!(
+            "[{{signed_cookie: sid, secret: {SECRET}}}, {{header: x-user-id}}]"
+        ));
+        let config = parse(&text).unwrap_or_else(|e| panic!("valid: {e}"));
+        let sources = config.key.to_sources().expect("valid sources");
+        let [KeySource::SignedCookie(cookie), KeySource::Header(_)] = sources.as_slice() else {
+            panic!("a signed cookie, then a header: {sources:?}");
+        };
+        assert_eq!(
+            (cookie.name.as_str(), cookie.ttl_s),
+            ("sid", DEFAULT_COOKIE_TTL_S)
+        );
+        let text = yaml(&format!(
+            "[{{signed_cookie: sid, secret: {SECRET}, ttl_s: 3600}}]"
+        ));
+        let sources = sources_of(&text);
+        assert!(matches!(&sources[..], [KeySource::SignedCookie(c)] if c.ttl_s == 3600));
+    }
+
+    fn sources_of(text: &str) -> Vec<KeySource> {
+        parse(text)
+            .unwrap_or_else(|e| panic!("{text}\nis valid: {e}"))
+            .key
+            .to_sources()
+            .expect("validated sources convert")
+    }
+
+    #[test]
+    fn a_signed_cookie_needs_exactly_one_usable_secret() {
+        assert_rejected(
+            r#"[{signed_cookie: sid, secret: "short"}]"#,
+            "\"short\"",
+            "secret",
+            "the secret has 5 bytes; a secret needs at least 32",
+        );
+        assert_rejected(
+            "[{signed_cookie: sid, secret_env: ROOST_TEST_VARIABLE_NEVER_SET}]",
+            "ROOST_TEST_VARIABLE_NEVER_SET",
+            "secret_env",
+            "environment variable ROOST_TEST_VARIABLE_NEVER_SET is not set",
+        );
+        assert_rejected(
+            &format!("[{{signed_cookie: sid, secret_env: X, secret: {SECRET}}}]"),
+            SECRET,
+            "secret",
+            "not both",
+        );
+        assert_rejected(
+            "[{signed_cookie: sid}]",
+            "sid",
+            "signed_cookie",
+            "needs its HMAC secret",
+        );
+        assert_rejected(
+            &format!("[{{header: a, secret: {SECRET}}}]"),
+            SECRET,
+            "secret",
+            "goes only beside `signed_cookie`",
+        );
+        assert_rejected(
+            &format!("[{{signed_cookie: sid, secret: {SECRET}, ttl_s: 60}}]"),
+            "60",
+            "ttl_s",
+            "more than 60 s",
+        );
+    }
+
+    #[test]
+    fn mint_needs_a_signed_cookie_source() {
+        let text = yaml("[{header: x-user-id}]").replace("key:\n", "key:\n  missing: mint\n");
+        let error = parse(&text).expect_err("mint without a signed cookie");
+        assert_eq!(
+            (error.line, error.field.as_str()),
+            (4, "key.missing"),
+            "{error}"
+        );
+        assert!(
+            error.message.contains("needs a `signed_cookie` source"),
+            "{error}"
+        );
+        assert!(error.to_string().starts_with("proxy.yaml:4:"), "{error}");
+        let text = yaml(&format!("[{{signed_cookie: sid, secret: {SECRET}}}]"))
+            .replace("key:\n", "key:\n  missing: mint\n");
+        let config = parse(&text).unwrap_or_else(|e| panic!("valid: {e}"));
+        assert_eq!(config.key.missing, MissingKey::Mint);
+    }
+
+    /// `{jwt: {FIELDS}}` with an issuer and an audience.
+    fn jwt(fields: &str) -> String {
+        format!("[{{jwt: {{{fields}, issuer: https://id.test, audience: roost}}}}]")
+    }
+
+    #[test]
+    fn an_hs256_jwt_source_reads_a_header_or_a_cookie() {
+        let sources = sources_of(&yaml(&jwt(&format!(
+            "header: authorization, algorithms: [HS256], secret: {SECRET}, leeway_s: 5"
+        ))));
+        let [KeySource::Jwt { from, verifier }] = sources.as_slice() else {
+            panic!("one jwt source: {sources:?}");
+        };
+        assert_eq!(from, &TokenAt::Bearer("authorization".into()));
+        assert_eq!(verifier.algorithms, [Algorithm::Hs256]);
+        assert_eq!((verifier.claim.as_str(), verifier.leeway_s), ("sub", 5));
+        assert_eq!(
+            (verifier.issuer.as_str(), verifier.audience.as_str()),
+            ("https://id.test", "roost")
+        );
+        let sources = sources_of(&yaml(&jwt(&format!(
+            "cookie: idt, claim: email, algorithms: [HS256], secret: {SECRET}"
+        ))));
+        assert!(
+            matches!(&sources[..], [KeySource::Jwt { from: TokenAt::Cookie(c), .. }] if c == "idt")
+        );
+    }
+
+    #[test]
+    fn jwt_sources_are_checked_field_by_field() {
+        let hs = |rest: &str| {
+            jwt(&format!(
+                "header: authorization, algorithms: [HS256], secret: {SECRET}{rest}"
+            ))
+        };
+        for (sources, at, field, why) in [
+            (
+                jwt("header: authorization, algorithms: [HS512]"),
+                "HS512",
+                "algorithms",
+                "unknown algorithm \"HS512\"",
+            ),
+            (
+                jwt("header: authorization, algorithms: [none]"),
+                "none",
+                "algorithms",
+                "`none` is never accepted",
+            ),
+            (
+                jwt("header: authorization, algorithms: []"),
+                "{header",
+                "algorithms",
+                "at least one",
+            ),
+            (
+                jwt("algorithms: [HS256]"),
+                "{algorithms",
+                "jwt",
+                "`header: authorization` or `cookie: NAME`",
+            ),
+            (
+                jwt("header: a, cookie: b, algorithms: [HS256]"),
+                "b,",
+                "cookie",
+                "not both",
+            ),
+            (
+                jwt("header: a, algorithms: [HS256]"),
+                "{header",
+                "jwt",
+                "needs its HMAC secret",
+            ),
+            (
+                jwt(&format!("header: a, algorithms: [RS256], secret: {SECRET}")),
+                SECRET,
+                "secret",
+                "used only by HS256",
+            ),
+            (
+                jwt("header: a, algorithms: [RS256]"),
+                "{header",
+                "jwks",
+                "need `jwks: PATH`",
+            ),
+            (
+                jwt("header: a, algorithms: [ES256], jwks: /nonexistent/jwks.json"),
+                "/nonexistent",
+                "jwks",
+                "cannot read /nonexistent/jwks.json",
+            ),
+            (
+                hs(", jwks: keys.json"),
+                "keys.json",
+                "jwks",
+                "used only by RS256 and ES256",
+            ),
+            (hs(", leeway_s: 601"), "601", "leeway_s", "at most 600"),
+            (hs(", claim: \"\""), "\"\"", "claim", "must not be empty"),
+        ] {
+            assert_rejected(&sources, at, field, why);
+        }
+    }
+
+    #[test]
+    fn a_jwks_without_a_key_for_an_accepted_algorithm_is_rejected() {
+        let path = std::env::temp_dir().join(format!(
+            "roost-config-test-{}-jwks.json",
+            std::process::id()
+        ));
+        let rsa_only =
+            r#"{"keys": [{"kty": "EC", "crv": "P-384", "kid": "skipped", "x": "", "y": ""}]}"#;
+        std::fs::write(&path, rsa_only).expect("write a temp JWKS");
+        let sources = jwt(&format!(
+            "header: a, algorithms: [RS256], jwks: {}",
+            path.display()
+        ));
+        let at = path.display().to_string();
+        assert_rejected(
+            &sources,
+            &at,
+            "jwks",
+            "no RS256 (RSA) or ES256 (P-256) signing key",
+        );
+        std::fs::remove_file(&path).expect("remove the temp JWKS");
+    }
+
+    #[test]
+    fn jwt_fields_are_closed_and_issuer_and_audience_required() {
+        let text = yaml(&jwt(&format!(
+            "header: a, algorithms: [HS256], secret: {SECRET}, aud: x"
+        )));
+        let error = parse(&text).expect_err("an unknown field");
+        assert!(error.message.contains("unknown field `aud`"), "{error}");
+        let text = yaml(&format!(
+            "[{{jwt: {{header: a, algorithms: [HS256], secret: {SECRET}, audience: roost}}}}]"
+        ));
+        let error = parse(&text).expect_err("no issuer");
+        assert!(error.message.contains("missing field `issuer`"), "{error}");
+        assert_eq!(error.line, 5, "{error}");
     }
 
     #[test]

@@ -3,21 +3,35 @@
 //! The key is parsed once per request (in `request_filter`) and kept in the
 //! request context; everything after that works on the extracted bytes.
 //!
-//! A source is a header, a cookie, or a segment of the request path (a
-//! [`PathTemplate`]). Path templates are split once, at config load, so
+//! A source is a header, a cookie, a segment of the request path (a
+//! [`PathTemplate`]), or a verified identity: a signed cookie or a JWT (see
+//! [`crate::identity`]). Path templates are split once, at config load, so
 //! matching a request allocates nothing but the key itself.
+//!
+//! A plain source without a value yields nothing and the next is tried; so
+//! does a verified source whose credential is absent. A verified source whose
+//! credential is present but fails verification stops the search with a
+//! [`Rejection`]: trying the next source would let a forger choose the key.
+//!
+//! The parsers ([`find_cookie`], [`bearer_token`], [`path_key`],
+//! [`PathTemplate`]) take plain bytes and never panic, for the fuzz targets.
+
+use std::sync::Arc;
 
 use http::header::COOKIE;
 use percent_encoding::percent_decode_str;
 use pingora::http::RequestHeader;
 
+use crate::identity::{is_routable, JwtVerifier, Rejection, SignedCookie};
+
 /// One place to find the routing key, parsed from a `key.sources` entry
 /// (see [`crate::config::KeySourceConfig`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum KeySource {
-    /// The value of a request header, trimmed.
+    /// The value of a request header, trimmed. For trusted setups only: the
+    /// client chooses it.
     Header(String),
-    /// The value of a cookie, unquoted.
+    /// The value of a cookie, unquoted. For trusted setups only.
     Cookie(String),
     /// `prefix` + the percent-decoded `{key}` segment of a path that matches
     /// `template`: shared entities (an inventory item) are routed by their
@@ -26,6 +40,59 @@ pub enum KeySource {
         template: PathTemplate,
         prefix: String,
     },
+    /// The id of a cookie the fleet signed (`id.expiry.signature`).
+    SignedCookie(Arc<SignedCookie>),
+    /// A claim of a JWT, verified, from a bearer header or a cookie.
+    Jwt {
+        from: TokenAt,
+        verifier: Arc<JwtVerifier>,
+    },
+}
+
+/// Verified sources hold secrets and keys, which are not compared: two are
+/// equal only when they are the very same source.
+impl PartialEq for KeySource {
+    fn eq(&self, other: &Self) -> bool {
+        use KeySource::*;
+        match (self, other) {
+            (Header(a), Header(b)) | (Cookie(a), Cookie(b)) => a == b,
+            (
+                Path {
+                    template: t1,
+                    prefix: p1,
+                },
+                Path {
+                    template: t2,
+                    prefix: p2,
+                },
+            ) => t1 == t2 && p1 == p2,
+            (SignedCookie(a), SignedCookie(b)) => Arc::ptr_eq(a, b),
+            (Jwt { verifier: a, .. }, Jwt { verifier: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for KeySource {}
+
+/// Where a JWT source finds its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenAt {
+    /// A header whose value is `Bearer <token>` (usually `authorization`).
+    /// Another scheme (`Basic ...`) is not a token and counts as absent.
+    Bearer(String),
+    /// A cookie holding the bare token.
+    Cookie(String),
+}
+
+impl TokenAt {
+    /// The raw token, if the request carries one here.
+    fn token<'r>(&self, request: &'r RequestHeader) -> Option<&'r [u8]> {
+        match self {
+            TokenAt::Bearer(name) => bearer_token(request.headers.get(name)?.as_bytes()),
+            TokenAt::Cookie(name) => cookie_value(request, name),
+        }
+    }
 }
 
 /// Finds a request's routing key from the configured sources.
@@ -39,14 +106,51 @@ impl KeyExtractor {
         KeyExtractor { sources }
     }
 
-    /// The first non-empty key any source yields, in source order.
-    pub fn extract(&self, request: &RequestHeader) -> Option<Vec<u8>> {
+    /// The first key any source yields, in source order, checking verified
+    /// credentials at `now` (Unix seconds); or why a present credential was
+    /// refused.
+    pub fn extract(&self, request: &RequestHeader, now: u64) -> Result<Option<Vec<u8>>, Rejection> {
+        for source in &self.sources {
+            if let Some(key) = source.key(request, now)? {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The signed-cookie source new ids are minted for (`missing: mint`):
+    /// the first one listed.
+    pub fn minter(&self) -> Option<&SignedCookie> {
         self.sources.iter().find_map(|source| match source {
+            KeySource::SignedCookie(cookie) => Some(&**cookie),
+            _ => None,
+        })
+    }
+}
+
+impl KeySource {
+    /// This source's key for `request`: `None` when it has none here.
+    fn key(&self, request: &RequestHeader, now: u64) -> Result<Option<Vec<u8>>, Rejection> {
+        Ok(match self {
             KeySource::Header(name) => header_value(request, name).map(<[u8]>::to_vec),
             KeySource::Cookie(name) => cookie_value(request, name).map(<[u8]>::to_vec),
-            KeySource::Path { template, prefix } => {
-                path_key(template.capture(request.uri.path())?, prefix)
-            }
+            KeySource::Path { template, prefix } => template
+                .capture(request.uri.path())
+                .and_then(|segment| path_key(segment, prefix)),
+            KeySource::SignedCookie(cookie) => cookie_value(request, &cookie.name)
+                .map(|value| {
+                    cookie
+                        .signer
+                        .verify(value, now)
+                        .map(|id| id.as_bytes().to_vec())
+                })
+                .transpose()
+                .map_err(Rejection::signed_cookie)?,
+            KeySource::Jwt { from, verifier } => from
+                .token(request)
+                .map(|token| verifier.verify_bytes(token, now).map(String::into_bytes))
+                .transpose()
+                .map_err(Rejection::jwt)?,
         })
     }
 }
@@ -127,14 +231,14 @@ impl PathTemplate {
 /// computes for the same entity, so both route it to the same owner.
 ///
 /// `None` when the decoded segment is not UTF-8 (the worker could not name
-/// the entity) or holds a control character (it could not be forwarded in
-/// `x-roost-key`, a header value); the next source is tried instead.
-fn path_key(segment: &str, prefix: &str) -> Option<Vec<u8>> {
+/// the entity) or is not [routable](is_routable) (it could not be forwarded
+/// in `x-roost-key`, a header value); the next source is tried instead.
+pub fn path_key(segment: &str, prefix: &str) -> Option<Vec<u8>> {
     let mut key = Vec::with_capacity(prefix.len() + segment.len());
     key.extend_from_slice(prefix.as_bytes());
     key.extend(percent_decode_str(segment));
-    let decoded = std::str::from_utf8(&key[prefix.len()..]).ok()?;
-    (!decoded.contains(char::is_control)).then_some(key)
+    let decoded = std::str::from_utf8(key.get(prefix.len()..)?).ok()?;
+    is_routable(decoded).then_some(key)
 }
 
 /// A header's value with surrounding whitespace trimmed, if non-empty.
@@ -143,21 +247,41 @@ fn header_value<'r>(request: &'r RequestHeader, name: &str) -> Option<&'r [u8]> 
     (!value.is_empty()).then_some(value)
 }
 
-/// The value of cookie `name` from any `Cookie` header (RFC 6265 §5.4 pairs
-/// separated by `;`; a double-quoted value is unquoted).
+/// The value of cookie `name` from any `Cookie` header, if non-empty.
 fn cookie_value<'r>(request: &'r RequestHeader, name: &str) -> Option<&'r [u8]> {
     request
         .headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|header| header.as_bytes().split(|&b| b == b';'))
+        .find_map(|header| find_cookie(header.as_bytes(), name))
+}
+
+/// The value of cookie `name` in one `Cookie` header value (RFC 6265 §5.4:
+/// `name=value` pairs separated by `;`), trimmed and unquoted; `None` when
+/// it is absent or empty. The first pair with that name wins.
+pub fn find_cookie<'h>(header: &'h [u8], name: &str) -> Option<&'h [u8]> {
+    header
+        .split(|&b| b == b';')
         .find_map(|pair| {
-            let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&b| b == b'=')?;
-            let (cookie, value) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
-            (cookie == name.as_bytes()).then(|| unquote(value))
+            let (cookie, value) = pair.split_at(eq);
+            let value = value.get(1..)?.trim_ascii();
+            (cookie.trim_ascii() == name.as_bytes()).then(|| unquote(value))
         })
         .filter(|value| !value.is_empty())
+}
+
+/// The token of a `Bearer <token>` header value (the scheme is
+/// case-insensitive; RFC 6750), trimmed; `None` for another scheme or an
+/// empty token, which carry no credential.
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    let value = value.trim_ascii();
+    if !value.get(..SCHEME.len())?.eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    let token = value.get(SCHEME.len()..)?.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 fn unquote(value: &[u8]) -> &[u8] {
@@ -170,6 +294,7 @@ fn unquote(value: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Invalid;
 
     fn request(headers: &[(&'static str, &str)]) -> RequestHeader {
         request_to("/", headers)
@@ -184,6 +309,13 @@ mod tests {
         request
     }
 
+    /// The key `extractor` finds in `request`, which it must not refuse.
+    fn key_of(extractor: &KeyExtractor, request: &RequestHeader) -> Option<Vec<u8>> {
+        extractor
+            .extract(request, 0)
+            .expect("plain sources refuse nothing")
+    }
+
     fn extractor() -> KeyExtractor {
         KeyExtractor::new(vec![
             KeySource::Header("x-user-id".into()),
@@ -194,7 +326,7 @@ mod tests {
     #[test]
     fn header_wins_over_cookie() {
         let req = request(&[("x-user-id", "alice"), ("cookie", "uid=bob")]);
-        assert_eq!(extractor().extract(&req).as_deref(), Some(&b"alice"[..]));
+        assert_eq!(key_of(&extractor(), &req).as_deref(), Some(&b"alice"[..]));
     }
 
     #[test]
@@ -203,13 +335,13 @@ mod tests {
             ("cookie", "a=1; b=2"),
             ("cookie", "theme=dark; uid=\"bob\""),
         ]);
-        assert_eq!(extractor().extract(&req).as_deref(), Some(&b"bob"[..]));
+        assert_eq!(key_of(&extractor(), &req).as_deref(), Some(&b"bob"[..]));
     }
 
     #[test]
     fn empty_values_and_prefix_names_do_not_count() {
         let req = request(&[("x-user-id", "  "), ("cookie", "uidx=1; uid=")]);
-        assert_eq!(extractor().extract(&req), None);
+        assert_eq!(key_of(&extractor(), &req), None);
     }
 
     /// `{path: "/v1/inventory/{key}", prefix: "inventory:"}`, then the
@@ -228,7 +360,7 @@ mod tests {
 
     /// The key `path_first()` finds for `path` with `x-user-id: alice`.
     fn path_key_of(path: &str) -> Option<String> {
-        let key = path_first().extract(&request_to(path, &[("x-user-id", "alice")]))?;
+        let key = key_of(&path_first(), &request_to(path, &[("x-user-id", "alice")]))?;
         Some(String::from_utf8(key).expect("keys in these tests are UTF-8"))
     }
 
@@ -303,7 +435,7 @@ mod tests {
             prefix: String::new(),
         }]);
         assert_eq!(
-            only_path.extract(&request_to("/v1/inventory/%FF", &[])),
+            key_of(&only_path, &request_to("/v1/inventory/%FF", &[])),
             None
         );
     }
@@ -321,6 +453,136 @@ mod tests {
         assert_eq!(root.capture("/x"), Some("x"));
         assert_eq!(root.capture("/"), None);
         assert_eq!(root.capture(""), None);
+    }
+
+    #[test]
+    fn cookie_and_bearer_parsers_take_any_bytes() {
+        let cookie = |header: &'static [u8]| find_cookie(header, "sid");
+        let bearer = |value: &'static [u8]| bearer_token(value);
+        type Case = (&'static [u8], Option<&'static [u8]>, Option<&'static [u8]>);
+        let cases: [Case; 8] = [
+            // (input, as a Cookie header for "sid", as an Authorization value)
+            (b"a=1; sid = \"x.y\" ;b=2", Some(b"x.y"), None),
+            (b"sid=first; sid=second", Some(b"first"), None),
+            (b"Bearer abc.def", None, Some(b"abc.def")),
+            (b"  bEaReR   sid=1  ", None, Some(b"sid=1")),
+            (b"Basic c2lkPTE=", None, None),
+            (b"Bearer  ", None, None),
+            (b"sid=\"\"; =sid; Bearerabc", None, None),
+            (b"\xff=\xfe;;", None, None),
+        ];
+        for (input, in_cookie, in_bearer) in cases {
+            assert_eq!(cookie(input), in_cookie, "{input:?}");
+            assert_eq!(bearer(input), in_bearer, "{input:?}");
+        }
+    }
+
+    const SECRET: &[u8] = b"a test secret of at least 32 bytes";
+
+    /// `{signed_cookie: sid}`, `{jwt: {header: authorization, HS256}}`,
+    /// then the plain `x-user-id` header.
+    fn verified_first() -> KeyExtractor {
+        use crate::identity::{Algorithm, CookieSigner, Jwks, Secret};
+        let secret = || Secret::new(SECRET, "the secret").expect("long enough");
+        let cookie = SignedCookie {
+            name: "sid".into(),
+            signer: CookieSigner::new(secret()),
+            ttl_s: 3600,
+        };
+        let verifier = JwtVerifier {
+            algorithms: vec![Algorithm::Hs256],
+            secret: Some(secret()),
+            jwks: Jwks::default(),
+            issuer: "https://issuer.test".into(),
+            audience: "roost".into(),
+            claim: "sub".into(),
+            leeway_s: 30,
+        };
+        KeyExtractor::new(vec![
+            KeySource::SignedCookie(Arc::new(cookie)),
+            KeySource::Jwt {
+                from: TokenAt::Bearer("authorization".into()),
+                verifier: Arc::new(verifier),
+            },
+            KeySource::Header("x-user-id".into()),
+        ])
+    }
+
+    #[test]
+    fn a_verified_source_without_its_credential_yields_to_the_next() {
+        let keys = verified_first();
+        for headers in [
+            vec![("x-user-id", "alice")],
+            vec![("x-user-id", "alice"), ("cookie", "uid=bob; sid=")],
+            vec![
+                ("x-user-id", "alice"),
+                ("authorization", "Basic YWxpY2U6cHc="),
+            ],
+        ] {
+            let key = keys.extract(&request(&headers), 0);
+            assert_eq!(key, Ok(Some(b"alice".to_vec())), "{headers:?}");
+        }
+        assert_eq!(keys.extract(&request(&[]), 0), Ok(None));
+    }
+
+    #[test]
+    fn a_verified_credential_gives_its_id() {
+        let keys = verified_first();
+        let minter = keys.minter().expect("a signed-cookie source");
+        let cookie = format!("sid={}", minter.signer.sign("carol", 100));
+        let req = request(&[("cookie", &cookie), ("x-user-id", "alice")]);
+        assert_eq!(keys.extract(&req, 99), Ok(Some(b"carol".to_vec())));
+    }
+
+    #[test]
+    fn a_bad_credential_is_refused_and_never_falls_through() {
+        let keys = verified_first();
+        let minter = keys.minter().expect("a signed-cookie source");
+        let expired = format!("sid={}", minter.signer.sign("carol", 100));
+        for (header, value, expected) in [
+            (
+                "cookie",
+                "sid=carol.99999999999.AAAA",
+                Rejection::signed_cookie(Invalid::BadSignature),
+            ),
+            (
+                "cookie",
+                &expired,
+                Rejection::signed_cookie(Invalid::Expired),
+            ),
+            (
+                "cookie",
+                "sid=carol",
+                Rejection::signed_cookie(Invalid::Malformed("not `id.expiry.signature`")),
+            ),
+            (
+                "authorization",
+                "Bearer x",
+                Rejection::jwt(Invalid::Malformed(
+                    "not a compact JWS (header.claims.signature)",
+                )),
+            ),
+            (
+                "authorization",
+                "Bearer e30.e30.",
+                Rejection::jwt(Invalid::Malformed(
+                    "the header is not base64url JSON with an `alg`",
+                )),
+            ),
+        ] {
+            let req = request(&[(header, value), ("x-user-id", "alice")]);
+            assert_eq!(keys.extract(&req, 100), Err(expected), "{value}");
+        }
+        let mut req = request(&[("x-user-id", "alice")]);
+        req.append_header(
+            "authorization",
+            http::HeaderValue::from_bytes(b"Bearer \xff").expect("opaque bytes"),
+        )
+        .expect("valid header");
+        assert_eq!(
+            keys.extract(&req, 100),
+            Err(Rejection::jwt(Invalid::Malformed("the token is not UTF-8")))
+        );
     }
 
     #[test]

@@ -7,30 +7,47 @@
 //! # Layout
 //!
 //! - [`config`]: the YAML config, its validation and file:line errors.
-//! - [`key`]: routing-key extraction (headers, cookies, path segments).
+//! - [`key`]: routing-key extraction (headers, cookies, path segments,
+//!   verified identities), tried in the configured order.
+//! - [`identity`]: signed cookies and JWTs: verification, minting, and why
+//!   a credential was refused (pure; no I/O on the request path).
 //! - [`select`]: HRW as a Pingora `BackendSelection`.
 //! - [`health`]: rise/fall health state, the active checker.
 //! - [`fleet`]: the roster of workers (selection, health, metrics), swapped
 //!   whole when the live set changes; shared by everything below.
 //! - [`discovery`]: the live workers read from the store's workers table.
 //! - [`proxy`]: the request path (`ProxyHttp`), hooks in phase order.
+//! - [`limits`]: what one request may carry (header, key, body), answered
+//!   before any worker sees it; [`rate`]: the per-key token bucket.
+//! - [`timeouts`]: the clock on every client connection (header read,
+//!   keep-alive idle) and the body and write timeouts.
+//! - [`tls`]: the TLS listener's certificate and key.
 //! - [`admin`]: `/metrics`, `/admin/workers`, `/admin/route`.
 //! - [`metrics`], [`reply`], [`logging`]: what the others report with.
+//! - [`fuzzing`]: entry points of the fuzz targets and their regression
+//!   tests.
 
 pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod fleet;
+pub mod fuzzing;
 pub mod health;
+pub mod identity;
 pub mod key;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod rate;
 pub mod reply;
 pub mod select;
+pub mod timeouts;
+pub mod tls;
 
 use std::sync::Arc;
 
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -41,7 +58,9 @@ use crate::discovery::Discovery;
 use crate::fleet::Fleet;
 use crate::health::HealthChecker;
 use crate::key::KeyExtractor;
+use crate::limits::Limits;
 use crate::proxy::RoostProxy;
+use crate::timeouts::{ClientClock, ClientTimeouts};
 
 /// Build the Pingora server for `config` and run it until it is told to stop
 /// (SIGINT: fast; SIGTERM: graceful). Never returns on success.
@@ -54,23 +73,25 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
     let conf = Arc::clone(&server.configuration);
+    let timeouts = ClientTimeouts::new(&config.timeouts);
 
-    // `ProxyConfig::load` has checked the sources; this only fails for a
-    // config built some other way.
+    // `ProxyConfig::load` has checked the sources and the hop token; these
+    // only fail for a config built some other way.
     let sources = config
         .key
         .to_sources()
         .map_err(|invalid| anyhow::anyhow!("field `{}`: {}", invalid.field, invalid.message))?;
+    let hop_token = config.trusted_hop.as_ref().map(hop_token).transpose()?;
     let proxy = RoostProxy::new(
         Arc::clone(&fleet),
         KeyExtractor::new(sources),
         config.key.missing,
         config.access_log,
         std::time::Duration::from_millis(config.upstream_timeout_ms),
+        Limits::new(&config.limits, timeouts, &config.hash_seed),
+        hop_token,
     );
-    let mut proxy_service =
-        pingora::proxy::http_proxy_service_with_name(&conf, proxy, "roost-proxy");
-    proxy_service.add_tcp(&config.listen.to_string());
+    let proxy_service = proxy_service(&conf, proxy, timeouts, &config)?;
 
     let mut admin = Service::new(
         "roost-admin".to_owned(),
@@ -90,8 +111,27 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         let discovery = Discovery::new(Arc::clone(&fleet), discovery)?;
         server.add_service(background_service("discovery", discovery));
     }
-    tracing::info!(listen = %config.listen, admin = %config.admin_listen, workers = fleet.roster().workers().len(), discovery = config.discovery.is_some(), "roost-proxy starting");
+    tracing::info!(listen = %config.listen, tls = ?config.tls.as_ref().map(|tls| tls.listen.value), admin = %config.admin_listen, workers = fleet.roster().workers().len(), discovery = config.discovery.is_some(), "roost-proxy starting");
     server.run_forever()
+}
+
+/// The client-facing service: Pingora's HTTP proxy behind the client clock
+/// (every connection timed, see [`timeouts`]), on `listen` and, with a
+/// `tls` section, on its TLS listener too (same proxy, same limits).
+fn proxy_service(
+    conf: &Arc<ServerConf>,
+    proxy: RoostProxy,
+    timeouts: ClientTimeouts,
+    config: &ProxyConfig,
+) -> anyhow::Result<Service<ClientClock<HttpProxy<RoostProxy>>>> {
+    let app = ClientClock::new(pingora::proxy::http_proxy(conf, proxy), timeouts);
+    let mut service = Service::new("roost-proxy".to_owned(), app);
+    service.add_tcp(&config.listen.to_string());
+    if let Some(tls) = &config.tls {
+        let settings = tls::settings(&tls.cert.value, &tls.key.value)?;
+        service.add_tls_with_settings(&tls.listen.value.to_string(), None, settings);
+    }
+    Ok(service)
 }
 
 fn server_conf(config: &ProxyConfig) -> ServerConf {
@@ -103,4 +143,16 @@ fn server_conf(config: &ProxyConfig) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     }
+}
+
+/// The trusted-hop token as the header value sent to the workers.
+fn hop_token(hop: &config::TrustedHopConfig) -> anyhow::Result<http::HeaderValue> {
+    let token = hop
+        .token()
+        .map_err(|invalid| anyhow::anyhow!("field `{}`: {}", invalid.field, invalid.message))?;
+    let mut value = http::HeaderValue::from_str(&token).map_err(|_| {
+        anyhow::anyhow!("field `trusted_hop`: the token is not a valid header value")
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }

@@ -1,17 +1,25 @@
 //! The request path: Roost's [`ProxyHttp`] implementation, hooks in the order
 //! Pingora calls them.
 //!
-//! 1. `request_filter`: extract the key once, into the context; reject a
-//!    keyless request (401) when the config says so.
+//! 0. `early_request_filter`: the header is in: stop the connection's
+//!    header clock, set the body and write timeouts ([`crate::timeouts`]).
+//! 1. `request_filter`: refuse a request over the header or declared body
+//!    limits (431, 413; [`crate::limits`]); extract the key once, into the
+//!    context; refuse a forged, expired or malformed identity (401
+//!    `invalid_identity`), a key over its length, charset (400) or rate
+//!    (429); reject a keyless request (401) or mint it an id, as the config
+//!    says.
 //! 2. `upstream_peer`: the key's first live, untried HRW candidate; 503 with
 //!    `Retry-After` when there is none.
 //! 3. `fail_to_connect`: the worker refused the connection, so nothing was
 //!    sent: mark it down at once and retry on the next candidate.
 //! 4. `upstream_request_filter`: strip client-sent `x-roost-*`, forward
-//!    `x-roost-key`.
+//!    `x-roost-key` and the trusted-hop token; then `request_body_filter` counts the body as it
+//!    streams and cuts it off past the limit (413).
 //! 5. `upstream_response_filter`: upstream latency.
-//! 6. `fail_to_proxy`: errors as JSON.
-//! 7. `logging`: metrics and the access-log line.
+//! 6. `response_filter`: set a minted id's cookie.
+//! 7. `fail_to_proxy`: errors as JSON.
+//! 8. `logging`: metrics and the access-log line.
 //!
 //! A request that already reached a worker over a reused connection follows
 //! Pingora's default (and nginx's) policy: it is retried only when idempotent.
@@ -29,7 +37,9 @@ use std::sync::Arc;
 
 use crate::config::MissingKey;
 use crate::fleet::{Fleet, Pick, Roster};
+use crate::identity::{self, Minted};
 use crate::key::KeyExtractor;
+use crate::limits::Limits;
 use crate::metrics::{RequestCounters, NO_WORKER};
 use crate::reply::ErrorReply;
 
@@ -49,6 +59,10 @@ pub struct RoostProxy {
     missing: MissingKey,
     access_log: bool,
     upstream_timeout: Duration,
+    /// Request limits, the per-key rate and the client timeouts.
+    limits: Limits,
+    /// The trusted-hop token sent to the workers (`trusted_hop`).
+    hop_token: Option<http::HeaderValue>,
     /// Requests that never reached a worker (rejected, or no live worker).
     unrouted: RequestCounters,
 }
@@ -57,6 +71,9 @@ pub struct RoostProxy {
 pub struct RequestCtx {
     /// The routing key, extracted once in `request_filter`.
     key: Option<Vec<u8>>,
+    /// `Set-Cookie` for an id minted in `request_filter`, sent with the
+    /// response (taken by `response_filter`).
+    set_cookie: Option<String>,
     /// The roster this request routes by, across its retries.
     roster: Option<Arc<Roster>>,
     /// Roster index of the worker of the current attempt.
@@ -67,6 +84,8 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     upstream_latency: Option<Duration>,
     started: Instant,
+    /// Request body bytes received so far (against `max_body_bytes`).
+    body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -90,6 +109,8 @@ impl RoostProxy {
         missing: MissingKey,
         access_log: bool,
         upstream_timeout: Duration,
+        limits: Limits,
+        hop_token: Option<http::HeaderValue>,
     ) -> Self {
         RoostProxy {
             fleet,
@@ -97,6 +118,8 @@ impl RoostProxy {
             missing,
             access_log,
             upstream_timeout,
+            limits,
+            hop_token,
             unrouted: RequestCounters::for_worker(NO_WORKER),
         }
     }
@@ -121,21 +144,57 @@ impl ProxyHttp for RoostProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             key: None,
+            set_cookie: None,
             roster: None,
             worker: None,
             tried: Vec::new(),
             upstream_started: None,
             upstream_latency: None,
             started: Instant::now(),
+            body_bytes: 0,
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.limits.timeouts().request_started(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.key = self.keys.extract(session.req_header());
-        if ctx.key.is_some() || self.missing == MissingKey::Any {
-            return Ok(false);
+        if let Some(refusal) = self.limits.check_request(session) {
+            write_reply(session, &refusal).await?;
+            return Ok(true);
         }
-        let reply = ErrorReply::new(401, "missing_key", "the request carries no user key");
+        let now = identity::unix_now();
+        let reply = match self.keys.extract(session.req_header(), now) {
+            Ok(Some(key)) => match self.limits.check_key(&key) {
+                Some(refusal) => refusal,
+                None => {
+                    ctx.key = Some(key);
+                    return Ok(false);
+                }
+            },
+            Err(rejection) => {
+                rejection.count();
+                ErrorReply::new(401, "invalid_identity", rejection.to_string())
+            }
+            Ok(None) => match (self.missing, self.keys.minter()) {
+                (MissingKey::Any, _) => return Ok(false),
+                (MissingKey::Mint, Some(cookie)) => {
+                    let minted = Minted::new(cookie, now, client_tls(session)).map_err(|e| {
+                        Error::because(ErrorType::InternalError, "cannot mint an id", e)
+                    })?;
+                    ctx.key = Some(minted.id.into_bytes());
+                    ctx.set_cookie = Some(minted.set_cookie);
+                    return Ok(false);
+                }
+                _ => ErrorReply::new(401, "missing_key", "the request carries no user key"),
+            },
+        };
         write_reply(session, &reply).await?;
         Ok(true)
     }
@@ -232,6 +291,9 @@ impl ProxyHttp for RoostProxy {
         if let Some(key) = &ctx.key {
             upstream.insert_header(headers::KEY, key.as_slice())?;
         }
+        if let Some(token) = &self.hop_token {
+            upstream.insert_header(headers::INTERNAL_TOKEN, token.clone())?;
+        }
         Ok(())
     }
 
@@ -245,15 +307,43 @@ impl ProxyHttp for RoostProxy {
         Ok(())
     }
 
+    /// Counts the body against `max_body_bytes` as it streams (a declared
+    /// `Content-Length` was checked in `request_filter`).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.limits.count_body(&mut ctx.body_bytes, body.as_ref())
+    }
+
+    /// Hands a minted id to the client with the worker's answer.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(cookie) = ctx.set_cookie.take() {
+            response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let status = error_status(e);
+        let limited = self.limits.reply_to(e);
+        let status = limited
+            .as_ref()
+            .map_or_else(|| error_status(e), |reply| reply.status);
         if status > 0 {
-            let mut reply = ErrorReply::for_status(status);
+            let mut reply = limited.unwrap_or_else(|| ErrorReply::for_status(status));
             if status == 503 {
                 reply = reply.retry_after(1);
             }
@@ -268,6 +358,7 @@ impl ProxyHttp for RoostProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.limits.timeouts().request_finished(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let roster = ctx.roster.as_deref();
         let worker = ctx
@@ -305,6 +396,13 @@ fn is_replay_safe(session: &Session) -> bool {
     let request = session.req_header();
     (request.method.is_idempotent() || request.headers.contains_key(IDEMPOTENCY_KEY))
         && !session.as_ref().retry_buffer_truncated()
+}
+
+/// Whether the client connection is TLS (a minted cookie is then `Secure`).
+fn client_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some())
 }
 
 /// The connection to the worker broke (closed, reset) rather than the

@@ -21,7 +21,11 @@ use support::{
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_key_from_two_devices_always_reaches_one_worker() {
-    let fleet = TestFleet::start(FleetConfig::new(3)).await;
+    // 1,000 requests for one key as fast as the clients go: far over the
+    // default rate per key, which tests/limits.rs covers.
+    let mut config = FleetConfig::new(3);
+    config.extra_yaml = "limits: {rate: {per_s: 0}}\n".into();
+    let fleet = TestFleet::start(config).await;
     let key = "user-8f14e45f";
     let owner = fleet
         .route(key)

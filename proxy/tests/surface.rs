@@ -6,32 +6,13 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::{
-    eventually, metric_value, FleetConfig, Missing, TempDir, TestFleet, KEY_COOKIE, KEY_HEADER,
+    assert_json_error, assert_located, eventually, metric_value, run_proxy, FleetConfig, Missing,
+    TempDir, TestFleet, KEY_COOKIE, KEY_HEADER,
 };
-
-/// A JSON error body: `{"error": CODE, "message": TEXT}` and nothing else.
-fn assert_json_error(body: &str, code: &str, context: &str) {
-    let value: Value = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("{context}: the body is not JSON ({e}): {body:?}"));
-    let object = value
-        .as_object()
-        .unwrap_or_else(|| panic!("{context}: the body is not a JSON object: {body}"));
-    assert_eq!(
-        object.keys().map(String::as_str).collect::<BTreeSet<_>>(),
-        BTreeSet::from(["error", "message"]),
-        "{context}: error body fields: {body}"
-    );
-    assert_eq!(value["error"], code, "{context}: error code: {body}");
-    assert!(
-        value["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{context}: a non-empty message: {body}"
-    );
-}
 
 fn is_hex16(s: &str) -> bool {
     s.len() == 16
@@ -406,52 +387,6 @@ workers:
   - {id: w2, addr: 127.0.0.1:19002, weight: 1}
 health: {path: /healthz, interval_ms: 50, timeout_ms: 200, rise: 2, fall: 2}
 ";
-
-/// Run `roost-proxy ARGS` to completion (bounded): exit code and stderr.
-fn run_proxy(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
-    let log_dir = TempDir::new("run");
-    let stderr_path = log_dir.path().join("stderr");
-    let stderr = std::fs::File::create(&stderr_path).expect("create a stderr capture file");
-    let mut child = Command::new(support::proxy_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn roost-proxy");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll roost-proxy") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().expect("kill a roost-proxy that did not exit");
-            child.wait().expect("reap roost-proxy");
-            panic!("roost-proxy {args:?} did not exit within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stderr = std::fs::read_to_string(&stderr_path).expect("read roost-proxy's stderr");
-    (status.code(), stderr)
-}
-
-/// Assert `stderr` is `PATH:LINE:COL: field `FIELD`: ...`.
-fn assert_located(stderr: &str, path: &Path, line: u32, field: &str, context: &str) {
-    let prefix = format!("{}:{line}:", path.display());
-    assert!(
-        stderr.starts_with(&prefix),
-        "{context}: the error starts with {prefix:?}; got {stderr:?}"
-    );
-    let column = stderr[prefix.len()..].split(':').next().unwrap_or_default();
-    assert!(
-        column.parse::<u32>().is_ok_and(|c| c >= 1),
-        "{context}: a column follows the line: {stderr:?}"
-    );
-    assert!(
-        stderr.contains(&format!("field `{field}`")),
-        "{context}: the error names field `{field}`: {stderr:?}"
-    );
-}
 
 #[test]
 fn bad_configs_are_rejected_with_file_line_and_field() {

@@ -10,8 +10,10 @@
 //! - [`config_file`]: how both binaries load YAML config, with errors that
 //!   name the file, the line and the field.
 //! - [`registry`]: how both sides read the live workers from the store.
+//! - [`fuzzing`]: replaying kept fuzz inputs in both crates' tests.
 
 pub mod config_file;
+pub mod fuzzing;
 pub mod headers;
 pub mod hrw;
 pub mod registry;

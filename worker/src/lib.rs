@@ -20,12 +20,15 @@
 //! - [`engine`], [`stateless`]: what the API executes requests with: the
 //!   runtime, or the Postgres-per-request baseline benchmarks compare with.
 //! - [`config`], [`metrics`]: what the worker is told and what it reports.
+//! - [`fuzzing`]: entry points of the fuzz targets and their regression
+//!   tests.
 
 pub mod calls;
 pub mod config;
 pub mod engine;
 pub mod entities;
 pub mod entity;
+pub mod fuzzing;
 pub mod http;
 pub mod lease;
 pub mod metrics;

@@ -14,7 +14,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the fixture
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -175,6 +175,8 @@ fn accepts(addr: SocketAddr) -> bool {
 pub enum Missing {
     Reject,
     Any,
+    /// Needs a `signed_cookie` source.
+    Mint,
 }
 
 /// One entry of `key.sources`.
@@ -187,6 +189,8 @@ pub enum Source {
         template: String,
         prefix: String,
     },
+    /// An entry written as is, e.g. `{signed_cookie: sid, secret_env: X}`.
+    Raw(String),
 }
 
 /// `health:` in the proxy config.
@@ -228,6 +232,10 @@ pub struct FleetConfig {
     pub json_logs: bool,
     /// Extra top-level YAML lines appended verbatim.
     pub extra_yaml: String,
+    /// Environment variables the proxy is started with (secrets).
+    pub proxy_env: Vec<(String, String)>,
+    /// Environment variables every worker is started with (secrets).
+    pub worker_env: Vec<(String, String)>,
     /// No static worker list: the proxy discovers the workers from the
     /// fleet's SQLite store.
     pub discovered: bool,
@@ -250,6 +258,8 @@ impl FleetConfig {
             access_log: true,
             json_logs: false,
             extra_yaml: String::new(),
+            proxy_env: Vec::new(),
+            worker_env: Vec::new(),
             discovered: false,
         }
     }
@@ -288,6 +298,18 @@ impl FleetConfig {
         self
     }
 
+    /// Start the proxy with `name=value` in its environment.
+    pub fn proxy_env(mut self, name: &str, value: &str) -> Self {
+        self.proxy_env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Start every worker with `name=value` in its environment.
+    pub fn worker_env(mut self, name: &str, value: &str) -> Self {
+        self.worker_env.push((name.into(), value.into()));
+        self
+    }
+
     pub fn json_logs(mut self) -> Self {
         self.json_logs = true;
         self
@@ -312,6 +334,7 @@ impl FleetConfig {
                 Source::Path { template, prefix } => {
                     format!("{{path: {}, prefix: {}}}", quote(template), quote(prefix))
                 }
+                Source::Raw(entry) => entry.clone(),
             })
             .collect();
         let mut yaml = format!(
@@ -325,6 +348,7 @@ impl FleetConfig {
         let missing = match self.missing {
             Missing::Reject => "reject",
             Missing::Any => "any",
+            Missing::Mint => "mint",
         };
         yaml += &format!(
             "key:\n  sources: [{}]\n  missing: {missing}\n",
@@ -590,6 +614,7 @@ impl TestFleet {
         let log = fleet.proxy_log_path();
         let child = proxy
             .env("RUST_LOG", "info")
+            .envs(fleet.config.proxy_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(open_log(&log)?)
@@ -607,6 +632,7 @@ impl TestFleet {
         Command::new(bin)
             .args(["--id", &worker.id, "--listen", &worker.addr.to_string()])
             .args(["--store", &store])
+            .envs(self.config.worker_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -914,6 +940,35 @@ impl TestFleet {
         assert_eq!(status, 200, "/metrics status");
         body
     }
+
+    /// The worker's own `/metrics` text, asked of the worker directly.
+    pub async fn worker_metrics(&self, id: &str) -> String {
+        let url = format!("http://{}/metrics", self.worker_addr(id));
+        let response = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(response.status().as_u16(), 200, "GET {url} status");
+        response
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("read the body of {url}: {e}"))
+    }
+
+    /// How many requests for `route` (the worker's route label, e.g.
+    /// `whoami`) the running workers have answered, by their own metrics.
+    pub async fn worker_requests(&self, route: &str) -> u64 {
+        let mut total = 0.0;
+        for worker in self.workers.iter().filter(|w| w.child.is_some()) {
+            let text = self.worker_metrics(&worker.id).await;
+            let labels = [("route", route)];
+            total +=
+                metric_value(&text, "roost_worker_request_seconds_count", &labels).unwrap_or(0.0);
+        }
+        total as u64
+    }
 }
 
 fn open_log(path: &Path) -> Result<File, String> {
@@ -952,4 +1007,103 @@ impl Drop for TestFleet {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Assertions and one-shot runs shared by the test files
+// ---------------------------------------------------------------------------
+
+/// A JSON error body: `{"error": CODE, "message": TEXT}` and nothing else.
+pub fn assert_json_error(body: &str, code: &str, context: &str) {
+    let value: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{context}: the body is not JSON ({e}): {body:?}"));
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{context}: the body is not a JSON object: {body}"));
+    assert_eq!(
+        object.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["error", "message"]),
+        "{context}: error body fields: {body}"
+    );
+    assert_eq!(value["error"], code, "{context}: error code: {body}");
+    assert!(
+        value["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{context}: a non-empty message: {body}"
+    );
+}
+
+/// Run `roost-proxy ARGS` to completion (bounded): exit code and stderr.
+pub fn run_proxy(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let log_dir = TempDir::new("run");
+    let stderr_path = log_dir.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("create a stderr capture file");
+    let mut child = Command::new(proxy_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn roost-proxy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll roost-proxy") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().expect("kill a roost-proxy that did not exit");
+            child.wait().expect("reap roost-proxy");
+            panic!("roost-proxy {args:?} did not exit within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).expect("read roost-proxy's stderr");
+    (status.code(), stderr)
+}
+
+/// Assert `stderr` is `PATH:LINE:COL: field `FIELD`: ...`.
+pub fn assert_located(stderr: &str, path: &Path, line: u32, field: &str, context: &str) {
+    let prefix = format!("{}:{line}:", path.display());
+    assert!(
+        stderr.starts_with(&prefix),
+        "{context}: the error starts with {prefix:?}; got {stderr:?}"
+    );
+    let column = stderr[prefix.len()..].split(':').next().unwrap_or_default();
+    assert!(
+        column.parse::<u32>().is_ok_and(|c| c >= 1),
+        "{context}: a column follows the line: {stderr:?}"
+    );
+    assert!(
+        stderr.contains(&format!("field `{field}`")),
+        "{context}: the error names field `{field}`: {stderr:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------
+
+/// A self-signed certificate for `localhost`, generated now and written as
+/// PEM into `dir`: (cert path, key path, cert PEM). Never commit one.
+pub fn self_signed(dir: &TempDir, name: &str) -> (PathBuf, PathBuf, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("generate a self-signed certificate");
+    let cert_pem = certified.cert.pem();
+    let cert = dir.write(&format!("{name}.crt"), &cert_pem);
+    let key = dir.write(&format!("{name}.key"), &certified.key_pair.serialize_pem());
+    (cert, key, cert_pem)
+}
+
+/// An HTTPS client that trusts only `cert_pem` and reaches `localhost` at
+/// `addr` (the proxy's TLS listener).
+pub fn https_client(cert_pem: &str, addr: SocketAddr) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("the test CA parses");
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .resolve("localhost", addr)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("build an HTTPS client")
 }

@@ -32,19 +32,18 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, Request, Response};
-use percent_encoding::percent_decode_str;
 use roost_routing::headers;
-use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::body;
+use super::requests::{self, check_name, decode_segment};
 use crate::calls::{CallError, CallSender, Caller, LocalReceiver};
 use crate::config::WorkerConfig;
 use crate::engine::Engine;
 use crate::entities::cart::{Cart, CartRequest};
-use crate::entities::inventory::{Inventory, InventoryCall, InventoryRequest};
-use crate::entities::quota::{Quota, QuotaRequest};
+use crate::entities::inventory::{Inventory, InventoryRequest};
+use crate::entities::quota::Quota;
 use crate::entities::session::{IfMatch, Session, SessionRequest};
 use crate::entity::{Call, Entity, Reply};
 use crate::metrics::METRICS;
@@ -54,9 +53,6 @@ use crate::runtime::{Durability, EntityReply, RuntimeError};
 pub const DURABILITY: &str = "roost-durability";
 /// Header carrying the epoch an entity reply was served under.
 pub const EPOCH: &str = "x-roost-epoch";
-
-/// Longest SKU, quota name or idempotency key accepted.
-const MAX_NAME_BYTES: usize = 256;
 
 /// Everything a request needs.
 pub struct Api {
@@ -158,6 +154,13 @@ impl<'p> Route<'p> {
         }
     }
 
+    /// Everything but the operational endpoints (health, readiness,
+    /// metrics: probed by orchestrators and scraped by Prometheus directly)
+    /// must come through the proxy or another worker.
+    fn needs_trusted_hop(self) -> bool {
+        !matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+    }
+
     /// Routes about a user's entity need the proxy's `x-roost-key`; shared
     /// entities are named by their path.
     fn needs_key(self) -> bool {
@@ -187,32 +190,6 @@ impl From<Reply> for Answer {
     fn from(reply: Reply) -> Self {
         Answer::Plain(reply)
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddItem {
-    sku: String,
-    qty: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Acquire {
-    limit: u64,
-    ttl_ms: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Release {
-    token: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetStock {
-    stock: u64,
 }
 
 impl Api {
@@ -269,6 +246,9 @@ impl Api {
                 format!("{method} is not allowed here"),
             )
             .into());
+        }
+        if route.needs_trusted_hop() {
+            check_trusted_hop(request.headers(), self.config.internal_token.as_deref())?;
         }
         let key = user_key(request.headers())?;
         if route.needs_key() && key.is_none() {
@@ -343,14 +323,8 @@ impl Api {
         let session_request = match method {
             Method::GET => SessionRequest::Get,
             Method::DELETE => SessionRequest::Delete { if_match },
-            Method::PUT => SessionRequest::Put {
-                document: body::json(&self.body(request).await?)?,
-                if_match,
-            },
-            _ => SessionRequest::Patch {
-                patch: body::json(&self.body(request).await?)?,
-                if_match,
-            },
+            Method::PUT => requests::session_put(&self.body(request).await?, if_match)?,
+            _ => requests::session_patch(&self.body(request).await?, if_match)?,
         };
         self.execute(&self.session, key, session_request, call)
             .await
@@ -367,21 +341,10 @@ impl Api {
         let cart_request = match (route, method) {
             (Route::Cart, Method::GET) => CartRequest::Get,
             (Route::Cart, _) => CartRequest::Clear,
-            (Route::CartItem(sku), _) => CartRequest::Remove {
-                sku: decode_segment(sku)?,
-            },
+            (Route::CartItem(sku), _) => requests::remove_item(sku)?,
             (Route::Checkout, _) => CartRequest::Checkout,
             (Route::Orders, _) => CartRequest::Orders,
-            _ => {
-                let item: AddItem = body::json_object(&self.body(request).await?)?;
-                if item.qty == 0 {
-                    return Err(Reply::error(400, "invalid_qty", "qty must be at least 1").into());
-                }
-                CartRequest::Add {
-                    sku: check_name("sku", item.sku)?,
-                    qty: item.qty,
-                }
-            }
+            _ => requests::add_item(&self.body(request).await?)?,
         };
         self.execute(&self.cart, key, cart_request, call).await
     }
@@ -394,28 +357,10 @@ impl Api {
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
         let call = self.call_options(request.headers(), Quota::KIND)?;
-        let name = decode_segment(name)?;
         let quota_request = if let Route::QuotaAcquire(_) = route {
-            let acquire: Acquire = body::json_object(&self.body(request).await?)?;
-            if acquire.limit == 0 || acquire.ttl_ms == 0 {
-                return Err(Reply::error(
-                    400,
-                    "invalid_request",
-                    "limit and ttl_ms must be at least 1",
-                )
-                .into());
-            }
-            QuotaRequest::Acquire {
-                name,
-                limit: acquire.limit,
-                ttl_ms: acquire.ttl_ms,
-            }
+            requests::acquire(name, &self.body(request).await?)?
         } else {
-            let release: Release = body::json_object(&self.body(request).await?)?;
-            QuotaRequest::Release {
-                name,
-                token: release.token,
-            }
+            requests::release(name, &self.body(request).await?)?
         };
         self.execute(&self.quota, key, quota_request, call).await
     }
@@ -432,8 +377,7 @@ impl Api {
             InventoryRequest::Get
         } else {
             check_bearer(request.headers(), self.config.admin_token.as_deref())?;
-            let set: SetStock = body::json_object(&self.body(request).await?)?;
-            InventoryRequest::SetStock(set.stock)
+            requests::set_stock(&self.body(request).await?)?
         };
         // Stock changes are always durable: an acknowledged stock level is
         // what every later reservation is checked against.
@@ -442,14 +386,15 @@ impl Api {
             .await
     }
 
-    /// A call from another worker: check its token, then apply it here.
+    /// A call from another worker (its token was checked as the trusted
+    /// hop): apply it here.
     async fn internal(
         &self,
         kind: &str,
         id: &str,
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
-        check_internal_token(request.headers(), self.config.internal_token.as_deref())?;
+        require_internal_calls(self.config.internal_token.as_deref())?;
         let idempotency_id = header_str(request.headers(), "idempotency-key")
             .ok_or_else(|| {
                 Reply::error(
@@ -596,7 +541,7 @@ impl LocalReceiver for Api {
         }
         let key = Some(call.idempotency_id.clone());
         let answer = match call.kind.as_str() {
-            Inventory::KIND => match inventory_call(call.body.get()) {
+            Inventory::KIND => match requests::inventory_call(call.body.get().as_bytes()) {
                 Ok(request) => {
                     let options = (Durability::Durable, key);
                     self.execute(&self.inventory, &call.id, request, options)
@@ -619,21 +564,6 @@ impl LocalReceiver for Api {
             }
         }
     }
-}
-
-/// An inventory call's body, checked like client input.
-fn inventory_call(body: &str) -> Result<InventoryRequest, Reply> {
-    let call: InventoryCall = serde_json::from_str(body)
-        .map_err(|e| Reply::error(400, "invalid_call", format!("not an inventory call: {e}")))?;
-    let (InventoryCall::Reserve { reservation, .. } | InventoryCall::Release { reservation }) =
-        &call;
-    if let Err(Answer::Plain(reply)) = check_name("reservation", reservation.clone()) {
-        return Err(reply);
-    }
-    if let InventoryCall::Reserve { qty: 0, .. } = call {
-        return Err(Reply::error(400, "invalid_qty", "qty must be at least 1"));
-    }
-    Ok(call.into())
 }
 
 /// A request body as raw JSON (checked, not walked).
@@ -666,24 +596,33 @@ fn check_bearer(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answe
     }
 }
 
-/// The fleet's internal token in its header: 403 if missing, wrong, or not
-/// configured here.
-fn check_internal_token(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
+/// The trusted hop: with an internal token configured, a request must carry
+/// it (the proxy and the other workers send it): 403 `untrusted_hop`
+/// otherwise, so nobody reaches a worker around the proxy's identity
+/// checks. Without one (a trusted network, tests), anything passes.
+fn check_trusted_hop(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
     let sent = header_str(headers, headers::INTERNAL_TOKEN).unwrap_or_default();
-    match expected {
-        Some(expected) if same_secret(sent, expected) => Ok(()),
-        Some(_) => Err(Reply::error(
-            403,
-            "forbidden",
-            "internal calls need the fleet's internal token",
-        )
-        .into()),
-        None => Err(Reply::error(
-            403,
-            "internal_disabled",
-            "this worker has no internal_token configured",
-        )
-        .into()),
+    if same_secret(sent, expected) {
+        Ok(())
+    } else {
+        let message = "this worker takes requests only through the proxy or from other workers";
+        Err(Reply::error(403, "untrusted_hop", message).into())
+    }
+}
+
+/// Calls from other workers need an internal token configured here (the
+/// trusted-hop check has verified the request carries it): 403
+/// `internal_disabled` otherwise.
+fn require_internal_calls(token: Option<&str>) -> Result<(), Answer> {
+    match token {
+        Some(_) => Ok(()),
+        None => {
+            let message = "this worker has no internal_token configured";
+            Err(Reply::error(403, "internal_disabled", message).into())
+        }
     }
 }
 
@@ -716,24 +655,6 @@ fn user_key(headers: &HeaderMap) -> Result<Option<String>, Reply> {
     let key = std::str::from_utf8(key.as_bytes())
         .map_err(|_| Reply::error(400, "invalid_key", "x-roost-key is not UTF-8"))?;
     Ok((!key.is_empty()).then(|| key.to_owned()))
-}
-
-/// A percent-decoded path segment, checked like any name.
-fn decode_segment(segment: &str) -> Result<String, Answer> {
-    let decoded = percent_decode_str(segment)
-        .decode_utf8()
-        .map_err(|_| Reply::error(400, "invalid_path", "a path segment is not UTF-8"))?;
-    check_name("path segment", decoded.into_owned())
-}
-
-/// Non-empty, at most [`MAX_NAME_BYTES`], no control characters.
-fn check_name(what: &str, name: String) -> Result<String, Answer> {
-    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
-        let message =
-            format!("{what} must be 1 to {MAX_NAME_BYTES} bytes without control characters");
-        return Err(Reply::error(400, "invalid_name", message).into());
-    }
-    Ok(name)
 }
 
 fn runtime_error(error: &RuntimeError) -> Reply {

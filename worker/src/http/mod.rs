@@ -4,10 +4,13 @@
 //!   short delay, stops accepting, lets in-flight requests finish, then the
 //!   caller drains the runtime.
 //! - [`api`]: the routes, request parsing and response building.
-//! - [`body`]: bounded body reading.
+//! - [`requests`]: request bodies and path segments parsed into entity
+//!   requests (pure, shared with the fuzz targets).
+//! - [`body`]: bounded body reading and JSON parsing.
 
 pub mod api;
 pub mod body;
+pub mod requests;
 pub mod server;
 
 pub use api::Api;

@@ -1025,6 +1025,8 @@ pub fn client() -> reqwest::Client {
 pub struct Api {
     client: reqwest::Client,
     base: String,
+    /// Sent with every request (e.g. the proxy's trusted-hop token).
+    headers: Vec<(String, String)>,
 }
 
 /// One request being built; [`Call::send`] panics on a transport error,
@@ -1047,14 +1049,27 @@ impl Api {
         Api {
             client: client(),
             base: base.trim_end_matches('/').to_owned(),
+            headers: Vec::new(),
         }
+    }
+
+    /// This API, sending `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Api {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// `method path` with no key yet.
     pub fn call(&self, method: reqwest::Method, path: &str) -> Call {
+        let mut builder = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base));
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
         Call {
             what: format!("{method} {path}"),
-            builder: self.client.request(method, format!("{}{path}", self.base)),
+            builder,
         }
     }
 

@@ -1,0 +1,339 @@
+//! Limits on what one request may carry, each answered with the project's
+//! JSON error before any worker sees the request:
+//!
+//! | limit | status, `error` | checked |
+//! |---|---|---|
+//! | header bytes, header count | 431 `headers_too_large` | first thing in `request_filter` |
+//! | declared body (`Content-Length`) | 413 `body_too_large` | same |
+//! | key length, key charset | 400 `invalid_key` | once the key is known |
+//! | requests per key | 429 `rate_limited` + `Retry-After` | same ([`crate::rate`]) |
+//! | streamed (chunked) body | 413 `body_too_large` | `request_body_filter`, as it arrives |
+//! | body stalls | 408 `request_timeout` | Pingora's read timeout, answered in `fail_to_proxy` |
+//!
+//! Why here and not in Pingora: Pingora's HTTP/1 parser has limits of its
+//! own ([`PINGORA_MAX_HEADERS`], [`PINGORA_MAX_HEADER_BYTES`]), far above
+//! ours, and answers a bare `400` with an empty body when they are passed.
+//! Ours are lower, so they are the ones a client meets, with a reason.
+//!
+//! A chunked body has no declared size: it streams to the worker as it
+//! arrives, and is cut off when it passes the limit. The worker then has
+//! seen the header and part of the body but never a whole request (its
+//! connection is dropped); the client gets 413 unless the worker already
+//! answered, in which case its connection is closed.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora_prometheus::prometheus::{register_int_counter_vec, IntCounter};
+
+use crate::config::LimitsConfig;
+use crate::rate::RateLimiter;
+use crate::reply::ErrorReply;
+use crate::timeouts::ClientTimeouts;
+
+/// Most header fields Pingora 0.9's HTTP/1 parser accepts (`MAX_HEADERS`,
+/// pingora-core `src/protocols/http/v1/common.rs`); past it, it answers 400.
+pub const PINGORA_MAX_HEADERS: usize = 256;
+/// Most header bytes Pingora 0.9 reads before answering 400
+/// (`MAX_HEADER_SIZE`, same file).
+pub const PINGORA_MAX_HEADER_BYTES: usize = 1_048_575;
+
+/// Which limit refused a request: the `limit` label of
+/// `roost_proxy_limit_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Headers,
+    Key,
+    Body,
+    Rate,
+    /// A connection dropped because its request header did not arrive in
+    /// time ([`crate::timeouts`]).
+    HeaderTimeout,
+    BodyTimeout,
+}
+
+impl Limit {
+    /// Every limit, in declaration order.
+    const ALL: [Limit; 6] = [
+        Limit::Headers,
+        Limit::Key,
+        Limit::Body,
+        Limit::Rate,
+        Limit::HeaderTimeout,
+        Limit::BodyTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limit::Headers => "headers",
+            Limit::Key => "key",
+            Limit::Body => "body",
+            Limit::Rate => "rate",
+            Limit::HeaderTimeout => "header_timeout",
+            Limit::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+/// One counter per [`Limit`], in `Limit::ALL` order, resolved once.
+static REJECTIONS: LazyLock<[IntCounter; 6]> = LazyLock::new(|| {
+    let family = register_int_counter_vec!(
+        "roost_proxy_limit_rejections_total",
+        "Requests refused (or connections dropped) by a limit, by limit.",
+        &["limit"]
+    )
+    .expect("register roost_proxy_limit_rejections_total");
+    Limit::ALL.map(|limit| family.with_label_values(&[limit.label()]))
+});
+
+/// Count one rejection by `limit`.
+pub fn count(limit: Limit) {
+    // `ALL` lists the variants in declaration order, so a variant's
+    // discriminant is its counter's index.
+    REJECTIONS[limit as usize].inc();
+}
+
+/// What a client is held to: the configured limits, the rate sketch
+/// (shared by every request) and the client timeouts.
+pub struct Limits {
+    max_header_bytes: usize,
+    max_headers: usize,
+    max_key_bytes: usize,
+    max_body_bytes: u64,
+    /// `None` when `rate.per_s` is 0.
+    rate: Option<RateLimiter>,
+    timeouts: ClientTimeouts,
+}
+
+impl Limits {
+    /// `secret` seeds the rate sketch's hash (the config's `hash_seed`).
+    pub fn new(config: &LimitsConfig, timeouts: ClientTimeouts, secret: &str) -> Self {
+        // Register the counters now, so /metrics lists them from the start.
+        LazyLock::force(&REJECTIONS);
+        Limits {
+            max_header_bytes: config.max_header_bytes.value,
+            max_headers: config.max_headers.value,
+            max_key_bytes: config.max_key_bytes.value,
+            max_body_bytes: config.max_body_bytes.value,
+            rate: RateLimiter::new(config.rate.per_s.value, config.rate.burst.value, secret),
+            timeouts,
+        }
+    }
+
+    /// The client timeouts the request path tells where a request starts
+    /// and ends.
+    pub fn timeouts(&self) -> &ClientTimeouts {
+        &self.timeouts
+    }
+
+    /// The header and declared body size of a request just read: the reply
+    /// refusing it, if a limit is passed.
+    pub fn check_request(&self, session: &Session) -> Option<ErrorReply> {
+        let request = session.req_header();
+        let bytes = header_bytes(session);
+        if bytes > self.max_header_bytes || request.headers.len() > self.max_headers {
+            let message = format!(
+                "the request header is {bytes} bytes in {} fields; at most {} bytes and {} fields are accepted",
+                request.headers.len(),
+                self.max_header_bytes,
+                self.max_headers
+            );
+            return Some(refuse(Limit::Headers, 431, "headers_too_large", message));
+        }
+        let declared = request
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        match declared {
+            Some(length) if length > self.max_body_bytes => Some(self.body_too_large()),
+            _ => None,
+        }
+    }
+
+    /// The routing key's length and charset, then its rate: the reply
+    /// refusing the request, if any. Only keyed requests are checked: a
+    /// keyless one is rejected or sent anywhere by the `missing` policy.
+    pub fn check_key(&self, key: &[u8]) -> Option<ErrorReply> {
+        if key.len() > self.max_key_bytes {
+            let message = format!(
+                "the routing key is {} bytes; at most {} are accepted",
+                key.len(),
+                self.max_key_bytes
+            );
+            return Some(refuse(Limit::Key, 400, "invalid_key", message));
+        }
+        if !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
+            let message = "the routing key may hold only visible ASCII (0x21 to 0x7E)";
+            return Some(refuse(Limit::Key, 400, "invalid_key", message));
+        }
+        let wait = self.rate.as_ref()?.check(key).err()?;
+        let seconds = retry_after_s(wait);
+        let message = format!("too many requests for this key; retry in {seconds} s");
+        Some(refuse(Limit::Rate, 429, "rate_limited", message).retry_after(seconds))
+    }
+
+    /// Add a body chunk to the request's running total `received`; past
+    /// the limit, an error that [`Self::reply_to`] answers with 413.
+    pub fn count_body(&self, received: &mut u64, chunk: Option<&Bytes>) -> Result<()> {
+        let Some(chunk) = chunk else {
+            return Ok(());
+        };
+        *received = received.saturating_add(chunk.len() as u64);
+        if *received <= self.max_body_bytes {
+            return Ok(());
+        }
+        count(Limit::Body);
+        Error::e_explain(
+            ErrorType::HTTPStatus(413),
+            format!("request body over {} bytes", self.max_body_bytes),
+        )
+    }
+
+    /// The reply for an error a limit caused while proxying: 413 for a
+    /// body cut off by [`Self::count_body`], 408 for a body that stopped
+    /// arriving (Pingora's downstream read timeout, set from
+    /// `timeouts.body_idle_ms`).
+    pub fn reply_to(&self, e: &Error) -> Option<ErrorReply> {
+        match e.etype() {
+            ErrorType::HTTPStatus(413) => Some(self.body_too_large()),
+            ErrorType::ReadTimedout if *e.esource() == ErrorSource::Downstream => Some(refuse(
+                Limit::BodyTimeout,
+                408,
+                "request_timeout",
+                "the request body stopped arriving",
+            )),
+            _ => None,
+        }
+    }
+
+    fn body_too_large(&self) -> ErrorReply {
+        let message = format!("the request body is over {} bytes", self.max_body_bytes);
+        refuse(Limit::Body, 413, "body_too_large", message)
+    }
+}
+
+/// Count the rejection and build its reply.
+fn refuse(
+    limit: Limit,
+    status: u16,
+    error: &'static str,
+    message: impl Into<String>,
+) -> ErrorReply {
+    count(limit);
+    ErrorReply::new(status, error, message)
+}
+
+/// The request line and header fields as the client sent them (HTTP/1,
+/// the only protocol the proxy serves); for any other session, the parsed
+/// fields' sizes.
+fn header_bytes(session: &Session) -> usize {
+    if let Some(h1) = session.as_downstream().as_http1() {
+        return h1.get_headers_raw_bytes().len();
+    }
+    let request = session.req_header();
+    let fields: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    fields + request.raw_path().len()
+}
+
+/// `Retry-After` for a wait: whole seconds, rounded up, at least 1.
+fn retry_after_s(wait: Duration) -> u32 {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    u32::try_from(seconds.max(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{unwritten, RateConfig};
+
+    fn limits(max_key_bytes: usize, per_s: u32, burst: u32) -> Limits {
+        let config = LimitsConfig {
+            max_key_bytes: unwritten(max_key_bytes),
+            rate: RateConfig {
+                per_s: unwritten(per_s),
+                burst: unwritten(burst),
+            },
+            ..LimitsConfig::default()
+        };
+        Limits::new(&config, timeouts(), "test")
+    }
+
+    fn timeouts() -> ClientTimeouts {
+        ClientTimeouts::new(&crate::config::TimeoutsConfig::default())
+    }
+
+    fn status_of(reply: Option<ErrorReply>) -> Option<(u16, &'static str)> {
+        reply.map(|r| (r.status, r.error))
+    }
+
+    #[test]
+    fn keys_are_checked_for_length_and_charset() {
+        let limits = limits(8, 0, 0);
+        assert_eq!(status_of(limits.check_key(b"12345678")), None);
+        assert_eq!(status_of(limits.check_key(b"!~inv:x")), None);
+        for bad in [
+            &b"123456789"[..],
+            b"a b",
+            b"tab\t",
+            b"caf\xc3\xa9",
+            b"del\x7f",
+        ] {
+            assert_eq!(
+                status_of(limits.check_key(bad)),
+                Some((400, "invalid_key")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_over_its_rate_gets_429_with_retry_after() {
+        let limits = limits(256, 1, 2);
+        assert!(limits.check_key(b"k").is_none());
+        assert!(limits.check_key(b"k").is_none());
+        let reply = limits.check_key(b"k").expect("the third is over the burst");
+        assert_eq!((reply.status, reply.error), (429, "rate_limited"));
+        assert_eq!(reply.retry_after_s, Some(1));
+        assert!(limits.check_key(b"other").is_none());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds_at_least_one() {
+        assert_eq!(retry_after_s(Duration::ZERO), 1);
+        assert_eq!(retry_after_s(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_s(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_s(Duration::from_millis(1001)), 2);
+    }
+
+    #[test]
+    fn body_chunks_are_counted_up_to_the_limit() {
+        let limits = Limits::new(
+            &LimitsConfig {
+                max_body_bytes: unwritten(10),
+                ..LimitsConfig::default()
+            },
+            timeouts(),
+            "t",
+        );
+        let mut received = 0;
+        let chunk = Bytes::from_static(b"12345");
+        assert!(limits.count_body(&mut received, Some(&chunk)).is_ok());
+        assert!(limits.count_body(&mut received, Some(&chunk)).is_ok());
+        assert!(limits.count_body(&mut received, None).is_ok());
+        let error = limits
+            .count_body(&mut received, Some(&Bytes::from_static(b"!")))
+            .expect_err("11 bytes is over 10");
+        assert_eq!(error.etype(), &ErrorType::HTTPStatus(413));
+        let reply = limits.reply_to(&error).expect("a limit error has a reply");
+        assert_eq!((reply.status, reply.error), (413, "body_too_large"));
+    }
+}

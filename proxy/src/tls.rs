@@ -1,0 +1,80 @@
+//! TLS termination: the certificate chain and key named in `tls:`, loaded
+//! by us rather than by Pingora so that a missing, unreadable or invalid
+//! file is an error naming it (Pingora's `TlsSettings::build` panics on
+//! one), at `--check-config` as well as at startup.
+//!
+//! The listener is rustls (Pingora's `rustls` feature, ring provider),
+//! TLS 1.2 and 1.3, HTTP/1.1 only (no ALPN, so no HTTP/2): every
+//! connection then takes the HTTP/1 path the [`crate::timeouts`] clock
+//! guards.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pingora::listeners::tls::TlsSettings;
+use pingora::tls::sign::{CertifiedKey, SingleCertAndKey};
+use pingora::tls::{CertificateDer, CryptoProvider, PrivateKeyDer};
+use rustls_pki_types::pem::PemObject;
+
+/// Which of the two files an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    Cert,
+    Key,
+}
+
+/// A certificate or key file that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct TlsError {
+    pub file: TlsFile,
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl TlsError {
+    fn new(file: TlsFile, path: &Path, message: impl Into<String>) -> Self {
+        TlsError {
+            file,
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The chain in `cert` with the key in `key`, checked to belong together.
+pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_error = |message: String| TlsError::new(TlsFile::Cert, cert, message);
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_error(format!("cannot read the certificate chain: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(format!("not a PEM certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(cert_error("holds no PEM CERTIFICATE block".into()));
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::new(TlsFile::Key, key, format!("no usable PEM private key: {e}")))?;
+    let provider = provider()
+        .ok_or_else(|| TlsError::new(TlsFile::Key, key, "no TLS crypto provider to load it"))?;
+    CertifiedKey::from_der(chain, private_key, provider).map_err(|e| {
+        let message = format!("does not fit the certificate in {}: {e}", cert.display());
+        TlsError::new(TlsFile::Key, key, message)
+    })
+}
+
+/// The settings of the TLS listener: our loaded chain and key, Pingora's
+/// defaults otherwise (TLS 1.2 and 1.3, no client certificates).
+pub fn settings(cert: &Path, key: &Path) -> anyhow::Result<TlsSettings> {
+    let certified = certified_key(cert, key)?;
+    // Paths stay empty: with a resolver set, `build()` reads no file.
+    let mut settings = TlsSettings::intermediate("", "")?;
+    settings.set_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+    Ok(settings)
+}
+
+/// The process's rustls provider: the one Pingora's listener installs
+/// (ring). Always there once installed; `None` only if that changed.
+fn provider() -> Option<&'static Arc<CryptoProvider>> {
+    pingora::tls::install_default_crypto_provider();
+    CryptoProvider::get_default()
+}
