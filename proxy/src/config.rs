@@ -1156,8 +1156,16 @@ mod tests {
 
     #[test]
     fn the_example_config_parses_with_the_path_source_first() {
-        let text = include_str!("../../deploy/config/proxy.example.yaml");
-        let first = sources(text).into_iter().next();
+        let example = include_str!("../../deploy/config/proxy.example.yaml");
+        // Its trusted-hop token comes from the environment, which a unit
+        // test cannot set (`unsafe_code` is forbidden); the proxy tests
+        // check the example whole with the variable set.
+        let text: String = example
+            .lines()
+            .filter(|line| !line.starts_with("trusted_hop:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let first = sources(&text).into_iter().next();
         assert_eq!(first, Some(path("/v1/inventory/{key}", "inventory:")));
     }
 

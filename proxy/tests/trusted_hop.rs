@@ -67,3 +67,33 @@ async fn a_proxy_with_the_wrong_token_is_refused() {
         "a proxy with the wrong token",
     );
 }
+
+/// The example config takes its hop token from the environment: it checks
+/// with the variable set, and without it the error names the field.
+#[test]
+fn the_example_config_takes_the_token_from_the_environment() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/config/proxy.example.yaml");
+    let check = |token: Option<&str>| {
+        let mut command = std::process::Command::new(support::proxy_bin());
+        command.arg("--check-config").arg(&example);
+        command.env_remove("ROOST_INTERNAL_TOKEN");
+        if let Some(token) = token {
+            command.env("ROOST_INTERNAL_TOKEN", token);
+        }
+        command.output().expect("run roost-proxy --check-config")
+    };
+    let ok = check(Some(TOKEN));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let unset = check(None);
+    assert!(!unset.status.success(), "a missing token is an error");
+    let stderr = String::from_utf8_lossy(&unset.stderr);
+    assert!(
+        stderr.contains("token_env") && stderr.contains("ROOST_INTERNAL_TOKEN"),
+        "{stderr}"
+    );
+}

@@ -64,8 +64,9 @@ pub struct WorkerConfig {
     pub admin_token: Option<String>,
     /// The longest one round of calls to other entities may take, retries
     /// included, before the request gets 503 (its calls finish with the
-    /// entity's next request). Keep it under the proxy's
-    /// `upstream_timeout_ms`.
+    /// entity's next request). Under `handoff_timeout_ms`, since a
+    /// hand-over of the calling entity waits for its calls; long enough
+    /// to outwait a frozen receiver's lease (`lease_ms`).
     pub call_timeout_ms: u64,
     /// How often the view of live workers calls are routed over is re-read
     /// (also at once when a call fails).
@@ -89,7 +90,7 @@ impl Default for WorkerConfig {
             hash_seed: None,
             internal_token: None,
             admin_token: None,
-            call_timeout_ms: 4_000,
+            call_timeout_ms: 2_500,
             peers_refresh_ms: 250,
         }
     }
@@ -202,15 +203,28 @@ impl Validate for WorkerConfig {
             );
             return Err(Invalid::top("durability", message));
         }
+        if self.call_timeout_ms >= self.handoff_timeout_ms {
+            return Err(Invalid::top(
+                "call_timeout_ms",
+                format!(
+                    "must be under handoff_timeout_ms ({}): a hand-over of an entity waits for its calls",
+                    self.handoff_timeout_ms
+                ),
+            ));
+        }
         let secrets = [
             ("internal_token", &self.internal_token),
             ("admin_token", &self.admin_token),
         ];
         if let Some((field, _)) = secrets
             .iter()
-            .find(|(_, secret)| secret.as_deref().is_some_and(|s| s.len() < 16))
+            .find(|(_, secret)| secret.as_deref().is_some_and(|s| !is_usable_secret(s)))
         {
-            return Err(Invalid::top(field, "must be at least 16 characters"));
+            // Both travel in headers.
+            return Err(Invalid::top(
+                field,
+                "must be at least 16 visible ASCII characters",
+            ));
         }
         if let Some((sku, _)) = self.limits.iter().find(|(_, limit)| **limit == 0) {
             return Err(Invalid::top(
@@ -219,5 +233,62 @@ impl Validate for WorkerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Long enough to resist guessing, and sendable as a header value.
+fn is_usable_secret(secret: &str) -> bool {
+    secret.len() >= 16 && secret.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<WorkerConfig, ConfigError> {
+        config_file::parse(Path::new("worker.yaml"), text)
+    }
+
+    /// The error for `text` names `field` on `line`.
+    fn rejected(text: &str, line: usize, field: &str) {
+        let error = parse(text).expect_err("the config is refused");
+        let shown = error.to_string();
+        assert!(
+            shown.starts_with(&format!("worker.yaml:{line}:")),
+            "{shown}"
+        );
+        assert!(shown.contains(&format!("`{field}`")), "{shown}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let example = include_str!("../../deploy/config/worker.example.yaml");
+        let config = parse(example).expect("the example parses");
+        assert_eq!(config.hash_seed.as_deref(), Some("change-me"));
+    }
+
+    #[test]
+    fn timing_that_cannot_work_is_refused() {
+        rejected("lease_ms: 1000\nheartbeat_ms: 500\n", 2, "heartbeat_ms");
+        rejected(
+            "handoff_timeout_ms: 2000\ncall_timeout_ms: 2000\n",
+            2,
+            "call_timeout_ms",
+        );
+        rejected("flush_interval_ms: 0\n", 1, "flush_interval_ms");
+    }
+
+    #[test]
+    fn short_secrets_and_unknown_types_are_refused() {
+        rejected("internal_token: short\n", 1, "internal_token");
+        rejected("admin_token: short\n", 1, "admin_token");
+        rejected(
+            "internal_token: \"sixteen chars and a space\"\n",
+            1,
+            "internal_token",
+        );
+        rejected("durability: {ledger: durable}\n", 1, "durability");
+        rejected("limits: {tee: 0}\n", 1, "limits");
+        rejected("no_such_field: 1\n", 1, "no_such_field");
     }
 }

@@ -128,7 +128,8 @@ async fn drained_owner_releases_everything(store: Store) {
 both_stores!(drained_owner_releases_everything);
 
 async fn frozen_owner_makes_claims_time_out(store: Store) {
-    let config = "lease_ms: 10000\nheartbeat_ms: 1000\nhandoff_timeout_ms: 300\n";
+    let config =
+        "lease_ms: 10000\nheartbeat_ms: 1000\nhandoff_timeout_ms: 300\ncall_timeout_ms: 200\n";
     let a = Worker::start("wa", &store, Some(config)).await;
     let b = Worker::start("wb", &store, Some(config)).await;
     let key = unique_key("frozen");
