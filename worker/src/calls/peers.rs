@@ -17,8 +17,11 @@ use roost_routing::hrw::{Member, Ring, Seed};
 
 use crate::store::Store;
 
-/// How long a failed worker is skipped.
-pub const SUSPECT_FOR: Duration = Duration::from_secs(1);
+/// How long a failed worker is skipped: about one refresh of the view, so
+/// a dead worker (whose row stays live until its lease runs out) is not
+/// tried on every call, and a restarted one gets its keys back soon (the
+/// proxy already routes their clients to it again).
+pub const SUSPECT_FOR: Duration = Duration::from_millis(250);
 
 /// Refreshes on demand come at most this often.
 pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
