@@ -119,7 +119,7 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
             .await
             .with_context(|| format!("cannot join the fleet as {}", args.id))?;
         let runtime = Runtime::start(&args.id, opened.store, lease, config.runtime());
-        let caller = start_caller(&args.id, &config, Arc::clone(runtime.store())).await?;
+        let caller = start_caller(&args.id, &config, &runtime).await?;
         (
             Engine::Memory(Arc::clone(&runtime)),
             Some(runtime),
@@ -163,7 +163,7 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
 async fn start_caller(
     id: &str,
     config: &WorkerConfig,
-    store: Arc<dyn roost_worker::store::Store>,
+    runtime: &Runtime,
 ) -> anyhow::Result<Caller> {
     if config.hash_seed.is_none() {
         tracing::warn!("hash_seed is not set: calls between entities are routed by a different HRW than the proxy's unless its hash_seed is empty too");
@@ -171,10 +171,11 @@ async fn start_caller(
     if config.internal_token.is_none() {
         tracing::warn!("internal_token is not set: this worker neither takes nor makes calls to other workers' entities");
     }
-    let peers = Arc::new(Peers::new(id, config.seed(), store));
+    let peers = Arc::new(Peers::new(id, config.seed(), Arc::clone(runtime.store())));
     peers.refresh_soon().await;
     let refresh = std::time::Duration::from_millis(config.peers_refresh_ms);
-    tokio::spawn(Arc::clone(&peers).keep_fresh(refresh));
+    let changes = runtime.registry().fleet_changes();
+    tokio::spawn(Arc::clone(&peers).keep_fresh(refresh, changes));
     let http = HttpCalls::new(config.internal_token.clone())
         .context("cannot build the HTTP client for calls to other workers")?;
     Ok(Caller::new(peers, http))

@@ -444,3 +444,40 @@ async fn requests_without_the_proxys_credential_get_403(store: Store) {
         "nothing was stocked"
     );
 }
+
+/// On Postgres a worker that goes live announces it (NOTIFY), so the
+/// others route calls to it at once, not at their next periodic read of
+/// the workers table (set to a minute here).
+#[test]
+fn calls_reach_a_worker_that_just_joined() {
+    support::run_on(support::StoreKind::Postgres, |store| async move {
+        let sku_owned_by = |workers: &[Worker], id: &str| {
+            (0..)
+                .map(|i| unique_key(&format!("sku{i}")))
+                .find(|s| owner(workers, &format!("inventory:{s}")).id == id)
+                .expect("some SKU lands on the worker")
+        };
+        let config = format!("{}peers_refresh_ms: 60000\n", config("none"));
+        let first = Worker::start("j1", &store, Some(&config)).await;
+        let second = Worker::start("j2", &store, Some(&config)).await;
+        let workers = [first, second];
+        let sku = sku_owned_by(&workers, "j2");
+        let user = unique_key("user");
+        let api = trusted(&workers[0]);
+        // A call j1 routes to itself claims the inventory for j1; one it
+        // routes to j2 makes j2 claim it.
+        support::eventually(
+            std::time::Duration::from_secs(5),
+            "j1 to call j2",
+            || async {
+                api.add_item(&user, &sku, 1).send().await;
+                let reply = api.checkout(&user).send().await;
+                let row = store.peek(&format!("inventory/{sku}")).await;
+                let holder = row.as_ref().map(|row| row.owner.clone());
+                eprintln!("checkout {}: inventory held by {holder:?}", reply.status);
+                row.filter(|row| row.owner == "j2")
+            },
+        )
+        .await;
+    });
+}

@@ -76,10 +76,6 @@ impl Caller {
         Caller { peers, http }
     }
 
-    pub fn peers(&self) -> &Arc<Peers> {
-        &self.peers
-    }
-
     /// Send `call` to its owner (this worker: `local`), retrying until a
     /// decided reply or `deadline`.
     pub async fn send(

@@ -3,8 +3,9 @@
 //! an HRW ring with the proxy's seed, so a call for a key goes where the
 //! proxy sends that key's clients.
 //!
-//! The view is refreshed in the background and, when an attempt fails, at
-//! once (at most every [`MIN_REFRESH_GAP`]). A worker that refused or broke
+//! The view is refreshed in the background, at once when the store says a
+//! worker went live or changed status (Postgres NOTIFY), and when an
+//! attempt fails (at most every [`MIN_REFRESH_GAP`]). A worker that refused or broke
 //! a connection, timed out or said it is not taking entities is skipped for
 //! [`SUSPECT_FOR`]: a killed worker stays in the table until its lease runs
 //! out, and its calls should move to the next candidate now.
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use roost_routing::hrw::{Member, Ring, Seed};
+use tokio::sync::Notify;
 
 use crate::store::Store;
 
@@ -23,7 +25,7 @@ use crate::store::Store;
 /// proxy already routes their clients to it again).
 pub const SUSPECT_FOR: Duration = Duration::from_millis(250);
 
-/// Refreshes on demand come at most this often.
+/// Reads of the table come at most this often.
 pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
 
 /// A worker a call can go to.
@@ -40,8 +42,8 @@ pub struct Peers {
     store: Arc<dyn Store>,
     ring: RwLock<Arc<Ring<String>>>,
     suspects: Mutex<HashMap<Arc<str>, Instant>>,
-    /// When the view was last read; held across the read, so concurrent
-    /// on-demand refreshes make one query.
+    /// When the last read of the table started; held across the read, so
+    /// concurrent refreshes make one query.
     refreshed: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -85,20 +87,31 @@ impl Peers {
         suspects.insert(Arc::clone(id), now + SUSPECT_FOR);
     }
 
-    /// Read the table now unless it was read within [`MIN_REFRESH_GAP`].
+    /// Read the table again: at once, or [`MIN_REFRESH_GAP`] after the last
+    /// read if that was more recent; not at all if a read started since
+    /// this call (it sees everything this one would).
     pub async fn refresh_soon(&self) {
-        let mut refreshed = self.refreshed.lock().await;
-        if refreshed.is_some_and(|at| at.elapsed() < MIN_REFRESH_GAP) {
-            return;
+        let asked = Instant::now();
+        let mut last_read = self.refreshed.lock().await;
+        if let Some(started) = *last_read {
+            if started >= asked {
+                return;
+            }
+            tokio::time::sleep_until((started + MIN_REFRESH_GAP).into()).await;
         }
+        *last_read = Some(Instant::now());
         self.read_table().await;
-        *refreshed = Some(Instant::now());
     }
 
-    /// Refresh every `interval`, for the life of the process.
-    pub async fn keep_fresh(self: Arc<Self>, interval: Duration) {
+    /// Refresh every `interval`, and at once when `changed` is notified
+    /// (a worker went live or changed status), for the life of the process.
+    pub async fn keep_fresh(self: Arc<Self>, interval: Duration, changed: Option<Arc<Notify>>) {
+        let changed = changed.unwrap_or_default();
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = changed.notified() => {}
+            }
             self.refresh_soon().await;
         }
     }

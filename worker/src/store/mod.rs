@@ -171,6 +171,12 @@ pub trait Registry: Send + Sync + 'static {
     /// Keys other workers asked this one to hand over. Call once.
     fn handover_requests(&self) -> tokio::sync::mpsc::UnboundedReceiver<String>;
 
+    /// Woken when another worker goes live or changes status, where the
+    /// store can tell (Postgres NOTIFY); `None`: only periodic reads.
+    fn fleet_changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Whether the liveness lock is held right now (false from the moment
     /// its connection is known to be gone).
     fn holds_lock(&self) -> bool;

@@ -3,7 +3,11 @@
 //! connection.
 //!
 //! The connection holds `pg_advisory_lock(7265, lock_id)` at session level
-//! and `LISTEN`s on `roost_handover_<lock_id>`. Between heartbeats it is idle,
+//! and `LISTEN`s on `roost_handover_<lock_id>`, and on [`FLEET_CHANNEL`],
+//! which every worker notifies when it goes live or changes status, so the
+//! others re-read the live workers at once rather than at their next
+//! periodic read (calls then agree with the proxy sooner after a worker
+//! joins or drains). Between heartbeats it is idle,
 //! so when the process dies Postgres notices the closed socket and frees the
 //! lock within milliseconds: claimers then take the worker's entities at
 //! once. When the connection drops while the process lives (Postgres
@@ -14,8 +18,10 @@
 use std::future::poll_fn;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{unavailable, LOCK_SPACE};
@@ -45,6 +51,9 @@ WHERE id = $1 AND generation = $2";
 const SET_STATUS: &str = "
 UPDATE roost_workers SET status = $3, updated_at = now() WHERE id = $1 AND generation = $2";
 
+/// Notified when a worker goes live or changes status.
+pub const FLEET_CHANNEL: &str = "roost_fleet";
+
 /// How often `join` tries the lock while an earlier process holds it.
 const LOCK_RETRY: Duration = Duration::from_millis(50);
 
@@ -55,6 +64,8 @@ pub struct PostgresRegistry {
     client: tokio::sync::Mutex<Option<Client>>,
     /// Locked while the heartbeat connection (and so the lock) is up.
     membership: Membership,
+    /// Woken by a notification on [`FLEET_CHANNEL`].
+    fleet_changed: Arc<Notify>,
 }
 
 impl PostgresRegistry {
@@ -63,18 +74,24 @@ impl PostgresRegistry {
             config,
             client: tokio::sync::Mutex::new(None),
             membership: Membership::default(),
+            fleet_changed: Arc::new(Notify::new()),
         }
     }
 
     /// Open the heartbeat connection; its driver task forwards hand-over
-    /// requests and marks the lock lost when the connection ends.
+    /// requests and fleet changes, and marks the lock lost when the
+    /// connection ends.
     async fn connect(&self) -> StoreResult<(Client, Holding)> {
         let (client, mut connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
         let holding = self.membership.new_holding();
         let (inbox, watched) = (self.membership.inbox(), holding.clone());
+        let fleet_changed = Arc::clone(&self.fleet_changed);
         tokio::spawn(async move {
             while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
                 match message {
+                    Ok(AsyncMessage::Notification(n)) if n.channel() == FLEET_CHANNEL => {
+                        fleet_changed.notify_one();
+                    }
                     Ok(AsyncMessage::Notification(n)) => {
                         let _ = inbox.send(n.payload().to_owned());
                     }
@@ -127,7 +144,9 @@ impl PostgresRegistry {
             tokio::time::sleep(LOCK_RETRY).await;
         }
         client
-            .batch_execute(&format!("LISTEN roost_handover_{lock_id}"))
+            .batch_execute(&format!(
+                "LISTEN roost_handover_{lock_id}; LISTEN {FLEET_CHANNEL}"
+            ))
             .await
             .map_err(unavailable)?;
         holding.locked();
@@ -150,6 +169,17 @@ impl PostgresRegistry {
     }
 }
 
+/// Tell the other workers the live set changed. Best effort: they re-read
+/// it periodically anyway.
+async fn announce(client: &Client) {
+    if let Err(e) = client
+        .batch_execute(&format!("NOTIFY {FLEET_CHANNEL}"))
+        .await
+    {
+        tracing::debug!(error = %e, "could not announce the fleet change");
+    }
+}
+
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -166,6 +196,7 @@ impl Registry for PostgresRegistry {
             .and_then(|row| row.try_get(0))
             .map_err(unavailable)?;
         self.membership.set_generation(generation);
+        announce(&client).await;
         *self.client.lock().await = Some(client);
         Ok(generation)
     }
@@ -201,11 +232,16 @@ impl Registry for PostgresRegistry {
             .execute(SET_STATUS, &[&member.id, &generation, &status.as_str()])
             .await
             .map_err(unavailable)?;
+        announce(client).await;
         Ok(())
     }
 
     fn handover_requests(&self) -> mpsc::UnboundedReceiver<String> {
         self.membership.take_requests()
+    }
+
+    fn fleet_changes(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.fleet_changed))
     }
 
     fn holds_lock(&self) -> bool {
