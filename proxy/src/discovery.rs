@@ -6,7 +6,9 @@
 //! lease expires when it dies. Every `interval_ms` this reads the workers
 //! that are `live` with an unexpired lease and hands them to
 //! [`Fleet::discovered`], which rebuilds the roster only when the set
-//! changed. A new worker starts down until its health checks pass. When the
+//! changed. On Postgres it also `LISTEN`s on the channel the workers
+//! notify when one goes live or changes status, and reads at once then, so
+//! a draining worker leaves the live set in milliseconds. A new worker starts down until its health checks pass. When the
 //! store cannot be read, the roster stays as it was: routing does not
 //! depend on the store being up.
 
@@ -21,7 +23,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio_postgres::{Client, NoTls};
 
-use roost_routing::registry::{LIVE_POSTGRES, LIVE_SQLITE};
+use roost_routing::registry::{FLEET_CHANNEL, LIVE_POSTGRES, LIVE_SQLITE};
+use tokio::sync::Notify;
+use tokio_postgres::AsyncMessage;
 
 use crate::config::DiscoveryConfig;
 use crate::fleet::{Fleet, WorkerSpec};
@@ -31,6 +35,11 @@ use crate::fleet::{Fleet, WorkerSpec};
 pub trait WorkerSource: Send + Sync {
     /// `(id, addr)` of every live worker.
     async fn live(&self) -> anyhow::Result<Vec<(String, String)>>;
+
+    /// Woken when the store says the live set changed, where it can tell.
+    fn changes(&self) -> Option<Arc<Notify>> {
+        None
+    }
 }
 
 /// The background service that keeps the roster in step with the store.
@@ -91,10 +100,12 @@ impl BackgroundService for Discovery {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let changes = self.source.changes().unwrap_or_default();
         let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
+                () = changes.notified() => {}
                 _ = shutdown.changed() => return,
             }
             let error = self.refresh().await;
@@ -114,10 +125,12 @@ impl BackgroundService for Discovery {
     }
 }
 
-/// The workers table in Postgres, on one connection kept between reads.
+/// The workers table in Postgres, on one connection kept between reads
+/// that also listens for the workers' announcements.
 struct PostgresSource {
     config: tokio_postgres::Config,
     client: tokio::sync::Mutex<Option<Client>>,
+    changed: Arc<Notify>,
 }
 
 impl PostgresSource {
@@ -125,7 +138,33 @@ impl PostgresSource {
         Ok(PostgresSource {
             config: url.parse().context("bad discovery store URL")?,
             client: tokio::sync::Mutex::new(None),
+            changed: Arc::new(Notify::new()),
         })
+    }
+
+    /// A new connection whose driver wakes `changed` on each announcement,
+    /// listening for them.
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let (client, mut connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .context("cannot connect to the discovery store")?;
+        let changed = Arc::clone(&self.changed);
+        tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => changed.notify_one(),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {FLEET_CHANNEL}"))
+            .await
+            .context("cannot listen for the workers' announcements")?;
+        Ok(client)
     }
 }
 
@@ -134,13 +173,7 @@ impl WorkerSource for PostgresSource {
     async fn live(&self) -> anyhow::Result<Vec<(String, String)>> {
         let mut client = self.client.lock().await;
         if client.as_ref().is_none_or(Client::is_closed) {
-            let (fresh, connection) = self
-                .config
-                .connect(NoTls)
-                .await
-                .context("cannot connect to the discovery store")?;
-            tokio::spawn(connection);
-            *client = Some(fresh);
+            *client = Some(self.connect().await?);
         }
         let Some(connected) = client.as_ref() else {
             anyhow::bail!("no discovery connection");
@@ -155,6 +188,10 @@ impl WorkerSource for PostgresSource {
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
+    }
+
+    fn changes(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.changed))
     }
 }
 

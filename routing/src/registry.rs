@@ -6,6 +6,10 @@
 //! so both route over the same live set. A worker is live while its status
 //! is `live` and its lease has not run out.
 
+/// Postgres channel every worker `NOTIFY`s after it goes live or changes
+/// status; readers of the live set `LISTEN` on it to re-read at once.
+pub const FLEET_CHANNEL: &str = "roost_fleet";
+
 /// Postgres: `(id, addr)` of every live worker.
 pub const LIVE_POSTGRES: &str =
     "SELECT id, addr FROM roost_workers WHERE status = 'live' AND lease_expires_at > now()";

@@ -24,6 +24,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, Notify};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+use roost_routing::registry::FLEET_CHANNEL;
+
 use super::{unavailable, LOCK_SPACE};
 use crate::store::membership::{Holding, Membership};
 use crate::store::{Member, MemberStatus, Registry, Renewal, StoreError, StoreResult};
@@ -50,9 +52,6 @@ WHERE id = $1 AND generation = $2";
 
 const SET_STATUS: &str = "
 UPDATE roost_workers SET status = $3, updated_at = now() WHERE id = $1 AND generation = $2";
-
-/// Notified when a worker goes live or changes status.
-pub const FLEET_CHANNEL: &str = "roost_fleet";
 
 /// How often `join` tries the lock while an earlier process holds it.
 const LOCK_RETRY: Duration = Duration::from_millis(50);
