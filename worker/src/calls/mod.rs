@@ -38,10 +38,11 @@ pub trait CallSender: Send + Sync {
 }
 
 /// Applies a call in this worker (the receiving side, shared by the
-/// in-process path and the internal HTTP route).
+/// in-process path and the internal HTTP route): entity `kind`/`id`, the
+/// call's JSON `body`, applied once per `idempotency_id`.
 #[async_trait]
 pub trait LocalReceiver: Send + Sync {
-    async fn receive(&self, call: &Call) -> Reply;
+    async fn receive(&self, kind: &str, id: &str, body: &[u8], idempotency_id: &str) -> Reply;
 }
 
 /// Why a call has no decided reply.
@@ -116,7 +117,10 @@ impl Caller {
             return Attempt::Retry("no live worker known".into());
         };
         let reply = if *peer.id == *self.peers.me() {
-            local.receive(call).await
+            let body = call.body.get().as_bytes();
+            local
+                .receive(&call.kind, &call.id, body, &call.idempotency_id)
+                .await
         } else {
             match self.http.post(&peer.addr, call, deadline).await {
                 Ok(reply) => reply,

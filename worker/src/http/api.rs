@@ -34,7 +34,6 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, Request, Response};
 use roost_routing::headers;
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use super::body;
 use super::requests::{self, check_name, decode_segment};
@@ -184,6 +183,19 @@ enum Answer {
         content_type: &'static str,
         body: Bytes,
     },
+}
+
+impl Answer {
+    /// The reply, as a caller entity sees it.
+    fn into_reply(self) -> Reply {
+        match self {
+            Answer::Plain(reply) => reply,
+            Answer::Entity(entity) => entity.reply,
+            Answer::Raw { .. } => {
+                Reply::error(500, "unexpected_reply", "a call got a non-JSON reply")
+            }
+        }
+    }
 }
 
 impl From<Reply> for Answer {
@@ -404,15 +416,13 @@ impl Api {
                 )
             })?
             .to_owned();
-        let call = Call {
-            kind: decode_segment(kind)?,
-            id: decode_segment(id)?,
-            // Routing is the sender's business; the receiver applies.
-            routing_key: String::new(),
-            body: raw_json(&self.body(request).await?)?,
-            idempotency_id: check_name("Idempotency-Key", idempotency_id)?,
-        };
-        Ok(self.receive(&call).await.into())
+        let idempotency_id = check_name("Idempotency-Key", idempotency_id)?;
+        let (kind, id) = (decode_segment(kind)?, decode_segment(id)?);
+        let body = self.body(request).await?;
+        Ok(self
+            .receive(&kind, &id, &body, &idempotency_id)
+            .await
+            .into())
     }
 
     async fn body(&self, request: Request<Incoming>) -> Result<Bytes, Answer> {
@@ -535,17 +545,15 @@ impl CallSender for Api {
 impl LocalReceiver for Api {
     /// Apply a call here, durably, once per idempotency id. A draining
     /// worker takes no entities: 421, and the caller moves on.
-    async fn receive(&self, call: &Call) -> Reply {
+    async fn receive(&self, kind: &str, id: &str, body: &[u8], idempotency_id: &str) -> Reply {
         if self.draining.load(Ordering::Acquire) {
             return Reply::error(421, "not_owner", "this worker is draining");
         }
-        let key = Some(call.idempotency_id.clone());
-        let answer = match call.kind.as_str() {
-            Inventory::KIND => match requests::inventory_call(call.body.get().as_bytes()) {
+        let answer = match kind {
+            Inventory::KIND => match requests::inventory_call(body) {
                 Ok(request) => {
-                    let options = (Durability::Durable, key);
-                    self.execute(&self.inventory, &call.id, request, options)
-                        .await
+                    let options = (Durability::Durable, Some(idempotency_id.to_owned()));
+                    self.execute(&self.inventory, id, request, options).await
                 }
                 Err(reply) => Err(reply.into()),
             },
@@ -557,19 +565,9 @@ impl LocalReceiver for Api {
             .into()),
         };
         match answer {
-            Ok(Answer::Entity(entity)) | Err(Answer::Entity(entity)) => entity.reply,
-            Ok(Answer::Plain(reply)) | Err(Answer::Plain(reply)) => reply,
-            Ok(Answer::Raw { .. }) | Err(Answer::Raw { .. }) => {
-                Reply::error(500, "unexpected_reply", "a call got a non-JSON reply")
-            }
+            Ok(answer) | Err(answer) => answer.into_reply(),
         }
     }
-}
-
-/// A request body as raw JSON (checked, not walked).
-fn raw_json(bytes: &[u8]) -> Result<Box<RawValue>, Answer> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Reply::error(400, "invalid_json", format!("the body is not JSON: {e}")).into())
 }
 
 /// The admin token as `Authorization: Bearer …`: 401 without one, 403 if

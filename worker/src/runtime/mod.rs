@@ -240,12 +240,15 @@ impl Runtime {
             if !self.lease.is_held() {
                 return Err(RuntimeError::LeaseLost);
             }
-            Self::revert_if_failed(entity, &activation, loaded)?;
             if loaded.meta.awaiting.is_some() {
-                // An earlier request's calls first; its reply is remembered
-                // for its idempotency key.
-                self.finish_calls(entity, &activation, loaded, calls)
-                    .await?;
+                // An earlier request's calls first (unless the change that
+                // recorded them failed to commit: going back drops them);
+                // their reply is remembered for their idempotency key.
+                Self::revert_if_failed(entity, &activation, loaded)?;
+                if loaded.meta.awaiting.is_some() {
+                    self.finish_calls(entity, &activation, loaded, calls)
+                        .await?;
+                }
             }
             let step = Step::Request(request);
             let answered = match self.apply(
