@@ -14,8 +14,30 @@ pub const KEY: &str = "x-roost-key";
 pub const WORKER: &str = "x-roost-worker";
 
 /// Worker-to-worker calls carry the fleet's internal token in this header
-/// (the proxy strips it from clients like every `x-roost-*` header).
+/// (the proxy strips it from clients like every `x-roost-*` header). Only
+/// this credential opens the fleet's internal routes.
 pub const INTERNAL_TOKEN: &str = "x-roost-internal-token";
+
+/// A proxy carries its trusted-hop credential in this header on every
+/// request it forwards. It opens the entity API, never the internal routes,
+/// and is a different secret from [`INTERNAL_TOKEN`]'s.
+pub const HOP_TOKEN: &str = "x-roost-hop-token";
+
+/// Set by a worker on a 503 that is about the worker, not the request: it
+/// cannot serve this key now (its lease is in doubt, it is draining, or a
+/// hand-over timed out). The value is the error code. A proxy counts such
+/// a reply as a failed health check and sends a replay-safe request to the
+/// key's next candidate at once.
+pub const UNAVAILABLE: &str = "x-roost-unavailable";
+
+/// The most header fields a worker parses (hyper's default, kept for its
+/// speed: more puts every request's header table on the heap). A proxy
+/// forwards no more, the fields it adds included.
+pub const WORKER_MAX_HEADERS: usize = 100;
+
+/// The path prefix of the fleet's internal routes (calls between workers'
+/// entities). A proxy never forwards a request under it.
+pub const INTERNAL_PREFIX: &str = "/internal/";
 
 /// Whether `name` is one of the proxy-owned headers (case-insensitive).
 pub fn is_reserved(name: &str) -> bool {

@@ -7,6 +7,8 @@
 //!   stable, seeded 64-bit hash. Every proxy (and later every worker) with the
 //!   same seed and the same live set computes the same owner for a key.
 //! - [`headers`]: names of the HTTP headers both sides of the proxy use.
+//! - [`path`]: the one normal spelling of a request path, which the proxy
+//!   routes and forwards and a worker insists on.
 //! - [`config_file`]: how both binaries load YAML config, with errors that
 //!   name the file, the line and the field.
 //! - [`registry`]: how both sides read the live workers from the store.
@@ -16,6 +18,7 @@ pub mod config_file;
 pub mod fuzzing;
 pub mod headers;
 pub mod hrw;
+pub mod path;
 pub mod registry;
 
 pub use hrw::{Member, Ring, RingError, Seed};

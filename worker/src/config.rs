@@ -31,6 +31,14 @@ pub struct WorkerConfig {
     pub idle_ms: u64,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// The largest an entity's encoded state may grow: a client's change
+    /// that would make it larger gets 413 `state_too_large` and is not
+    /// applied (a change that shrinks a larger state is; calls between
+    /// entities are not capped, since a reservation's release must always
+    /// apply). The replies an entity remembers for `Idempotency-Key`s are
+    /// kept within the same size, so a stored entity stays under about
+    /// twice this.
+    pub max_state_bytes: usize,
     /// On SIGTERM, how long to go on serving (with `/readyz` failing) before
     /// the listener closes, so proxies stop sending requests first.
     pub drain_delay_ms: u64,
@@ -54,9 +62,15 @@ pub struct WorkerConfig {
     /// by the same HRW as clients, so they reach the worker the proxy sends
     /// the entity's clients to.
     pub hash_seed: Option<String>,
+    /// Secret every proxy in front of the fleet sends in
+    /// `x-roost-hop-token` (or `ROOST_PROXY_TOKEN`). Set, the entity API
+    /// takes only requests that carry it; unset (a trusted network, tests),
+    /// any request. It never opens the internal routes.
+    pub proxy_token: Option<String>,
     /// Secret the workers of one fleet authenticate calls to each other
-    /// with (or `ROOST_INTERNAL_TOKEN`). Unset: this worker accepts no
-    /// calls from others and can call only entities it owns.
+    /// with (or `ROOST_INTERNAL_TOKEN`); it opens only the internal routes,
+    /// and needs `proxy_token` set too (and different). Unset: this worker
+    /// accepts no calls from others and can call only entities it owns.
     pub internal_token: Option<String>,
     /// Secret of admin calls such as `PUT /v1/inventory/{sku}`, sent as
     /// `Authorization: Bearer …` (or `ROOST_ADMIN_TOKEN`). Unset: admin
@@ -80,6 +94,7 @@ impl Default for WorkerConfig {
             flush_batch_max: 512,
             idle_ms: 300_000,
             max_body_bytes: 1 << 20,
+            max_state_bytes: 1 << 20,
             drain_delay_ms: 1_000,
             drain_timeout_ms: 10_000,
             lease_ms: 2_000,
@@ -88,6 +103,7 @@ impl Default for WorkerConfig {
             durability: HashMap::new(),
             limits: HashMap::new(),
             hash_seed: None,
+            proxy_token: None,
             internal_token: None,
             admin_token: None,
             call_timeout_ms: 2_500,
@@ -100,6 +116,7 @@ impl Default for WorkerConfig {
 const KINDS: [&str; 4] = ["session", "cart", "quota", "inventory"];
 
 /// Environment variables that override the secrets in the file.
+pub const PROXY_TOKEN_ENV: &str = "ROOST_PROXY_TOKEN";
 pub const INTERNAL_TOKEN_ENV: &str = "ROOST_INTERNAL_TOKEN";
 pub const ADMIN_TOKEN_ENV: &str = "ROOST_ADMIN_TOKEN";
 
@@ -109,16 +126,61 @@ impl WorkerConfig {
     }
 
     /// Take the secrets from the environment where it sets them (so they
-    /// need not sit in a file).
-    pub fn with_env_secrets(mut self) -> Self {
-        let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
-        if let Some(token) = var(INTERNAL_TOKEN_ENV) {
-            self.internal_token = Some(token);
+    /// need not sit in a file), and check them again as they now are.
+    pub fn with_env_secrets(self) -> Result<Self, SecretsError> {
+        self.with_secrets_from(|name| std::env::var(name).ok())
+    }
+
+    /// [`Self::with_env_secrets`] with the variables read by `var`.
+    pub fn with_secrets_from(
+        mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SecretsError> {
+        let secrets = [
+            (PROXY_TOKEN_ENV, &mut self.proxy_token),
+            (INTERNAL_TOKEN_ENV, &mut self.internal_token),
+            (ADMIN_TOKEN_ENV, &mut self.admin_token),
+        ];
+        for (name, secret) in secrets {
+            if let Some(token) = var(name).filter(|v| !v.is_empty()) {
+                *secret = Some(token);
+            }
         }
-        if let Some(token) = var(ADMIN_TOKEN_ENV) {
-            self.admin_token = Some(token);
+        self.check_secrets(false)?;
+        Ok(self)
+    }
+
+    /// Each secret travels in a header and must resist guessing; the
+    /// proxies' and the workers' tokens are two different secrets, and the
+    /// internal one never goes without the proxy one (the entity API would
+    /// be open to anyone who reaches the worker). `proxy_token_later`: the
+    /// environment will still set the proxy token.
+    fn check_secrets(&self, proxy_token_later: bool) -> Result<(), SecretsError> {
+        let secrets = [
+            ("proxy_token", PROXY_TOKEN_ENV, &self.proxy_token),
+            ("internal_token", INTERNAL_TOKEN_ENV, &self.internal_token),
+            ("admin_token", ADMIN_TOKEN_ENV, &self.admin_token),
+        ];
+        let unusable = secrets
+            .iter()
+            .find(|(_, _, secret)| secret.as_deref().is_some_and(|s| !is_usable_secret(s)));
+        if let Some(&(field, variable, _)) = unusable {
+            let message = "must be at least 16 visible ASCII characters".into();
+            return Err(SecretsError::new(field, variable, message));
         }
-        self
+        match (&self.proxy_token, &self.internal_token) {
+            (Some(proxy), Some(internal)) if proxy == internal => Err(SecretsError::new(
+                "proxy_token",
+                PROXY_TOKEN_ENV,
+                "must differ from internal_token: a proxy's credential must not open the internal routes".into(),
+            )),
+            (None, Some(_)) if !proxy_token_later => Err(SecretsError::new(
+                "internal_token",
+                INTERNAL_TOKEN_ENV,
+                format!("is set without proxy_token ({PROXY_TOKEN_ENV}): the entity API would take requests from anyone who reaches the worker"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The HRW seed calls are routed with.
@@ -144,6 +206,7 @@ impl WorkerConfig {
             idle: Duration::from_millis(self.idle_ms),
             handoff_timeout: Duration::from_millis(self.handoff_timeout_ms),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
+            max_state_bytes: self.max_state_bytes,
         }
     }
 
@@ -174,6 +237,7 @@ impl Validate for WorkerConfig {
             ("flush_batch_max", self.flush_batch_max as u64),
             ("idle_ms", self.idle_ms),
             ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_state_bytes", self.max_state_bytes as u64),
             ("lease_ms", self.lease_ms),
             ("heartbeat_ms", self.heartbeat_ms),
             ("handoff_timeout_ms", self.handoff_timeout_ms),
@@ -212,20 +276,10 @@ impl Validate for WorkerConfig {
                 ),
             ));
         }
-        let secrets = [
-            ("internal_token", &self.internal_token),
-            ("admin_token", &self.admin_token),
-        ];
-        if let Some((field, _)) = secrets
-            .iter()
-            .find(|(_, secret)| secret.as_deref().is_some_and(|s| !is_usable_secret(s)))
-        {
-            // Both travel in headers.
-            return Err(Invalid::top(
-                field,
-                "must be at least 16 visible ASCII characters",
-            ));
-        }
+        // The environment may still set the proxy token; checked again then.
+        let proxy_token_later = std::env::var_os(PROXY_TOKEN_ENV).is_some_and(|v| !v.is_empty());
+        self.check_secrets(proxy_token_later)
+            .map_err(|e| Invalid::top(e.field, e.message))?;
         if let Some((sku, _)) = self.limits.iter().find(|(_, limit)| **limit == 0) {
             return Err(Invalid::top(
                 "limits",
@@ -233,6 +287,26 @@ impl Validate for WorkerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// A secret that cannot be used: which field, which variable may set it,
+/// and why (never the secret itself).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("`{field}` (or {variable}) {message}")]
+pub struct SecretsError {
+    pub field: &'static str,
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl SecretsError {
+    fn new(field: &'static str, variable: &'static str, message: String) -> Self {
+        SecretsError {
+            field,
+            variable,
+            message,
+        }
     }
 }
 
@@ -276,6 +350,7 @@ mod tests {
             "call_timeout_ms",
         );
         rejected("flush_interval_ms: 0\n", 1, "flush_interval_ms");
+        rejected("max_state_bytes: 0\n", 1, "max_state_bytes");
     }
 
     #[test]
@@ -287,8 +362,77 @@ mod tests {
             1,
             "internal_token",
         );
+        rejected("proxy_token: short\n", 1, "proxy_token");
         rejected("durability: {ledger: durable}\n", 1, "durability");
         rejected("limits: {tee: 0}\n", 1, "limits");
         rejected("no_such_field: 1\n", 1, "no_such_field");
+    }
+
+    const PROXY: &str = "proxy-token-for-tests";
+    const INTERNAL: &str = "internal-token-for-tests";
+
+    #[test]
+    fn the_two_fleet_tokens_go_together_and_differ() {
+        rejected(
+            &format!("hash_seed: x\ninternal_token: {INTERNAL}\n"),
+            2,
+            "internal_token",
+        );
+        rejected(
+            &format!("internal_token: {INTERNAL}\nproxy_token: {INTERNAL}\n"),
+            2,
+            "proxy_token",
+        );
+        let both = parse(&format!(
+            "proxy_token: {PROXY}\ninternal_token: {INTERNAL}\n"
+        ));
+        assert!(both.is_ok(), "{both:?}");
+        let proxy_only = parse(&format!("proxy_token: {PROXY}\n"));
+        assert!(proxy_only.is_ok(), "{proxy_only:?}");
+    }
+
+    #[test]
+    fn secrets_from_the_environment_are_checked_too() {
+        let from = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let refused = |config: WorkerConfig, pairs| {
+            config
+                .with_secrets_from(from(pairs))
+                .expect_err("the secrets are refused")
+        };
+        let alone = refused(WorkerConfig::default(), &[(INTERNAL_TOKEN_ENV, INTERNAL)]);
+        assert_eq!(
+            (alone.field, alone.variable),
+            ("internal_token", INTERNAL_TOKEN_ENV)
+        );
+        let same = refused(
+            WorkerConfig::default(),
+            &[(INTERNAL_TOKEN_ENV, INTERNAL), (PROXY_TOKEN_ENV, INTERNAL)],
+        );
+        assert_eq!(same.field, "proxy_token");
+        let short = refused(WorkerConfig::default(), &[(PROXY_TOKEN_ENV, "short")]);
+        assert_eq!(short.variable, PROXY_TOKEN_ENV);
+        for error in [alone, same, short] {
+            let shown = error.to_string();
+            assert!(
+                !shown.contains(INTERNAL) && !shown.contains("short"),
+                "{shown}"
+            );
+        }
+        // The file's token, completed by the environment's.
+        let file = WorkerConfig {
+            internal_token: Some(INTERNAL.into()),
+            ..WorkerConfig::default()
+        };
+        let config = file
+            .with_secrets_from(from(&[(PROXY_TOKEN_ENV, PROXY)]))
+            .expect("both tokens set");
+        assert_eq!(config.proxy_token.as_deref(), Some(PROXY));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::calls::CallSender;
 use crate::entity::Entity;
-use crate::runtime::{Durability, EntityReply, Runtime, RuntimeError};
+use crate::runtime::{EntityReply, Options, Runtime, RuntimeError};
 use crate::stateless::StatelessEngine;
 
 /// The executor behind the HTTP API.
@@ -35,23 +35,23 @@ impl Engine {
 
     /// Apply `request` to entity `id` of type `E`; its calls to other
     /// entities go through `calls`. The stateless engine is always durable
-    /// (it commits before it answers) and makes no calls.
+    /// (it commits before it answers), makes no calls and enforces no size
+    /// limit.
     pub async fn execute<E: Entity>(
         &self,
         entity: &E,
         id: &str,
         request: E::Request,
-        durability: Durability,
-        idempotency_key: Option<String>,
+        options: Options,
         calls: &dyn CallSender,
     ) -> Result<EntityReply, RuntimeError> {
         match self {
-            Engine::Memory(runtime) => {
-                runtime
-                    .execute(entity, id, request, durability, idempotency_key, calls)
+            Engine::Memory(runtime) => runtime.execute(entity, id, request, options, calls).await,
+            Engine::Stateless(engine) => {
+                engine
+                    .execute(entity, id, request, options.idempotency)
                     .await
             }
-            Engine::Stateless(engine) => engine.execute(entity, id, request, idempotency_key).await,
         }
     }
 }

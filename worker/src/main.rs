@@ -1,4 +1,4 @@
-//! `roost-worker --id ID --listen ADDR [--store URL] [--config FILE]`
+//! `roost-worker --id ID --listen ADDR [--admin-listen ADDR] [--store URL] [--config FILE]`
 //!
 //! Runs until SIGTERM or SIGINT, then drains: `/readyz` fails, requests in
 //! flight finish, everything dirty is flushed, and the process exits 0 (1 if
@@ -17,7 +17,7 @@ use roost_worker::calls::peers::Peers;
 use roost_worker::calls::Caller;
 use roost_worker::config::{WorkerConfig, DEFAULT_STORE};
 use roost_worker::engine::Engine;
-use roost_worker::http::{serve, Api};
+use roost_worker::http::{serve, Api, Listeners};
 use roost_worker::lease::Lease;
 use roost_worker::runtime::Runtime;
 use roost_worker::stateless::StatelessEngine;
@@ -36,9 +36,14 @@ struct Args {
     /// This worker's id; must match the id in the proxy's config.
     #[arg(long)]
     id: String,
-    /// Address to serve on.
+    /// Address of the entity API, the internal routes and the probes (what
+    /// proxies and other workers reach).
     #[arg(long)]
     listen: SocketAddr,
+    /// Address of `/metrics` and the probes, for the operator's network
+    /// only (default: no admin listener, so no metrics).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
     /// Address the proxies reach this worker at, as registered in the
     /// workers table (default: the --listen address).
     #[arg(long)]
@@ -61,6 +66,13 @@ fn main() -> ExitCode {
         Ok(config) => config.unwrap_or_default().with_env_secrets(),
         Err(e) => {
             eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("roost-worker: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -88,9 +100,13 @@ fn main() -> ExitCode {
 /// Serve until a signal, then drain. `Ok(false)`: the drain left changes
 /// unflushed.
 async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listeners = Listeners {
+        public: bind(args.listen).await?,
+        admin: match args.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        },
+    };
     let drain = config.drain();
     let (engine, runtime, caller) = if args.stateless {
         let store = PostgresStore::connect(&args.store).await.with_context(|| {
@@ -126,7 +142,10 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
             Some(caller),
         )
     };
-    tracing::info!(id = %args.id, listen = %args.listen, store = %redact(&args.store), stateless = args.stateless, "roost-worker ready");
+    if config.proxy_token.is_none() {
+        tracing::warn!("proxy_token is not set: the entity API takes requests from anyone who reaches this worker");
+    }
+    tracing::info!(id = %args.id, listen = %args.listen, admin_listen = %args.admin_listen.map_or("off".into(), |a| a.to_string()), store = %redact(&args.store), stateless = args.stateless, "roost-worker ready");
 
     let api = Arc::new(Api::new(engine, config, caller));
     let registry = runtime.as_ref().map(|r| Arc::clone(r.registry()));
@@ -138,7 +157,7 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
             }
         }
     };
-    let finished = serve(listener, api, signalled, drain).await;
+    let finished = serve(listeners, api, signalled, drain).await;
     tracing::info!(
         in_flight_finished = finished,
         "draining: flushing everything dirty"
@@ -156,6 +175,12 @@ async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
         );
     }
     Ok(flushed)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// The caller of entity-to-entity calls, with its view of the live workers

@@ -55,12 +55,42 @@ pub enum ClaimError {
 
 /// Rebuild a claimed entity's state.
 pub fn load<E: Entity>(entity: &E, key: &str, claim: Claim) -> Result<Loaded, ClaimError> {
-    let (meta, state) = decode_state(entity, key, claim.state.as_deref())?;
+    stored(
+        entity,
+        key,
+        claim.state.as_deref(),
+        claim.version,
+        claim.epoch,
+    )
+}
+
+/// An entity as stored (`bytes`, at `version`), held under the claim of
+/// `epoch`: its state, the runtime's meta, and the state's own encoding.
+pub fn stored<E: Entity>(
+    entity: &E,
+    key: &str,
+    bytes: Option<&[u8]>,
+    version: i64,
+    epoch: i64,
+) -> Result<Loaded, ClaimError> {
+    let (meta, state, encoded) = match bytes {
+        None => {
+            let state = E::State::default();
+            let encoded = entity.encode(&state);
+            (envelope::Meta::default(), state, encoded)
+        }
+        Some(bytes) => {
+            let (meta, encoded) = split(key, bytes)?;
+            let state = entity.decode(encoded).map_err(|e| corrupt(key, e))?;
+            (meta, state, encoded.to_vec())
+        }
+    };
     Ok(Loaded {
         state: Box::new(state),
+        encoded,
         meta,
-        version: u64::try_from(claim.version).unwrap_or(0),
-        epoch: claim.epoch,
+        version: u64::try_from(version).unwrap_or(0),
+        epoch,
     })
 }
 
@@ -74,10 +104,18 @@ pub fn decode_state<E: Entity>(
     let Some(bytes) = bytes else {
         return Ok((envelope::Meta::default(), E::State::default()));
     };
-    let corrupt = |reason: String| ClaimError::Corrupt {
+    let (meta, state) = split(key, bytes)?;
+    Ok((meta, entity.decode(state).map_err(|e| corrupt(key, e))?))
+}
+
+/// Stored bytes as the runtime's meta and the entity's state bytes.
+fn split<'b>(key: &str, bytes: &'b [u8]) -> Result<(envelope::Meta, &'b [u8]), ClaimError> {
+    envelope::decode(bytes).map_err(|e| corrupt(key, e))
+}
+
+fn corrupt(key: &str, reason: String) -> ClaimError {
+    ClaimError::Corrupt {
         key: key.to_owned(),
         reason,
-    };
-    let (meta, state) = envelope::decode(bytes).map_err(corrupt)?;
-    Ok((meta, entity.decode(state).map_err(corrupt)?))
+    }
 }

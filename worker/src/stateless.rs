@@ -10,6 +10,7 @@ use deadpool_postgres::Pool;
 
 use crate::entity::{Context, Entity, Next, Reply};
 use crate::ownership::{self, ClaimError};
+use crate::runtime::idempotency::Idempotency;
 use crate::runtime::{envelope, EntityReply, RuntimeError};
 use crate::store::postgres::PostgresStore;
 use crate::store::StoreError;
@@ -49,7 +50,7 @@ impl StatelessEngine {
         entity: &E,
         id: &str,
         request: E::Request,
-        idempotency_key: Option<String>,
+        idempotency: Option<Idempotency>,
     ) -> Result<EntityReply, RuntimeError> {
         let key = format!("{}/{}", E::KIND, id);
         let mut client = self.pool.get().await.map_err(unavailable)?;
@@ -78,10 +79,13 @@ impl StatelessEngine {
         let bytes: Option<Vec<u8>> = row.get(2);
         let (mut meta, mut state) = ownership::decode_state(entity, &key, bytes.as_deref())?;
         let version = u64::try_from(version).unwrap_or(0);
-        if let Some(first) = idempotency_key.as_deref().and_then(|k| meta.replies.get(k)) {
+        if let Some((reply, version)) = idempotency
+            .as_ref()
+            .and_then(|i| meta.replies.answer_seen(i, version))
+        {
             return Ok(EntityReply {
-                reply: first.reply.clone(),
-                version: first.version,
+                reply,
+                version,
                 epoch,
             });
         }
@@ -106,8 +110,10 @@ impl StatelessEngine {
         };
         let version = version + u64::from(outcome.changed);
         if outcome.changed {
-            if let Some(k) = idempotency_key {
-                meta.replies.remember(k, reply.clone(), version);
+            if let Some(idempotency) = idempotency {
+                // The baseline enforces no size limits.
+                meta.replies
+                    .remember(idempotency, reply.clone(), version, usize::MAX);
             }
             let bytes = envelope::encode(&entity.encode(&state), &meta);
             let stored_version = i64::try_from(version).unwrap_or(i64::MAX);

@@ -2,8 +2,9 @@
 //! real store: a checkout reserves stock from the inventory's owner on
 //! another worker, the booth never oversells when many users with two
 //! devices each race for few tickets, a retried call applies once, a
-//! checkout a crash interrupted is finished by the next owner, and the
-//! admin and internal routes check their tokens.
+//! checkout a crash interrupted is finished by the next owner, and each
+//! credential (the proxy's, the fleet's internal one, the admin token)
+//! opens only its own routes and never shows in a reply.
 
 #[macro_use]
 mod support;
@@ -14,17 +15,18 @@ use std::sync::Arc;
 use reqwest::Method;
 use roost_routing::hrw::{Member, Ring, Seed};
 use serde_json::{json, Value};
-use support::{encode_envelope, unique_key, Api, Reply, Store, Worker};
+use support::{encode_envelope, unique_key, Api, Reply, Store, StoreKind, Worker};
 
 const HASH_SEED: &str = "calls-test-seed";
+const PROXY_TOKEN: &str = "proxy-token-for-tests";
 const INTERNAL_TOKEN: &str = "internal-token-for-tests";
 const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 /// A fleet config with the tokens, and a limit of one for `limited`.
 fn config(limited: &str) -> String {
     format!(
-        "hash_seed: {HASH_SEED}\ninternal_token: {INTERNAL_TOKEN}\nadmin_token: {ADMIN_TOKEN}\n\
-         flush_interval_ms: 20\nlimits: {{{limited}: 1}}\n"
+        "hash_seed: {HASH_SEED}\nproxy_token: {PROXY_TOKEN}\ninternal_token: {INTERNAL_TOKEN}\n\
+         admin_token: {ADMIN_TOKEN}\nflush_interval_ms: 20\nlimits: {{{limited}: 1}}\n"
     )
 }
 
@@ -53,11 +55,23 @@ fn owner<'w>(workers: &'w [Worker], key: &str) -> &'w Worker {
     &workers[index]
 }
 
-/// Requests to `worker` as the proxy sends them: with the trusted-hop token.
+/// Requests to `worker` as the proxy sends them: with the proxy's token.
 fn trusted(worker: &Worker) -> Api {
+    worker.api().with_header("x-roost-hop-token", PROXY_TOKEN)
+}
+
+/// Requests to `worker` as another worker sends its calls.
+fn from_worker(worker: &Worker) -> Api {
     worker
         .api()
         .with_header("x-roost-internal-token", INTERNAL_TOKEN)
+}
+
+/// `POST /internal/v1/inventory/{sku}`: reserve one under `reservation`.
+fn reserve_call(api: &Api, sku: &str, reservation: &str) -> support::Call {
+    api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+        .idempotency_key(&format!("{reservation}/reserve"))
+        .json(&json!({"op": "reserve", "reservation": reservation, "qty": 1}))
 }
 
 async fn set_stock(api: &Api, sku: &str, stock: u64) {
@@ -273,6 +287,11 @@ async fn a_retried_call_applies_once(store: Store) {
         .send()
         .await
         .expect_status(200, "the same reservation again");
+    // Another call under a used id: refused, not applied.
+    call("r9", "r1/reserve", INTERNAL_TOKEN)
+        .send()
+        .await
+        .expect_error(422, "idempotency_key_reused", "another call under r1's id");
     let after = inventory(&api, &sku).await;
     assert_eq!(
         (after["stock"].clone(), after["sold"].clone()),
@@ -333,6 +352,49 @@ async fn admin_calls_need_the_admin_token(store: Store) {
         .await
         .expect_status(200, "the admin token");
     assert_eq!(inventory(&api, &sku).await["stock"], 7);
+}
+
+both_stores!(calls_are_not_capped_by_max_state_bytes);
+/// `max_state_bytes` caps what clients send, not the calls between
+/// entities: a reservation's release must apply whatever the size, or its
+/// units stay held. An inventory grows past the cap by reserves, and every
+/// release still applies.
+async fn calls_are_not_capped_by_max_state_bytes(store: Store) {
+    let config = format!("{}max_state_bytes: 256\n", config("none"));
+    let worker = Worker::start("s1", &store, Some(&config)).await;
+    let sku = unique_key("sku");
+    set_stock(&trusted(&worker), &sku, 100).await;
+    let api = from_worker(&worker);
+    let reservations: Vec<String> = (0..10)
+        .map(|i| format!("reservation-{i}-of-ten-past-the-cap"))
+        .collect();
+    for reservation in &reservations {
+        reserve_call(&api, &sku, reservation)
+            .send()
+            .await
+            .expect_status(200, "a reserve past the cap");
+    }
+    for reservation in &reservations {
+        api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+            .idempotency_key(&format!("{reservation}/release"))
+            .json(&json!({"op": "release", "reservation": reservation}))
+            .send()
+            .await
+            .expect_status(200, "a release past the cap");
+    }
+    let after = inventory(&trusted(&worker), &sku).await;
+    assert_eq!(
+        (after["stock"].clone(), after["sold"].clone()),
+        (json!(100), json!(0)),
+        "every release applied"
+    );
+    let row = store.wait_version(&format!("inventory/{sku}"), 21).await;
+    let state = serde_json::to_vec(&row.entity_state()).expect("serializes");
+    assert!(
+        state.len() > 256,
+        "the inventory is past the cap: {} bytes",
+        state.len()
+    );
 }
 
 both_stores!(a_checkout_a_crash_interrupted_is_finished_by_the_next_owner);
@@ -398,51 +460,240 @@ async fn a_checkout_a_crash_interrupted_is_finished_by_the_next_owner(store: Sto
     }
 }
 
-both_stores!(requests_without_the_proxys_credential_get_403);
-/// With an internal token configured, a worker takes nothing around the
-/// proxy: the public API and internal calls without the token get 403, and
-/// nothing changes; health, readiness and metrics stay open to probes.
-async fn requests_without_the_proxys_credential_get_403(store: Store) {
-    let workers = fleet(&store, &["h1"], "none").await;
-    let (user, sku) = (unique_key("user"), unique_key("sku"));
-    let raw = workers[0].api();
-    raw.add_item(&user, &sku, 1).send().await.expect_error(
-        403,
-        "untrusted_hop",
-        "the public API straight to a worker",
-    );
-    raw.get("/v1/whoami").send().await.expect_error(
-        403,
-        "untrusted_hop",
-        "whoami straight to a worker",
-    );
-    raw.call(Method::PUT, &format!("/v1/inventory/{sku}"))
-        .header("authorization", &format!("Bearer {ADMIN_TOKEN}"))
-        .json(&json!({"stock": 1}))
-        .send()
-        .await
-        .expect_error(403, "untrusted_hop", "an admin call without the hop token");
-    raw.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
-        .idempotency_key("x/reserve")
-        .json(&json!({"op": "reserve", "reservation": "x", "qty": 1}))
-        .send()
-        .await
-        .expect_error(403, "untrusted_hop", "an internal call without the token");
-    for open in ["/healthz", "/readyz", "/metrics"] {
-        raw.get(open).send().await.expect_status(200, open);
+/// The proxy's token opens the entity API and nothing else; the fleet's
+/// internal token opens the internal routes and nothing else; a request a
+/// proxy forwarded (it carries `x-roost-hop-token`) never reaches an
+/// internal route, whatever else it carries. The probes need neither.
+/// Nothing refused changes anything. (The store plays no part: SQLite.)
+#[test]
+fn each_credential_opens_only_its_own_routes() {
+    support::run_on(StoreKind::Sqlite, |store| async move {
+        let workers = fleet(&store, &["h1"], "none").await;
+        let worker = &workers[0];
+        let (user, sku) = (unique_key("user"), unique_key("sku"));
+        let stock = |api: &Api| {
+            api.call(Method::PUT, &format!("/v1/inventory/{sku}"))
+                .header("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+                .json(&json!({"stock": 1}))
+        };
+        let wrong_proxy_token = worker
+            .api()
+            .with_header("x-roost-hop-token", "not-the-proxy-token");
+        let entity_api_refused = [
+            (worker.api(), "no credential"),
+            (from_worker(worker), "the internal token"),
+            (wrong_proxy_token, "a wrong proxy token"),
+        ];
+        for (api, who) in &entity_api_refused {
+            let refused = |reply: Reply, what: &str| {
+                reply.expect_error(403, "untrusted_hop", &format!("{what} with {who}"));
+            };
+            refused(api.add_item(&user, &sku, 1).send().await, "add an item");
+            refused(api.get_cart(&user).send().await, "read the cart");
+            refused(api.get("/v1/whoami").send().await, "whoami");
+            refused(stock(api).send().await, "an admin call");
+        }
+
+        let forwarded = [
+            (trusted(worker), "the proxy's token"),
+            (
+                trusted(worker).with_header("x-roost-internal-token", INTERNAL_TOKEN),
+                "both tokens",
+            ),
+            (
+                from_worker(worker).with_header("x-roost-hop-token", ""),
+                "the internal token and an empty hop header",
+            ),
+        ];
+        for (api, who) in &forwarded {
+            reserve_call(api, &sku, "forwarded")
+                .send()
+                .await
+                .expect_error(
+                    403,
+                    "forwarded_internal",
+                    &format!("an internal call with {who}"),
+                );
+        }
+        reserve_call(&worker.api(), &sku, "bare")
+            .send()
+            .await
+            .expect_error(403, "untrusted_hop", "an internal call without a token");
+        for open in ["/healthz", "/readyz"] {
+            worker.api().get(open).send().await.expect_status(200, open);
+        }
+
+        let api = trusted(worker);
+        let cart = api.get_cart(&user).send().await;
+        assert!(
+            support::cart_of(&cart.json()).0.is_empty(),
+            "nothing was added"
+        );
+        let booth = inventory(&api, &sku).await;
+        assert_eq!(
+            (booth["stock"].clone(), booth["sold"].clone()),
+            (Value::Null, json!(0)),
+            "nothing was stocked or reserved"
+        );
+        // Each credential at its own door.
+        stock(&api)
+            .send()
+            .await
+            .expect_status(200, "stock with the proxy's token");
+        reserve_call(&from_worker(worker), &sku, "worker")
+            .send()
+            .await
+            .expect_status(200, "a reserve with the internal token");
+        assert_eq!(inventory(&api, &sku).await["sold"], 1);
+    });
+}
+
+/// `whoami` shows a client only who answered and its own key, and no reply
+/// (success or error) shows a token, in its body or its headers, although
+/// each request carries the proxy's and the fleet's tokens (and the admin
+/// token where it is asked for).
+#[test]
+fn no_reply_shows_a_token() {
+    support::run_on(StoreKind::Sqlite, |store| async move {
+        let workers = fleet(&store, &["t1"], "none").await;
+        let worker = &workers[0];
+        let user = unique_key("user");
+        let api = trusted(worker);
+        let both = trusted(worker).with_header("x-roost-internal-token", INTERNAL_TOKEN);
+
+        let whoami = both.get("/v1/whoami").key(&user).send().await;
+        whoami.expect_status(200, "whoami");
+        assert_eq!(whoami.json(), json!({"worker": "t1", "key": user}));
+        let anonymous = api.call(Method::POST, "/v1/whoami").body("{}").send().await;
+        assert_eq!(anonymous.json(), json!({"worker": "t1", "key": null}));
+
+        let oversized = "x".repeat((1 << 20) + 1);
+        let replies = [
+            (whoami, 200, "whoami"),
+            (anonymous, 200, "whoami without a key"),
+            (
+                worker.api().add_item(&user, "mug", 1).send().await,
+                403,
+                "untrusted_hop",
+            ),
+            (
+                reserve_call(&both, "mug", "r").send().await,
+                403,
+                "forwarded_internal",
+            ),
+            (
+                both.call(Method::PUT, "/v1/inventory/mug")
+                    .header("authorization", "Bearer not-the-admin-token")
+                    .json(&json!({"stock": 1}))
+                    .send()
+                    .await,
+                403,
+                "forbidden",
+            ),
+            (
+                both.get("/v1/nothing").key(&user).send().await,
+                404,
+                "not_found",
+            ),
+            (
+                both.call(Method::PUT, "/v1/cart").key(&user).send().await,
+                405,
+                "method_not_allowed",
+            ),
+            (
+                both.call(Method::POST, "/v1/cart/items")
+                    .key(&user)
+                    .body("{")
+                    .send()
+                    .await,
+                400,
+                "invalid_json",
+            ),
+            (
+                both.remove_item(&user, "%ff").send().await,
+                400,
+                "invalid_path",
+            ),
+            (both.get("/v1/cart").send().await, 401, "missing_key"),
+            (
+                both.call(Method::POST, "/v1/cart/items")
+                    .key(&user)
+                    .body(oversized)
+                    .send()
+                    .await,
+                413,
+                "body_too_large",
+            ),
+        ];
+        for (reply, status, what) in &replies {
+            reply.expect_status(*status, what);
+            for token in [PROXY_TOKEN, INTERNAL_TOKEN, ADMIN_TOKEN] {
+                assert!(
+                    !reply.body.contains(token),
+                    "{what}: the body shows a token"
+                );
+                for (name, value) in &reply.headers {
+                    let value = String::from_utf8_lossy(value.as_bytes());
+                    assert!(
+                        !value.contains(token),
+                        "{what}: header {name} shows a token"
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// Tokens the environment sets are checked like the file's: a worker with
+/// the internal token but no proxy token, or the same value for both, does
+/// not start, and says which variable is wrong without showing its value.
+#[test]
+fn a_worker_with_unusable_tokens_from_the_environment_does_not_start() {
+    let dir = support::TempDir::new("tokens");
+    let store = format!("sqlite://{}", dir.path().join("roost.db").display());
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("ROOST_INTERNAL_TOKEN", INTERNAL_TOKEN)],
+            "ROOST_PROXY_TOKEN",
+        ),
+        (
+            &[
+                ("ROOST_INTERNAL_TOKEN", INTERNAL_TOKEN),
+                ("ROOST_PROXY_TOKEN", INTERNAL_TOKEN),
+            ],
+            "ROOST_PROXY_TOKEN",
+        ),
+        (&[("ROOST_PROXY_TOKEN", "short")], "ROOST_PROXY_TOKEN"),
+    ];
+    for (env, named) in cases {
+        let mut command = std::process::Command::new(Worker::bin());
+        command
+            .args(["--id", "bad", "--listen", "127.0.0.1:0", "--store", &store])
+            .env_remove("ROOST_PROXY_TOKEN")
+            .env_remove("ROOST_INTERNAL_TOKEN")
+            .env_remove("ROOST_ADMIN_TOKEN")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("spawn roost-worker");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().expect("poll roost-worker").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{env:?}: the worker started");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("the worker's output");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{env:?}: {stderr}");
+        assert!(stderr.contains(named), "{env:?} names {named}: {stderr}");
+        for (_, value) in env {
+            assert!(!stderr.contains(value), "{env:?}: the error shows a token");
+        }
     }
-    let api = trusted(&workers[0]);
-    let cart = api.get_cart(&user).send().await;
-    assert_eq!(
-        support::cart_of(&cart.json()).0.len(),
-        0,
-        "nothing was added"
-    );
-    assert_eq!(
-        inventory(&api, &sku).await["stock"],
-        Value::Null,
-        "nothing was stocked"
-    );
 }
 
 /// On Postgres a worker that goes live announces it (NOTIFY), so the

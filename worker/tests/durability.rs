@@ -7,7 +7,9 @@
 //! - passivation: idle entities are flushed, then dropped, and read back;
 //! - drain: SIGTERM under load finishes in-flight requests, flushes
 //!   everything and exits 0; nothing acknowledged is lost;
-//! - drain with a flush batch in flight: the drain waits for it.
+//! - drain with a flush batch in flight: the drain waits for it;
+//! - the state size cap: a change past `max_state_bytes` is refused and
+//!   undone, and nothing acknowledged before it is lost, across a kill -9.
 //!
 //! The load: several writers per user, each adding items with SKUs nobody
 //! else uses, qty 1. A cart at version V then holds exactly V items (one per
@@ -23,7 +25,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{cart_of, unique_key, Api, Store, Worker};
 use tokio::task::JoinSet;
 
@@ -931,3 +933,76 @@ async fn failed_durable_write_is_undone_with_what_depended_on_it(store: Store) {
 }
 
 both_stores!(failed_durable_write_is_undone_with_what_depended_on_it);
+
+// ---------------------------------------------------------------------------
+// 6. The state size cap
+// ---------------------------------------------------------------------------
+
+/// Small, so a few PATCHes reach it.
+const MAX_STATE: usize = 2048;
+
+/// A session grown by durable PATCHes stops at `max_state_bytes`: the PATCH
+/// that would pass it gets 413 and is applied neither in memory nor in the
+/// store, everything acknowledged before it stays (across a kill -9), and
+/// a PATCH that shrinks the session still goes through.
+async fn a_session_stops_growing_at_the_cap(store: Store) {
+    let config = format!("max_state_bytes: {MAX_STATE}\nflush_interval_ms: 50\n");
+    let mut worker = Worker::start("w1", &store, Some(&config)).await;
+    let api = worker.api();
+    let key = unique_key("cap");
+    let mut document = serde_json::Map::new();
+    let mut accepted = 0;
+    for note in 0.. {
+        assert!(note < 100, "the session never reached the cap");
+        let (field, text) = (format!("note-{note}"), "x".repeat(100));
+        let reply = api
+            .patch_session(&key, &json!({ field.as_str(): text }))
+            .durability("durable")
+            .send()
+            .await;
+        if reply.status == 413 {
+            reply.expect_error(413, "state_too_large", "the PATCH past the cap");
+            assert_eq!(reply.expect_version(), accepted, "no version for it");
+            break;
+        }
+        reply.expect_status(200, &format!("PATCH {note}"));
+        document.insert(field, json!(text));
+        accepted = reply.expect_version();
+    }
+    let document = Value::Object(document);
+    eprintln!("{accepted} PATCHes accepted before the cap");
+    let read = api.get_session(&key).send().await;
+    assert_eq!(
+        (read.json(), read.expect_version()),
+        (document.clone(), accepted),
+        "GET: the last accepted document"
+    );
+    // Long enough for a flush of the refused change, had there been one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.kill9();
+    let row = store
+        .peek(&format!("session/{key}"))
+        .await
+        .expect("the session is stored");
+    assert_eq!(
+        (row.entity_state(), row.version),
+        (document.clone(), i64::try_from(accepted).expect("fits")),
+        "the store: the last acknowledged state"
+    );
+    worker.restart().await;
+    let api = worker.api();
+    let read = api.get_session(&key).send().await;
+    assert_eq!(
+        (read.json(), read.expect_version()),
+        (document, accepted),
+        "after kill -9: the last acknowledged state"
+    );
+    let shrunk = api
+        .patch_session(&key, &json!({"note-0": null}))
+        .send()
+        .await;
+    shrunk.expect_status(200, "a PATCH that shrinks the session");
+    assert_eq!(shrunk.expect_version(), accepted + 1);
+}
+
+both_stores!(a_session_stops_growing_at_the_cap);

@@ -10,6 +10,10 @@
 //! - a frozen owner keeps its lock: past `handoff_timeout_ms` a claim gives
 //!   up with 503 `handoff_timeout` and Retry-After.
 //!
+//! - workers started at the same moment on a new SQLite file all join
+//!   (SQLite only: the file's setup is what they race on); one that cannot
+//!   open its store says why and exits non-zero.
+//!
 //! The frozen owner whose lease runs out (and its fenced write) is in
 //! `races.rs` (`fencing`).
 
@@ -18,7 +22,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{cart_of, unique_key, Store, Worker};
+use support::{cart_of, unique_key, Store, StoreKind, Worker};
 
 const ACTIVE: &str = "roost_worker_active_entities";
 const HANDOVERS: &str = "roost_worker_handovers_total";
@@ -157,3 +161,50 @@ async fn frozen_owner_makes_claims_time_out(store: Store) {
 }
 
 both_stores!(frozen_owner_makes_claims_time_out);
+
+/// Rounds of [`workers_starting_together_on_a_new_sqlite_file_all_join`],
+/// and workers per round.
+const START_ROUNDS: usize = 10;
+const STARTING_TOGETHER: usize = 5;
+
+/// Five workers started at the same moment on a new SQLite file, ten times:
+/// every one becomes ready. They race to create the file, switch it to WAL
+/// and create the schema; none may give up on `database is locked`.
+#[test]
+fn workers_starting_together_on_a_new_sqlite_file_all_join() {
+    support::run_on(StoreKind::Sqlite, |store| async move {
+        let Store::Sqlite(first) = &store else {
+            unreachable!("run_on(Sqlite) gives an SQLite store");
+        };
+        for round in 0..START_ROUNDS {
+            let fresh = Store::Sqlite(first.with_file_name(format!("round-{round}.db")));
+            let mut workers: Vec<Worker> = (0..STARTING_TOGETHER)
+                .map(|i| Worker::launch(&format!("w{i}"), &fresh, None))
+                .collect();
+            for worker in &mut workers {
+                worker.wait_ready().await;
+            }
+            eprintln!("round {round}: {STARTING_TOGETHER} workers ready");
+        }
+    });
+}
+
+/// A worker that cannot open its store says why and exits non-zero, at
+/// once: a file that is not a database is no reason to retry.
+#[test]
+fn a_worker_that_cannot_open_its_store_says_why() {
+    support::run_on(StoreKind::Sqlite, |store| async move {
+        let Store::Sqlite(path) = &store else {
+            unreachable!("run_on(Sqlite) gives an SQLite store");
+        };
+        std::fs::write(path, [0x5a; 4096]).expect("write a file that is not a database");
+        let mut worker = Worker::launch("w1", &store, None);
+        let status = worker.wait_exit(Duration::from_secs(5)).await;
+        assert!(!status.success(), "the worker exits non-zero: {status}");
+        let log = worker.log();
+        assert!(
+            log.contains("cannot open the store") && log.contains("not a database"),
+            "the worker says why: {log}"
+        );
+    });
+}

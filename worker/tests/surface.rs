@@ -1,17 +1,20 @@
 //! What a client sees on bad input, each against SQLite and Postgres: the
 //! status, the JSON `{"error", "message"}` body, the headers, and that
-//! nothing changed (nor reached the store). Also `Idempotency-Key` repeats.
+//! nothing changed (nor reached the store); paths in any but their normal
+//! form among them. Also `Idempotency-Key` repeats and reuses, the state
+//! size cap, a 413 that reaches a client still sending its body, and what
+//! each listener serves.
 
 #[macro_use]
 mod support;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::{unique_key, Api, Reply, Store, Worker};
+use support::{encode_envelope, unique_key, Api, Reply, Store, StoreKind, Worker};
 
 /// Small enough to exceed with a few hundred bytes.
 const MAX_BODY: usize = 512;
@@ -43,23 +46,32 @@ async fn cart_version(api: &Api, key: &str) -> (u64, Value) {
     (reply.expect_version(), reply.json())
 }
 
-/// Send raw bytes on a fresh connection and read until the worker closes
-/// it or a whole response with `content-length` arrived.
-fn raw_exchange(worker: &Worker, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(worker.addr).expect("connect to the worker");
+/// Send `parts` (one `write_all` each) on a fresh connection to `addr` and
+/// read until the worker closes it or a whole response with
+/// `content-length` arrived. A failed write or read is an `Err`: the worker
+/// may answer before it has read all of a request, but it reads (and
+/// discards) the rest before it closes, so the client can finish sending
+/// (as a proxy forwarding the body must) and then read the reply.
+fn raw_exchange(addr: SocketAddr, parts: &[&[u8]]) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("set a read timeout");
-    // The worker may answer (and stop reading) before all of a large body
-    // is written; that is fine.
-    let _ = stream.write_all(request);
+        .map_err(|e| format!("set a read timeout: {e}"))?;
+    for part in parts {
+        stream
+            .write_all(part)
+            .map_err(|e| format!("write the request: {e}"))?;
+    }
     let mut response = Vec::new();
     let mut buffer = [0_u8; 4096];
     loop {
         match stream.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => response.extend_from_slice(&buffer[..n]),
-            Err(e) => panic!("read the raw response: {e} (so far {response:?})"),
+            Err(e) => {
+                let so_far = String::from_utf8_lossy(&response);
+                return Err(format!("read the raw response: {e} (so far {so_far:?})"));
+            }
         }
         let text = String::from_utf8_lossy(&response);
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
@@ -74,7 +86,7 @@ fn raw_exchange(worker: &Worker, request: &[u8]) -> String {
             }
         }
     }
-    String::from_utf8(response).expect("the response is UTF-8")
+    String::from_utf8(response).map_err(|e| format!("the response is not UTF-8: {e}"))
 }
 
 async fn bad_input(store: Store) {
@@ -225,7 +237,8 @@ async fn bad_input(store: Store) {
         chunk.len(),
         chunk.len()
     );
-    let response = raw_exchange(&worker, chunked.as_bytes());
+    let response =
+        raw_exchange(worker.addr, &[chunked.as_bytes()]).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         response.starts_with("HTTP/1.1 413"),
         "a chunked body over the limit: {response}"
@@ -244,6 +257,51 @@ async fn bad_input(store: Store) {
         .await;
     reply.expect_status(200, "a body of exactly max_body_bytes");
 
+    // --- 400: a path not in its normal form ----------------------------------
+    // Sent raw: an HTTP client would resolve the dot segments itself.
+    let item = json!({"sku": "mug", "qty": 1}).to_string();
+    let spellings = [
+        "//v1/cart/items",
+        "/v1//cart/items",
+        "/v1/./cart/items",
+        "/v1/x/../cart/items",
+        "/%761/cart/items",
+        "/v1/cart/%69tems",
+        "/v1/cart/items/",
+        "/v1/%2e%2e/internal/v1/inventory/x",
+        "/v1/cart%2Fitems",
+        "/v1/cart/items%",
+        "/v1/../../cart/items",
+    ];
+    for path in spellings {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: w\r\nx-roost-key: {key}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{item}",
+            item.len()
+        );
+        let response = raw_exchange(worker.addr, &[request.as_bytes()])
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        // `/v1/cart/items/` is normal: no route takes it.
+        let expected = if path.ends_with("items/") {
+            "HTTP/1.1 404"
+        } else {
+            "HTTP/1.1 400"
+        };
+        assert!(response.starts_with(expected), "POST {path}: {response}");
+        if expected.ends_with("400") {
+            assert!(
+                response.contains("\"invalid_path\""),
+                "POST {path}: {response}"
+            );
+        }
+    }
+    let (after, same_cart) = cart_version(&api, &key).await;
+    assert_eq!(
+        (after, &same_cart),
+        (version, &cart),
+        "no other spelling of a path changed the cart"
+    );
+
     // --- 404: unknown routes ---------------------------------------------------
     for path in [
         "/",
@@ -251,7 +309,7 @@ async fn bad_input(store: Store) {
         "/v1/carts",
         "/v1/cart/items/",
         "/v2/cart",
-        "/v1/quota//acquire",
+        "/metrics",
     ] {
         let reply = api.get(path).key(&key).send().await;
         assert_plain_error(&reply, 404, "not_found", &format!("GET {path}"));
@@ -268,7 +326,7 @@ async fn bad_input(store: Store) {
         (Method::POST, "/v1/session", "GET, PUT, PATCH, DELETE"),
         (Method::GET, "/v1/quota/uploads/acquire", "POST"),
         (Method::POST, "/healthz", "GET"),
-        (Method::DELETE, "/metrics", "GET"),
+        (Method::DELETE, "/readyz", "GET"),
     ];
     for (method, path, allow) in wrong_methods {
         let reply = api.call(method.clone(), path).key(&key).send().await;
@@ -438,10 +496,10 @@ async fn idempotency_key_repeat(store: Store) {
         .await;
     first.expect_status(200, "first add");
     assert_eq!(first.expect_version(), 1);
-    for (sku, qty) in [("mug", 2), ("pen", 5)] {
-        // The same key again, even with another body: the first reply.
+    for _ in 0..2 {
+        // The same request again: the first reply.
         let again = api
-            .add_item(&key, sku, qty)
+            .add_item(&key, "mug", 2)
             .idempotency_key("add-mug-1")
             .send()
             .await;
@@ -498,6 +556,134 @@ async fn idempotency_key_repeat(store: Store) {
 }
 
 both_stores!(idempotency_key_repeat);
+
+/// A key belongs to the request it was first sent with: the same request
+/// again replays its reply (applied once); another route or another body
+/// with the key gets 422 and changes nothing; a read ignores the key.
+async fn a_key_belongs_to_its_first_request(store: Store) {
+    let worker = Worker::start("w1", &store, Some(&config())).await;
+    let api = worker.api();
+    let key = unique_key("idem-scope");
+    let first = api
+        .add_item(&key, "mug", 2)
+        .idempotency_key("k1")
+        .send()
+        .await;
+    first.expect_status(200, "the first add");
+    let others = [
+        ("DELETE /v1/cart", api.clear_cart(&key)),
+        ("a checkout", api.checkout(&key)),
+        ("DELETE /v1/cart/items/mug", api.remove_item(&key, "mug")),
+        ("another qty", api.add_item(&key, "mug", 3)),
+        ("another sku", api.add_item(&key, "pen", 2)),
+    ];
+    for (what, call) in others {
+        let refused = call.idempotency_key("k1").send().await;
+        assert_entity_error(&refused, 422, "idempotency_key_reused", what);
+        assert_eq!(refused.expect_version(), 1, "{what}: at the cart's version");
+    }
+    let read = api.get_cart(&key).idempotency_key("k1").send().await;
+    read.expect_status(200, "a GET with the key");
+    let again = api
+        .add_item(&key, "mug", 2)
+        .idempotency_key("k1")
+        .send()
+        .await;
+    assert_eq!(
+        (again.status, again.json(), again.expect_version()),
+        (200, first.json(), 1),
+        "the first request again: its reply"
+    );
+    assert_eq!(
+        cart_version(&api, &key).await,
+        (1, first.json()),
+        "applied once, and nothing else was"
+    );
+    let row = store.wait_version(&format!("cart/{key}"), 1).await;
+    let replies = row.replies();
+    let fingerprint = replies[0]["request"].as_str().unwrap_or_default();
+    assert_eq!(
+        fingerprint.len(),
+        16,
+        "the request's fingerprint is stored with its reply: {replies}"
+    );
+}
+
+both_stores!(a_key_belongs_to_its_first_request);
+
+/// A reply remembered before fingerprints were stored has none: it replays
+/// to any request with its key, as it did.
+async fn keys_stored_without_a_fingerprint_still_replay(store: Store) {
+    let worker = Worker::start("w1", &store, Some(&config())).await;
+    let api = worker.api();
+    let key = unique_key("idem-old");
+    let document = json!({"theme": "dark"});
+    let replies =
+        json!([{"key": "put-old", "reply": {"status": 200, "body": document}, "version": 3}]);
+    let stored = encode_envelope(&replies, &document);
+    store
+        .put_row(&format!("session/{key}"), 1, "gone", 3, &stored)
+        .await;
+    let replay = api
+        .put_session(&key, &json!({"theme": "light"}))
+        .idempotency_key("put-old")
+        .send()
+        .await;
+    replay.expect_status(200, "a PUT with the old key");
+    assert_eq!(
+        (replay.json(), replay.expect_version()),
+        (document.clone(), 3)
+    );
+    let read = api.get_session(&key).send().await;
+    assert_eq!(
+        (read.json(), read.expect_version()),
+        (document, 3),
+        "nothing ran"
+    );
+}
+
+both_stores!(keys_stored_without_a_fingerprint_still_replay);
+
+// ---------------------------------------------------------------------------
+// max_state_bytes
+// ---------------------------------------------------------------------------
+
+/// The state cap of [`a_change_over_the_state_cap_is_refused`].
+const MAX_STATE: usize = 256;
+
+/// A change that would make an entity's state larger than
+/// `max_state_bytes` gets 413 and is not applied: a PUT over the cap on an
+/// empty session leaves it empty, in memory and in the store.
+async fn a_change_over_the_state_cap_is_refused(store: Store) {
+    let config = format!("{}max_state_bytes: {MAX_STATE}\n", config());
+    let worker = Worker::start("w1", &store, Some(&config)).await;
+    let api = worker.api();
+    let key = unique_key("cap");
+    let refused = api
+        .put_session(&key, &json!({"notes": "x".repeat(MAX_STATE)}))
+        .idempotency_key("big-1")
+        .send()
+        .await;
+    assert_entity_error(&refused, 413, "state_too_large", "a PUT over the cap");
+    assert_eq!(refused.expect_version(), 0);
+    api.get_session(&key).send().await.expect_error(
+        404,
+        "not_found",
+        "the session after the refused PUT",
+    );
+    let fits = json!({"notes": "x".repeat(MAX_STATE / 2)});
+    let taken = api.put_session(&key, &fits).send().await;
+    taken.expect_status(200, "a PUT under the cap");
+    assert_eq!(taken.expect_version(), 1, "the refused PUT made no version");
+    let row = store.wait_version(&format!("session/{key}"), 1).await;
+    assert_eq!(
+        row.entity_state(),
+        fits,
+        "the store holds the PUT under the cap"
+    );
+}
+
+both_stores!(a_change_over_the_state_cap_is_refused);
 
 /// A repeated `Idempotency-Key` replays the first reply's body, so its ETag
 /// should be the version that body shows. The worker sends the entity's
@@ -607,3 +793,125 @@ async fn keys_that_are_not_utf8_stay_apart(store: Store) {
 }
 
 both_stores!(keys_that_are_not_utf8_stay_apart);
+
+// ---------------------------------------------------------------------------
+// An early 413
+// ---------------------------------------------------------------------------
+
+/// A body over `max_body_bytes` (the default, 1 MiB) gets its 413 even when
+/// the client sends all of it before reading: (a) the head, then the body;
+/// (b) head and body in one write. The worker answers as soon as it knows,
+/// then reads and discards what follows (bounded) before it closes, so no
+/// RST destroys the reply in flight. 100 times each on one worker.
+#[test]
+fn an_early_413_reaches_the_client() {
+    support::run_on(StoreKind::Sqlite, |store| async move {
+        let worker = Worker::start("w1", &store, None).await;
+        let addr = worker.addr;
+        let body = vec![b'x'; 2 << 20];
+        let head = format!(
+            "POST /v1/cart/items HTTP/1.1\r\nhost: w\r\nx-roost-key: {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            unique_key("large"),
+            body.len()
+        );
+        let whole = [head.as_bytes(), &body].concat();
+        let checked = tokio::task::spawn_blocking(move || {
+            for round in 0..100 {
+                let ways: [(&str, Vec<&[u8]>); 2] = [
+                    ("head, then body", vec![head.as_bytes(), &body]),
+                    ("one write", vec![&whole]),
+                ];
+                for (how, parts) in ways {
+                    let response = raw_exchange(addr, &parts)
+                        .unwrap_or_else(|e| panic!("round {round}, {how}: {e}"));
+                    assert!(
+                        response.starts_with("HTTP/1.1 413"),
+                        "round {round}, {how}: {response}"
+                    );
+                    assert!(
+                        response.contains("\"body_too_large\""),
+                        "round {round}, {how}: {response}"
+                    );
+                }
+            }
+        });
+        checked.await.expect("the raw exchanges");
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Listeners
+// ---------------------------------------------------------------------------
+
+/// `/metrics` is on the admin listener only (no token needed there); the
+/// probes are on both; the entity API only on the public one. The admin
+/// listener drains with the public one.
+#[test]
+fn metrics_are_on_the_admin_listener_only() {
+    support::run_on(StoreKind::Sqlite, |store| async move {
+        let worker = Worker::start("w1", &store, Some(&config())).await;
+        let public = worker.api();
+        let admin = Api::new(&worker.admin_url(""));
+        let key = unique_key("listeners");
+
+        let reply = public.get("/metrics").send().await;
+        assert_plain_error(&reply, 404, "not_found", "/metrics on the public listener");
+        let reply = admin.get("/metrics").send().await;
+        reply.expect_status(200, "/metrics on the admin listener");
+        assert!(
+            reply.body.contains("roost_worker_"),
+            "roost_ metrics: {}",
+            reply.body
+        );
+        assert_eq!(
+            reply.header("content-type"),
+            Some("text/plain; version=0.0.4")
+        );
+        let reply = admin.call(Method::DELETE, "/metrics").send().await;
+        assert_plain_error(&reply, 405, "method_not_allowed", "DELETE /metrics");
+        for probe in ["/healthz", "/readyz"] {
+            for (api, listener) in [(&public, "public"), (&admin, "admin")] {
+                let reply = api.get(probe).send().await;
+                reply.expect_status(200, &format!("{probe} on the {listener} listener"));
+            }
+        }
+        let reply = admin.add_item(&key, "mug", 1).send().await;
+        assert_plain_error(
+            &reply,
+            404,
+            "not_found",
+            "the entity API on the admin listener",
+        );
+        let reply = admin.get("/v1/whoami").key(&key).send().await;
+        assert_plain_error(&reply, 404, "not_found", "whoami on the admin listener");
+        let reply = admin
+            .call(Method::POST, "/internal/v1/inventory/mug")
+            .send()
+            .await;
+        assert_plain_error(
+            &reply,
+            404,
+            "not_found",
+            "an internal route on the admin listener",
+        );
+        let (version, _) = cart_version(&public, &key).await;
+        assert_eq!(version, 0, "nothing was added");
+
+        // On SIGTERM both listeners fail readiness, then stop together (the
+        // admin client's idle connection does not hold the exit up).
+        let mut worker = worker;
+        worker.sigterm();
+        support::eventually(Duration::from_secs(3), "admin /readyz to fail", || async {
+            let reply = admin.get("/readyz").try_send().await.ok()?;
+            (reply.status == 503).then_some(())
+        })
+        .await;
+        let status = worker.wait_exit(Duration::from_secs(10)).await;
+        assert!(status.success(), "the drain finished: {status}");
+        assert!(
+            !support::accepts(worker.admin),
+            "the admin listener is closed"
+        );
+    });
+}

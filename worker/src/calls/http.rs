@@ -5,11 +5,20 @@
 
 use std::time::{Duration, Instant};
 
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use roost_routing::headers;
 use serde_json::value::RawValue;
 
 use crate::entity::{Call, Reply};
+
+/// What a path segment escapes: everything but the unreserved characters,
+/// so the path is already in the normal form the receiver insists on
+/// (`roost_routing::path`).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The longest a connection attempt may take (loopback or one network).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -54,8 +63,8 @@ impl HttpCalls {
         }
         let url = format!(
             "http://{addr}/internal/v1/{}/{}",
-            utf8_percent_encode(&call.kind, NON_ALPHANUMERIC),
-            utf8_percent_encode(&call.id, NON_ALPHANUMERIC)
+            utf8_percent_encode(&call.kind, SEGMENT),
+            utf8_percent_encode(&call.id, SEGMENT)
         );
         let response = self
             .client

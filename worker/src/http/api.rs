@@ -1,27 +1,45 @@
-//! The worker's HTTP API: routes, parsing, and turning entity replies into
-//! responses.
+//! The worker's HTTP API: routes, who may reach each, parsing, and turning
+//! entity replies into responses.
 //!
 //! Identity comes from `x-roost-key` (set by the proxy); every response
 //! carries `x-roost-worker`, and a response about one entity also carries
 //! its version (`ETag`) and the epoch it was served under (`x-roost-epoch`).
 //!
-//! | route | methods |
-//! |---|---|
-//! | `/v1/session` | GET, PUT, PATCH (JSON merge patch), DELETE; `If-Match` |
-//! | `/v1/cart` | GET, DELETE |
-//! | `/v1/cart/items` | POST `{"sku", "qty"}` |
-//! | `/v1/cart/items/{sku}` | DELETE |
-//! | `/v1/cart/checkout` | POST: reserves every item's stock, records the order, empties the cart |
-//! | `/v1/orders` | GET: the user's orders |
-//! | `/v1/inventory/{sku}` | GET; PUT `{"stock"}` with `Authorization: Bearer <admin_token>` (no `x-roost-key`: the SKU is the entity) |
-//! | `/internal/v1/{kind}/{id}` | POST: a call from another worker's entity, with the fleet's internal token |
-//! | `/v1/quota/{name}/acquire` | POST `{"limit", "ttl_ms"}` |
-//! | `/v1/quota/{name}/release` | POST `{"token"}` |
-//! | `/v1/whoami` | any of GET, POST, PUT, PATCH, DELETE: who answered; reads and drops the body, touches no state (the benchmark ceiling) |
-//! | `/healthz`, `/readyz`, `/metrics` | GET |
+//! Three kinds of caller reach a worker, each with its own credential (see
+//! `Access`), so none can use another's way in:
+//!
+//! - *client*: a client's request, forwarded by a proxy with the proxy's
+//!   token in `x-roost-hop-token` (when the worker has a `proxy_token`);
+//! - *worker*: another worker's call, with the fleet's `internal_token` in
+//!   `x-roost-internal-token`, never forwarded by a proxy;
+//! - *operator*: orchestrator probes (no credential) and, on the admin
+//!   listener only ([`Surface::Admin`]), Prometheus.
+//!
+//! | route | methods | who |
+//! |---|---|---|
+//! | `/v1/session` | GET, PUT, PATCH (JSON merge patch), DELETE; `If-Match` | client |
+//! | `/v1/cart` | GET, DELETE | client |
+//! | `/v1/cart/items` | POST `{"sku", "qty"}` | client |
+//! | `/v1/cart/items/{sku}` | DELETE | client |
+//! | `/v1/cart/checkout` | POST: reserves every item's stock, records the order, empties the cart | client |
+//! | `/v1/orders` | GET: the user's orders | client |
+//! | `/v1/inventory/{sku}` | GET; PUT `{"stock"}` with `Authorization: Bearer <admin_token>` (no `x-roost-key`: the SKU is the entity) | client |
+//! | `/v1/quota/{name}/acquire` | POST `{"limit", "ttl_ms"}` | client |
+//! | `/v1/quota/{name}/release` | POST `{"token"}` | client |
+//! | `/v1/whoami` | any of GET, POST, PUT, PATCH, DELETE: `{"worker", "key"}`; reads and drops the body, touches no state (the benchmark ceiling) | client |
+//! | `/internal/v1/{kind}/{id}` | POST: a call from another worker's entity | worker |
+//! | `/healthz`, `/readyz` | GET | operator, on either listener |
+//! | `/metrics` | GET | operator, on the admin listener only |
+//!
+//! A path must already be in its normal form (`roost_routing::path`): the
+//! proxy forwards only normal paths, so another spelling came around it and
+//! gets 400 `invalid_path` rather than a chance to slip past a path rule.
 //!
 //! Mutations accept `Idempotency-Key` and `roost-durability: durable |
-//! write-behind`.
+//! write-behind`. A key belongs to the request it was first sent with:
+//! the same method, path and body again replays the first reply; anything
+//! else with that key gets 422 `idempotency_key_reused`
+//! ([`crate::runtime::idempotency`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -32,7 +50,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, Request, Response};
-use roost_routing::headers;
+use roost_routing::{headers, path};
 use serde_json::json;
 
 use super::body;
@@ -46,12 +64,37 @@ use crate::entities::quota::Quota;
 use crate::entities::session::{IfMatch, Session, SessionRequest};
 use crate::entity::{Call, Entity, Reply};
 use crate::metrics::METRICS;
-use crate::runtime::{Durability, EntityReply, RuntimeError};
+use crate::runtime::idempotency::{Fingerprint, Idempotency};
+use crate::runtime::{Durability, EntityReply, Options, Origin, RuntimeError};
 
 /// Header a request chooses its durability with.
 pub const DURABILITY: &str = "roost-durability";
 /// Header carrying the epoch an entity reply was served under.
 pub const EPOCH: &str = "x-roost-epoch";
+
+/// Which listener a request came in on: what it may reach there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `--listen`: the entity API and the internal routes (each behind its
+    /// credential) and the probes; what proxies and other workers reach.
+    Public,
+    /// `--admin-listen`: metrics and the probes, no credential; only the
+    /// operator's network should reach it.
+    Admin,
+}
+
+/// The credential a route asks for: which caller it is meant for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Probes and metrics: none (what serves them is the listener's choice).
+    Open,
+    /// The entity API: a client's request through a proxy, with the
+    /// proxy's token when one is configured.
+    Client,
+    /// The internal routes: another worker's call, with the internal token,
+    /// never forwarded by a proxy.
+    Worker,
+}
 
 /// Everything a request needs.
 pub struct Api {
@@ -88,8 +131,10 @@ enum Route<'p> {
 }
 
 impl<'p> Route<'p> {
+    /// The route of a normal path (one leading `/`, no empty segment but
+    /// perhaps a trailing one, which no route takes).
     fn find(path: &'p str) -> Option<Self> {
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
         Some(match segments.as_slice() {
             ["healthz"] => Route::Healthz,
             ["readyz"] => Route::Readyz,
@@ -153,11 +198,23 @@ impl<'p> Route<'p> {
         }
     }
 
-    /// Everything but the operational endpoints (health, readiness,
-    /// metrics: probed by orchestrators and scraped by Prometheus directly)
-    /// must come through the proxy or another worker.
-    fn needs_trusted_hop(self) -> bool {
-        !matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+    /// Who the route is for (the table in the module doc).
+    fn access(self) -> Access {
+        match self {
+            Route::Healthz | Route::Readyz | Route::Metrics => Access::Open,
+            Route::Internal { .. } => Access::Worker,
+            _ => Access::Client,
+        }
+    }
+
+    /// Probes answer on both listeners; metrics only on the admin one,
+    /// everything else only on the public one.
+    fn served_on(self, surface: Surface) -> bool {
+        match self {
+            Route::Healthz | Route::Readyz => true,
+            Route::Metrics => surface == Surface::Admin,
+            _ => surface == Surface::Public,
+        }
     }
 
     /// Routes about a user's entity need the proxy's `x-roost-key`; shared
@@ -226,11 +283,19 @@ impl Api {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Answer one request; never fails (errors become JSON replies).
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Answer one request that came in on `surface`; never fails (errors
+    /// become JSON replies).
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        surface: Surface,
+    ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
-        let Some(route) = Route::find(&path) else {
+        if let Err(reply) = check_normal(&path) {
+            return self.respond(Answer::Plain(reply), None);
+        }
+        let Some(route) = Route::find(&path).filter(|route| route.served_on(surface)) else {
             let reply = Reply::error(404, "not_found", format!("no route for {path}"));
             return self.respond(Answer::Plain(reply), None);
         };
@@ -259,16 +324,14 @@ impl Api {
             )
             .into());
         }
-        if route.needs_trusted_hop() {
-            check_trusted_hop(request.headers(), self.config.internal_token.as_deref())?;
-        }
-        let key = user_key(request.headers())?;
-        if route.needs_key() && key.is_none() {
+        self.check_access(route.access(), request.headers())?;
+        let user = user_key(request.headers())?;
+        if route.needs_key() && user.is_none() {
             return Err(
                 Reply::error(401, "missing_key", "the request carries no x-roost-key").into(),
             );
         }
-        let key = key.unwrap_or_default();
+        let key = user.as_deref().unwrap_or_default();
         match route {
             Route::Healthz => Ok(Reply::ok(json!({"status": "ok"})).into()),
             Route::Readyz => Ok(self.readiness().into()),
@@ -277,18 +340,18 @@ impl Api {
                 body: crate::metrics::render().into(),
             }),
             Route::WhoAmI => {
-                let reply = self.whoami(request.headers());
+                let reply = self.whoami(user.as_deref());
                 self.body(request).await?;
                 Ok(reply.into())
             }
-            Route::Session => self.session(&key, method, request).await,
+            Route::Session => self.session(key, method, request).await,
             Route::Cart
             | Route::CartItems
             | Route::CartItem(_)
             | Route::Checkout
-            | Route::Orders => self.cart(&key, route, method, request).await,
+            | Route::Orders => self.cart(key, route, method, request).await,
             Route::QuotaAcquire(name) | Route::QuotaRelease(name) => {
-                self.quota(&key, route, name, request).await
+                self.quota(key, route, name, request).await
             }
             Route::Inventory(sku) => self.inventory(sku, method, request).await,
             Route::Internal { kind, id } => self.internal(kind, id, request).await,
@@ -309,19 +372,10 @@ impl Api {
         }
     }
 
-    fn whoami(&self, headers: &HeaderMap) -> Reply {
-        let forwarded: serde_json::Map<String, serde_json::Value> = headers
-            .iter()
-            .filter(|(name, _)| headers::is_reserved(name.as_str()))
-            .map(|(name, value)| {
-                (
-                    name.to_string(),
-                    String::from_utf8_lossy(value.as_bytes()).into(),
-                )
-            })
-            .collect();
-        let key = forwarded.get(headers::KEY).cloned();
-        Reply::ok(json!({"worker": self.engine.owner(), "key": key, "roost_headers": forwarded}))
+    /// Who answered, and for which user key: what a client may know (no
+    /// other header it did not send itself, never a credential).
+    fn whoami(&self, key: Option<&str>) -> Reply {
+        Reply::ok(json!({"worker": self.engine.owner(), "key": key}))
     }
 
     async fn session(
@@ -331,12 +385,13 @@ impl Api {
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
         let if_match = header_str(request.headers(), hyper::header::IF_MATCH).map(IfMatch::parse);
-        let call = self.call_options(request.headers(), Session::KIND)?;
+        let takes_body = matches!(method, Method::PUT | Method::PATCH);
+        let (call, body) = self.read(request, Session::KIND, takes_body).await?;
         let session_request = match method {
             Method::GET => SessionRequest::Get,
             Method::DELETE => SessionRequest::Delete { if_match },
-            Method::PUT => requests::session_put(&self.body(request).await?, if_match)?,
-            _ => requests::session_patch(&self.body(request).await?, if_match)?,
+            Method::PUT => requests::session_put(&body, if_match)?,
+            _ => requests::session_patch(&body, if_match)?,
         };
         self.execute(&self.session, key, session_request, call)
             .await
@@ -349,14 +404,15 @@ impl Api {
         method: Method,
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
-        let call = self.call_options(request.headers(), Cart::KIND)?;
+        let takes_body = route == Route::CartItems;
+        let (call, body) = self.read(request, Cart::KIND, takes_body).await?;
         let cart_request = match (route, method) {
             (Route::Cart, Method::GET) => CartRequest::Get,
             (Route::Cart, _) => CartRequest::Clear,
             (Route::CartItem(sku), _) => requests::remove_item(sku)?,
             (Route::Checkout, _) => CartRequest::Checkout,
             (Route::Orders, _) => CartRequest::Orders,
-            _ => requests::add_item(&self.body(request).await?)?,
+            _ => requests::add_item(&body)?,
         };
         self.execute(&self.cart, key, cart_request, call).await
     }
@@ -368,11 +424,11 @@ impl Api {
         name: &str,
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
-        let call = self.call_options(request.headers(), Quota::KIND)?;
+        let (call, body) = self.read(request, Quota::KIND, true).await?;
         let quota_request = if let Route::QuotaAcquire(_) = route {
-            requests::acquire(name, &self.body(request).await?)?
+            requests::acquire(name, &body)?
         } else {
-            requests::release(name, &self.body(request).await?)?
+            requests::release(name, &body)?
         };
         self.execute(&self.quota, key, quota_request, call).await
     }
@@ -393,20 +449,23 @@ impl Api {
         };
         // Stock changes are always durable: an acknowledged stock level is
         // what every later reservation is checked against.
-        let call = (Durability::Durable, None);
+        let call = Options {
+            durability: Durability::Durable,
+            idempotency: None,
+            origin: Origin::Client,
+        };
         self.execute(&self.inventory, &sku, inventory_request, call)
             .await
     }
 
-    /// A call from another worker (its token was checked as the trusted
-    /// hop): apply it here.
+    /// A call from another worker (its credential is checked): apply it
+    /// here.
     async fn internal(
         &self,
         kind: &str,
         id: &str,
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
-        require_internal_calls(self.config.internal_token.as_deref())?;
         let idempotency_id = header_str(request.headers(), "idempotency-key")
             .ok_or_else(|| {
                 Reply::error(
@@ -425,16 +484,32 @@ impl Api {
             .into())
     }
 
+    /// The credential `access` asks for, from `headers`: 403 without it.
+    fn check_access(&self, access: Access, headers: &HeaderMap) -> Result<(), Answer> {
+        match access {
+            Access::Open => Ok(()),
+            Access::Client => check_hop(headers, self.config.proxy_token.as_deref()),
+            Access::Worker => check_internal(headers, self.config.internal_token.as_deref()),
+        }
+    }
+
     async fn body(&self, request: Request<Incoming>) -> Result<Bytes, Answer> {
         Ok(body::read(request, self.config.max_body_bytes).await?)
     }
 
-    /// Durability (header or the type's default) and idempotency key.
-    fn call_options(
+    /// A request to a user's entity of type `kind`, besides its route: its
+    /// durability (header or the type's default), its body (read when the
+    /// route `takes_body`; a body the route ignores is no part of the
+    /// request), and its `Idempotency-Key` scoped to the request: its
+    /// method, path and body ([`Fingerprint`]). A `GET` drops the key: a
+    /// read has nothing to apply once.
+    async fn read(
         &self,
-        headers: &HeaderMap,
+        request: Request<Incoming>,
         kind: &str,
-    ) -> Result<(Durability, Option<String>), Answer> {
+        takes_body: bool,
+    ) -> Result<(Options, Bytes), Answer> {
+        let headers = request.headers();
         let durability = match header_str(headers, DURABILITY) {
             None => self.config.durability_of(kind),
             Some("durable") => Durability::Durable,
@@ -448,7 +523,21 @@ impl Api {
         let idempotency_key = header_str(headers, "idempotency-key")
             .map(|k| check_name("Idempotency-Key", k.to_owned()))
             .transpose()?;
-        Ok((durability, idempotency_key))
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let body = if takes_body {
+            self.body(request).await?
+        } else {
+            Bytes::new()
+        };
+        let idempotency = idempotency_key
+            .filter(|_| method != Method::GET)
+            .map(|key| Idempotency::new(key, Fingerprint::of(method.as_str(), &path, &body)));
+        let options = Options {
+            durability,
+            idempotency,
+            origin: Origin::Client,
+        };
+        Ok((options, body))
     }
 
     async fn execute<E: Entity>(
@@ -456,10 +545,10 @@ impl Api {
         entity: &E,
         key: &str,
         request: E::Request,
-        (durability, idempotency_key): (Durability, Option<String>),
+        options: Options,
     ) -> Result<Answer, Answer> {
         self.engine
-            .execute(entity, key, request, durability, idempotency_key, self)
+            .execute(entity, key, request, options, self)
             .await
             .map(Answer::Entity)
             .map_err(|e| runtime_error(&e).into())
@@ -494,6 +583,11 @@ impl Api {
         allow: Option<&[Method]>,
     ) -> Response<Full<Bytes>> {
         let empty = body.is_empty();
+        let unavailable = if status == 503 {
+            unavailable_code(&body)
+        } else {
+            None
+        };
         let mut response = Response::new(Full::new(body));
         *response.status_mut() =
             hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -514,6 +608,17 @@ impl Api {
         }
         if status == 503 {
             headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            if let Some(code) = unavailable {
+                headers.insert(
+                    HeaderName::from_static(headers::UNAVAILABLE),
+                    HeaderValue::from_static(code),
+                );
+            }
+        }
+        if status == 413 {
+            // The rest of the body is read and dropped, then the connection
+            // closes (see `body`).
+            headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(methods) = allow {
             let list = methods
@@ -543,8 +648,10 @@ impl CallSender for Api {
 
 #[async_trait]
 impl LocalReceiver for Api {
-    /// Apply a call here, durably, once per idempotency id. A draining
-    /// worker takes no entities: 421, and the caller moves on.
+    /// Apply a call here, durably, once per idempotency id (the call is
+    /// fingerprinted as the `POST` to its internal route, however it came,
+    /// so a retry replays and another call under the id gets 422). A
+    /// draining worker takes no entities: 421, and the caller moves on.
     async fn receive(&self, kind: &str, id: &str, body: &[u8], idempotency_id: &str) -> Reply {
         if self.draining.load(Ordering::Acquire) {
             return Reply::error(421, "not_owner", "this worker is draining");
@@ -552,7 +659,13 @@ impl LocalReceiver for Api {
         let answer = match kind {
             Inventory::KIND => match requests::inventory_call(body) {
                 Ok(request) => {
-                    let options = (Durability::Durable, Some(idempotency_id.to_owned()));
+                    let path = format!("/internal/v1/{kind}/{id}");
+                    let call = Fingerprint::of("POST", &path, body);
+                    let options = Options {
+                        durability: Durability::Durable,
+                        idempotency: Some(Idempotency::new(idempotency_id.to_owned(), call)),
+                        origin: Origin::Entity,
+                    };
                     self.execute(&self.inventory, id, request, options).await
                 }
                 Err(reply) => Err(reply.into()),
@@ -594,33 +707,68 @@ fn check_bearer(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answe
     }
 }
 
-/// The trusted hop: with an internal token configured, a request must carry
-/// it (the proxy and the other workers send it): 403 `untrusted_hop`
-/// otherwise, so nobody reaches a worker around the proxy's identity
-/// checks. Without one (a trusted network, tests), anything passes.
-fn check_trusted_hop(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
+/// A client's request: with a proxy token configured, it must carry it in
+/// `x-roost-hop-token` (every proxy sends it, and strips any a client sent):
+/// 403 `untrusted_hop` otherwise, so nobody reaches the entity API around
+/// the proxy's identity checks. The internal token does not open it: a
+/// worker calls only the internal routes. Without a proxy token (a trusted
+/// network, tests), anything passes.
+fn check_hop(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
+    match expected {
+        Some(expected) if !carries(headers, headers::HOP_TOKEN, expected) => {
+            let message = "this worker takes client requests only through a proxy";
+            Err(Reply::error(403, "untrusted_hop", message).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Another worker's call: 403 `forwarded_internal` if it carries
+/// `x-roost-hop-token` at all (a proxy forwarded it, which it must never
+/// do, whatever else the request carries); 403 `internal_disabled` when no
+/// internal token is configured; 403 `untrusted_hop` without the internal
+/// token in `x-roost-internal-token`. The proxy's token never opens it.
+fn check_internal(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
+    if headers.contains_key(headers::HOP_TOKEN) {
+        let message = "the internal routes take calls from other workers, never through a proxy";
+        return Err(Reply::error(403, "forwarded_internal", message).into());
+    }
     let Some(expected) = expected else {
-        return Ok(());
+        let message = "this worker has no internal_token configured";
+        return Err(Reply::error(403, "internal_disabled", message).into());
     };
-    let sent = header_str(headers, headers::INTERNAL_TOKEN).unwrap_or_default();
-    if same_secret(sent, expected) {
+    if carries(headers, headers::INTERNAL_TOKEN, expected) {
         Ok(())
     } else {
-        let message = "this worker takes requests only through the proxy or from other workers";
+        let message = "the internal routes take only calls from this fleet's workers";
         Err(Reply::error(403, "untrusted_hop", message).into())
     }
 }
 
-/// Calls from other workers need an internal token configured here (the
-/// trusted-hop check has verified the request carries it): 403
-/// `internal_disabled` otherwise.
-fn require_internal_calls(token: Option<&str>) -> Result<(), Answer> {
-    match token {
-        Some(_) => Ok(()),
-        None => {
-            let message = "this worker has no internal_token configured";
-            Err(Reply::error(403, "internal_disabled", message).into())
-        }
+/// Whether header `name` holds the secret `expected`.
+fn carries(headers: &HeaderMap, name: &str, expected: &str) -> bool {
+    header_str(headers, name).is_some_and(|sent| same_secret(sent, expected))
+}
+
+/// A path must already be in its normal form: 400 `invalid_path` saying why
+/// not. (Compared, not judged by the `Cow`: a path with escapes that are
+/// kept comes back rebuilt but unchanged.)
+fn check_normal(raw: &str) -> Result<(), Reply> {
+    match path::normalize(raw) {
+        Ok(normal) if normal == raw => Ok(()),
+        Ok(normal) => Err(Reply::error(
+            400,
+            "invalid_path",
+            format!(
+                "the path is not in its normal form, {normal} (no empty, '.' or '..' \
+                 segments; letters, digits and -._~ unescaped; escapes in upper case)"
+            ),
+        )),
+        Err(e) => Err(Reply::error(
+            400,
+            "invalid_path",
+            format!("invalid path: {e}"),
+        )),
     }
 }
 
@@ -632,6 +780,21 @@ fn same_secret(sent: &str, expected: &str) -> bool {
             .zip(expected.bytes())
             .fold(0u8, |diff, (a, b)| diff | (a ^ b))
             == 0
+}
+
+/// The error code of a 503 that is about this worker rather than the
+/// request (it cannot serve this key now), which a proxy answers by trying
+/// the key's next candidate: `lease_lost`, `draining`, `handoff_timeout`.
+fn unavailable_code(body: &[u8]) -> Option<&'static str> {
+    #[derive(serde::Deserialize)]
+    struct Code<'a> {
+        #[serde(borrow)]
+        error: &'a str,
+    }
+    let code: Code<'_> = serde_json::from_slice(body).ok()?;
+    ["lease_lost", "draining", "handoff_timeout"]
+        .into_iter()
+        .find(|known| *known == code.error)
 }
 
 fn insert_display(headers: &mut HeaderMap, name: HeaderName, value: impl std::fmt::Display) {
@@ -680,5 +843,27 @@ fn runtime_error(error: &RuntimeError) -> Reply {
             tracing::error!(%error, "an entity type made calls it did not declare");
             Reply::error(500, "undeclared_calls", error.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_worker_side_503s_are_marked_unavailable() {
+        for code in ["lease_lost", "draining", "handoff_timeout"] {
+            let reply = Reply::error(503, code, "m");
+            assert_eq!(unavailable_code(reply.body_text().as_bytes()), Some(code));
+        }
+        for code in ["store_unavailable", "not_owner", "calls_unfinished"] {
+            let reply = Reply::error(503, code, "m");
+            assert_eq!(
+                unavailable_code(reply.body_text().as_bytes()),
+                None,
+                "{code}"
+            );
+        }
+        assert_eq!(unavailable_code(b"not json"), None);
     }
 }

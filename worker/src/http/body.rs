@@ -1,5 +1,16 @@
 //! Request bodies: read at most `max_body_bytes`, parse JSON with errors a
 //! client can act on.
+//!
+//! A body over the limit is answered (413) as soon as it is known to be too
+//! large, before the client has sent all of it. Closing the connection
+//! then, with the rest unread, makes the kernel reset it: the client (or a
+//! proxy forwarding the body) fails writing the rest and never reads the
+//! reply. So, like nginx's lingering close, the rest is read and dropped in
+//! the background, for at most [`DISCARD_TIME`] and [`DISCARD_BYTES`], and
+//! the connection closes once it is all read (the 413 says
+//! `Connection: close`). hyper alone drains only what is already buffered.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -8,6 +19,11 @@ use hyper::Request;
 use serde::de::DeserializeOwned;
 
 use crate::entity::Reply;
+
+/// After a 413, the longest the rest of the body is read for.
+pub const DISCARD_TIME: Duration = Duration::from_secs(2);
+/// After a 413, the most of the rest of the body that is read.
+pub const DISCARD_BYTES: usize = 4 << 20;
 
 /// Read the whole body, or 413 when it is (or claims to be) larger than `max`.
 pub async fn read(request: Request<Incoming>, max: usize) -> Result<Bytes, Reply> {
@@ -23,18 +39,48 @@ pub async fn read(request: Request<Incoming>, max: usize) -> Result<Bytes, Reply
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // Such a client sends no body until told to go on, and the 413 says no.
+    let waits_to_send = request
+        .headers()
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut body = request.into_body();
     if declared.is_some_and(|length| length > max as u64) {
+        if !waits_to_send {
+            discard(body);
+        }
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), max).collect().await {
+    match Limited::new(&mut body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            discard(body);
+            Err(too_large())
+        }
         Err(e) => Err(Reply::error(
             400,
             "bad_body",
             format!("cannot read the body: {e}"),
         )),
     }
+}
+
+/// Read and drop the rest of `body` in the background, within
+/// [`DISCARD_TIME`] and [`DISCARD_BYTES`]; then hyper closes the connection.
+fn discard(mut body: Incoming) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut left = DISCARD_BYTES;
+            while let Some(Ok(frame)) = body.frame().await {
+                let length = frame.data_ref().map_or(0, Bytes::len);
+                match left.checked_sub(length) {
+                    Some(rest) => left = rest,
+                    None => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    });
 }
 
 /// Parse `body` as `T`: 400 `invalid_json` when it is not JSON, 400

@@ -1,11 +1,14 @@
-//! Accept loop: one task per connection (HTTP/1.1 keep-alive) until the
-//! shutdown future resolves. Then readiness fails at once, but the worker
-//! goes on serving for `drain_delay` (proxies take a health check or a
-//! discovery read to stop sending it requests; a request that raced onto a
-//! connection as it closed would be lost to a non-idempotent retry rule),
-//! and only then stops accepting, closes idle connections and waits, up to
-//! a deadline, for the requests in flight to finish.
+//! Accept loops: one task per connection (HTTP/1.1 keep-alive), on the
+//! public listener and, when there is one, the admin listener (each serves
+//! its [`Surface`] of the API), until the shutdown future resolves. Then
+//! readiness fails at once, but the worker goes on serving for
+//! `drain_delay` (proxies take a health check or a discovery read to stop
+//! sending it requests; a request that raced onto a connection as it closed
+//! would be lost to a non-idempotent retry rule), and only then both
+//! listeners stop accepting, idle connections close, and the requests in
+//! flight get up to a deadline to finish.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use super::api::Api;
+use super::api::{Api, Surface};
 
 /// When to stop serving, and how gently.
 #[derive(Debug, Clone, Copy)]
@@ -27,32 +30,61 @@ pub struct Drain {
     pub grace: Duration,
 }
 
-/// Serve `listener` until `shutdown` resolves and `drain.delay` has passed,
-/// then wait up to `drain.grace` for in-flight requests. Returns whether
-/// they all finished in time.
+/// The sockets a worker serves on.
+pub struct Listeners {
+    /// `--listen`: [`Surface::Public`], for proxies and other workers.
+    pub public: TcpListener,
+    /// `--admin-listen`: [`Surface::Admin`], for the operator's network
+    /// (`None`: no admin listener).
+    pub admin: Option<TcpListener>,
+}
+
+/// Serve `listeners` until `shutdown` resolves and `drain.delay` has
+/// passed, then wait up to `drain.grace` for in-flight requests. Returns
+/// whether they all finished in time.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     api: Arc<Api>,
     shutdown: impl Future<Output = ()>,
     drain: Drain,
 ) -> bool {
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    let mut stop_at: Option<tokio::time::Instant> = None;
+    let stop = async {
+        shutdown.await;
+        api.start_draining();
+        tokio::time::sleep(drain.delay).await;
+    };
+    let admin = async {
+        match listeners.admin {
+            Some(listener) => accept(listener, Surface::Admin, &api, &graceful).await,
+            None => std::future::pending().await,
+        }
+    };
+    // The accept loops own the listeners: when `stop` wins, both close.
+    tokio::select! {
+        () = stop => {}
+        never = accept(listeners.public, Surface::Public, &api, &graceful) => match never {},
+        never = admin => match never {},
+    }
+    tokio::select! {
+        () = graceful.shutdown() => true,
+        () = tokio::time::sleep(drain.grace) => false,
+    }
+}
+
+/// Accept connections on `listener` and serve `surface` of the API on
+/// each, watched by `graceful`, until dropped.
+async fn accept(
+    listener: TcpListener,
+    surface: Surface,
+    api: &Arc<Api>,
+    graceful: &GracefulShutdown,
+) -> Infallible {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown, if stop_at.is_none() => {
-                api.start_draining();
-                stop_at = Some(tokio::time::Instant::now() + drain.delay);
-                continue;
-            }
-            () = sleep_until(stop_at), if stop_at.is_some() => break,
-        };
-        let stream = match accepted {
+        let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %e, ?surface, "accept failed");
                 continue;
             }
         };
@@ -60,10 +92,10 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let api = Arc::clone(&api);
+        let api = Arc::clone(api);
         let service = service_fn(move |request| {
             let api = Arc::clone(&api);
-            async move { Ok::<_, std::convert::Infallible>(api.handle(request).await) }
+            async move { Ok::<_, Infallible>(api.handle(request, surface).await) }
         });
         let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
@@ -72,17 +104,5 @@ pub async fn serve(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => true,
-        () = tokio::time::sleep(drain.grace) => false,
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

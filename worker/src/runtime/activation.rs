@@ -81,6 +81,13 @@ pub struct Slot {
 pub struct Loaded {
     /// The entity's `State`, type-erased so one map holds every entity type.
     pub state: Box<dyn Any + Send>,
+    /// `state` as the entity encoded it at the last change (or as claimed):
+    /// what a change that is not kept (over `max_state_bytes`, or calls a
+    /// request did not declare) goes back to, and what a durable change's
+    /// row of the state before it is built from. Kept, since every change
+    /// encodes the state for its row anyway: neither costs an encode or a
+    /// clone of the state, only these bytes of memory per entity held.
+    pub encoded: Vec<u8>,
     pub meta: Meta,
     /// Bumped on every change; persisted with the state.
     pub version: u64,

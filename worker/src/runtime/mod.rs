@@ -10,9 +10,14 @@
 //! 3. claim it from the store on first use (asking a live owner to hand it
 //!    over; see [`crate::ownership`]), then make sure the lease still
 //!    holds ([`crate::lease`]; if not: 503);
-//! 4. answer a repeated `Idempotency-Key` from the remembered reply;
-//! 5. run the handler; on a change, bump the version, encode the state and
-//!    hand the row to the [`flusher::Flusher`];
+//! 4. answer a repeated `Idempotency-Key` from the remembered reply, or
+//!    refuse it (422) if it came with another request
+//!    ([`idempotency`]);
+//! 5. run the handler; on a change, encode the state (a client's change
+//!    that makes it larger than `max_state_bytes` is undone and refused
+//!    with 413: the encode every change needs for its row is the size
+//!    check), bump the version and hand the row to the
+//!    [`flusher::Flusher`];
 //! 6. unlock, and hold the reply at the output gate while it depends on a
 //!    durable change not yet committed (its own, or one it may have seen);
 //!    if that change fails, answer 503
@@ -31,6 +36,7 @@
 pub mod activation;
 pub mod envelope;
 pub mod flusher;
+pub mod idempotency;
 pub mod map;
 
 use std::sync::Arc;
@@ -42,6 +48,7 @@ use tokio::sync::watch;
 use self::activation::{Activation, BuiltOnFailure, Effect, FlushFailure, Gate, Loaded};
 use self::envelope::Awaiting;
 use self::flusher::{FlushConfig, Flusher};
+use self::idempotency::Idempotency;
 use self::map::EntityMap;
 use crate::calls::{CallError, CallSender};
 use crate::entity::{Context, Entity, Next, Outcome, Reply};
@@ -58,6 +65,30 @@ pub enum Durability {
     WriteBehind,
     /// Acknowledged after the batch holding the change has committed.
     Durable,
+}
+
+/// Who sent a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client, through a proxy.
+    Client,
+    /// Another entity's call: a step of a protocol between entities that
+    /// must not be refused halfway (a reservation's release must apply),
+    /// so `max_state_bytes` does not apply to it; an entity type that takes
+    /// calls bounds what they add to its state.
+    Entity,
+}
+
+/// How to run one request, besides what it asks.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How the change is acknowledged (durable whatever this says when the
+    /// request makes calls).
+    pub durability: Durability,
+    /// Its `Idempotency-Key` (a call's idempotency id), with what
+    /// identifies the request.
+    pub idempotency: Option<Idempotency>,
+    pub origin: Origin,
 }
 
 /// A reply about one entity, with what identifies the answering owner.
@@ -89,8 +120,10 @@ pub enum RuntimeError {
 
 /// What a handler step ran into.
 enum Step<E: Entity> {
-    /// A client's (or a caller's) request.
+    /// A client's request.
     Request(E::Request),
+    /// Another entity's call ([`Origin::Entity`]).
+    Call(E::Request),
     /// The replies to the calls the entity made.
     Replies(Vec<Reply>),
 }
@@ -114,6 +147,10 @@ pub struct RuntimeConfig {
     /// The longest one round of calls to other entities may take, retries
     /// included; past it the request gets 503 and the calls stay awaited.
     pub call_timeout: Duration,
+    /// The largest encoded state a client's change may leave an entity
+    /// with (a change that shrinks a larger one is let through), and the
+    /// budget of the replies it remembers for idempotency keys.
+    pub max_state_bytes: usize,
 }
 
 /// How long a claimer waits before asking the store again, at first; it
@@ -214,11 +251,15 @@ impl Runtime {
         entity: &E,
         id: &str,
         request: E::Request,
-        durability: Durability,
-        idempotency_key: Option<String>,
+        options: Options,
         calls: &dyn CallSender,
     ) -> Result<EntityReply, RuntimeError> {
         let key = format!("{}/{}", E::KIND, id);
+        let Options {
+            durability,
+            idempotency,
+            origin,
+        } = options;
         let durability = if entity.makes_calls(&request) {
             Durability::Durable
         } else {
@@ -250,24 +291,21 @@ impl Runtime {
                         .await?;
                 }
             }
-            let step = Step::Request(request);
-            let answered = match self.apply(
-                entity,
-                &activation,
-                loaded,
-                step,
-                durability,
-                idempotency_key,
-            )? {
-                Applied::Replied(reply, gate) => (reply, gate),
-                Applied::Calling(gate) => {
-                    if let Some(gate) = gate {
-                        self.wait_at_gate(gate).await?;
-                    }
-                    self.finish_calls(entity, &activation, loaded, calls)
-                        .await?
-                }
+            let step = match origin {
+                Origin::Client => Step::Request(request),
+                Origin::Entity => Step::Call(request),
             };
+            let answered =
+                match self.apply(entity, &activation, loaded, step, durability, idempotency)? {
+                    Applied::Replied(reply, gate) => (reply, gate),
+                    Applied::Calling(gate) => {
+                        if let Some(gate) = gate {
+                            self.wait_at_gate(gate).await?;
+                        }
+                        self.finish_calls(entity, &activation, loaded, calls)
+                            .await?
+                    }
+                };
             // Held replies wait with the entity unlocked.
             drop(slot);
             break answered;
@@ -294,8 +332,15 @@ impl Runtime {
             };
             let replies = self.send_all(&awaiting, calls).await?;
             let step = Step::Replies(replies);
-            let key = awaiting.idempotency_key;
-            match self.apply(entity, activation, loaded, step, Durability::Durable, key)? {
+            let idempotency = awaiting.idempotency();
+            match self.apply(
+                entity,
+                activation,
+                loaded,
+                step,
+                Durability::Durable,
+                idempotency,
+            )? {
                 Applied::Replied(reply, gate) => return Ok((reply, gate)),
                 Applied::Calling(gate) => {
                     if let Some(gate) = gate {
@@ -380,8 +425,9 @@ impl Runtime {
         }
     }
 
-    /// Steps 4 and 5 of the request path, with the entity locked: answer a
-    /// replayed idempotency key, or run the step and record what changed.
+    /// Steps 4 and 5 of the request path, with the entity locked: answer
+    /// an idempotency key seen before, or run the step and record what
+    /// changed.
     fn apply<E: Entity>(
         &self,
         entity: &E,
@@ -389,28 +435,25 @@ impl Runtime {
         loaded: &mut Loaded,
         step: Step<E>,
         durability: Durability,
-        idempotency_key: Option<String>,
+        idempotency: Option<Idempotency>,
     ) -> Result<Applied, RuntimeError> {
         let seen_failures = Self::revert_if_failed(entity, activation, loaded)?;
-        let replayed = match (&step, idempotency_key.as_deref()) {
-            (Step::Request(_), Some(k)) => loaded.meta.replies.get(k),
+        let seen = match (&step, &idempotency) {
+            (Step::Request(_) | Step::Call(_), Some(idempotency)) => {
+                loaded.meta.replies.answer_seen(idempotency, loaded.version)
+            }
             _ => None,
-        }
-        .map(|first| EntityReply {
-            reply: first.reply.clone(),
-            version: first.version,
-            epoch: loaded.epoch,
-        });
-        let (reply, effect) = match replayed {
-            Some(reply) => (Some(reply), Effect::Read),
-            None => self.run_handler(
-                entity,
-                activation,
-                loaded,
-                step,
-                durability,
-                idempotency_key,
-            )?,
+        };
+        let (reply, effect) = match seen {
+            Some((reply, version)) => (
+                Some(EntityReply {
+                    reply,
+                    version,
+                    epoch: loaded.epoch,
+                }),
+                Effect::Read,
+            ),
+            None => self.run_handler(entity, activation, loaded, step, durability, idempotency)?,
         };
         let changed = !matches!(effect, Effect::Read);
         match activation.settle_request(effect, seen_failures) {
@@ -437,9 +480,17 @@ impl Runtime {
         }
     }
 
-    /// Run the handler (or `on_replies`); on a change, bump the version,
-    /// record awaited calls or remember the reply for its idempotency key,
-    /// and encode the row. The reply is `None` when the step made calls.
+    /// Run the handler (or `on_replies`); on a change, encode the state,
+    /// bump the version, record awaited calls or remember the reply for its
+    /// idempotency key, and build the row. The reply is `None` when the
+    /// step made calls.
+    ///
+    /// A change is undone (the state goes back to [`Loaded::encoded`])
+    /// when a client's request would leave the state larger than
+    /// `max_state_bytes` (413, nothing recorded), or made calls it did not
+    /// declare. Calls from other entities ([`Origin::Entity`]) and the
+    /// replies to this entity's calls are not capped: what the calls did
+    /// to other entities has happened, and is recorded whatever its size.
     fn run_handler<E: Entity>(
         &self,
         entity: &E,
@@ -447,7 +498,7 @@ impl Runtime {
         loaded: &mut Loaded,
         step: Step<E>,
         durability: Durability,
-        idempotency_key: Option<String>,
+        idempotency: Option<Idempotency>,
     ) -> Result<(Option<EntityReply>, Effect), RuntimeError> {
         let Some(state) = loaded.state.downcast_mut::<E::State>() else {
             return Err(ClaimError::Corrupt {
@@ -456,16 +507,15 @@ impl Runtime {
             }
             .into());
         };
-        let durable = durability == Durability::Durable;
-        let before_state = durable.then(|| state.clone());
         let ctx = Context {
             key: Arc::clone(&activation.key),
             now_ms: wall_clock_ms(),
             version: loaded.version,
             random: rand::random(),
         };
+        let capped = matches!(step, Step::Request(_));
         let outcome = match step {
-            Step::Request(request) => entity.handle(state, request, &ctx),
+            Step::Request(request) | Step::Call(request) => entity.handle(state, request, &ctx),
             Step::Replies(replies) => entity.on_replies(state, replies, &ctx),
         };
         let Outcome { next, changed } = outcome;
@@ -480,31 +530,44 @@ impl Runtime {
                 return Ok((Some(reply), Effect::Read));
             }
         }
-        let before = before_state.map(|before| {
-            let bytes = entity.encode(&before);
+        let bytes = entity.encode(state);
+        if capped && bytes.len() > self.config.max_state_bytes && bytes.len() > loaded.encoded.len()
+        {
+            self.undo(entity, activation, state, &loaded.encoded)?;
+            let reply = EntityReply {
+                reply: too_large::<E>(bytes.len(), self.config.max_state_bytes),
+                version: loaded.version,
+                epoch: loaded.epoch,
+            };
+            return Ok((Some(reply), Effect::Read));
+        }
+        let durable = durability == Durability::Durable;
+        if !durable && matches!(next, Next::Calls(_)) {
+            // Calls go out only once the state recording them has
+            // committed, which only a durable change waits for.
+            self.undo(entity, activation, state, &loaded.encoded)?;
+            return Err(RuntimeError::UndeclaredCalls { kind: E::KIND });
+        }
+        let before = durable.then(|| {
             row(
                 activation,
                 loaded.epoch,
                 loaded.version,
                 &loaded.meta,
-                &bytes,
+                &loaded.encoded,
             )
         });
-        if before.is_none() && matches!(next, Next::Calls(_)) {
-            // The handler changed memory we cannot roll back: drop the
-            // entity, so the next request reloads what was committed.
-            self.entities.evict(activation);
-            return Err(RuntimeError::UndeclaredCalls { kind: E::KIND });
-        }
         loaded.version += 1;
         let reply = match next {
             Next::Reply(reply) => {
                 loaded.meta.awaiting = None;
-                if let Some(k) = idempotency_key {
-                    loaded
-                        .meta
-                        .replies
-                        .remember(k, reply.clone(), loaded.version);
+                if let Some(idempotency) = idempotency {
+                    loaded.meta.replies.remember(
+                        idempotency,
+                        reply.clone(),
+                        loaded.version,
+                        self.config.max_state_bytes,
+                    );
                 }
                 Some(EntityReply {
                     reply,
@@ -513,14 +576,10 @@ impl Runtime {
                 })
             }
             Next::Calls(calls) => {
-                loaded.meta.awaiting = Some(Awaiting {
-                    idempotency_key,
-                    calls,
-                });
+                loaded.meta.awaiting = Some(Awaiting::new(idempotency, calls));
                 None
             }
         };
-        let bytes = entity.encode(state);
         let row = row(
             activation,
             loaded.epoch,
@@ -528,11 +587,40 @@ impl Runtime {
             &loaded.meta,
             &bytes,
         );
+        loaded.encoded = bytes;
         let effect = match before {
             Some(before) => Effect::Durable { row, before },
             None => Effect::WriteBehind(row),
         };
         Ok((reply, effect))
+    }
+
+    /// Put `state` back to `encoded` (its encoding before the handler ran).
+    /// Bytes the entity encoded that it cannot decode are a bug in the
+    /// entity type: the entity is dropped from memory, so the next request
+    /// reloads what was committed.
+    fn undo<E: Entity>(
+        &self,
+        entity: &E,
+        activation: &Arc<Activation>,
+        state: &mut E::State,
+        encoded: &[u8],
+    ) -> Result<(), RuntimeError> {
+        match entity.decode(encoded) {
+            Ok(before) => {
+                *state = before;
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::error!(key = %activation.key, %reason, "cannot decode the state the entity encoded; dropping it");
+                self.entities.evict(activation);
+                Err(ClaimError::Corrupt {
+                    key: activation.key.to_string(),
+                    reason,
+                }
+                .into())
+            }
+        }
     }
 
     /// Wait for the commit a held reply depends on.
@@ -559,10 +647,8 @@ impl Runtime {
         loaded: &mut Loaded,
         row: &FlushRow,
     ) -> Result<(), RuntimeError> {
-        let (meta, state) = ownership::decode_state(entity, &row.key, Some(&row.state))?;
-        loaded.state = Box::new(state);
-        loaded.meta = meta;
-        loaded.version = u64::try_from(row.version).unwrap_or(0);
+        let epoch = loaded.epoch;
+        *loaded = ownership::stored(entity, &row.key, Some(&row.state), row.version, epoch)?;
         Ok(())
     }
 
@@ -718,6 +804,18 @@ fn row(
         version: i64::try_from(version).unwrap_or(i64::MAX),
         state: envelope::encode(state, meta),
     }
+}
+
+/// 413 `state_too_large`: a change would make a `E` `bytes` long.
+fn too_large<E: Entity>(bytes: usize, max: usize) -> Reply {
+    Reply::error(
+        413,
+        "state_too_large",
+        format!(
+            "the change would make this {} {bytes} bytes, over max_state_bytes ({max}); it was not applied",
+            E::KIND
+        ),
+    )
 }
 
 /// Milliseconds since the Unix epoch (handlers' notion of now).

@@ -11,9 +11,13 @@
 //! }
 //! ```
 //!
-//! - [`Worker`]: one process; SIGKILLed and reaped on drop, its temp dir
+//! - [`Worker`]: one process, with its public (`addr`) and admin
+//!   (`admin`: metrics) listeners; SIGKILLed and reaped on drop, its temp dir
 //!   (config, log) removed (set `ROOST_TEST_KEEP_DIR=1` to keep it). When a
 //!   test panics the end of every live worker's log is printed.
+//!   [`Worker::start`] waits for `/healthz` and retries a failed start;
+//!   [`Worker::launch`] spawns and returns at once (several workers
+//!   starting together), and [`Worker::wait_ready`] waits for `/readyz`.
 //! - [`Store`]: an SQLite file in a fresh temp dir, or Postgres:
 //!   `DATABASE_URL` when it is set and answers, otherwise a throwaway cluster
 //!   started once per test binary (see [`postgres_url`]).
@@ -744,7 +748,10 @@ fn start_throwaway_cluster() -> String {
 /// config).
 pub struct Worker {
     pub id: String,
+    /// `--listen`: the entity API, the internal routes, the probes.
     pub addr: SocketAddr,
+    /// `--admin-listen`: `/metrics` and the probes.
+    pub admin: SocketAddr,
     pub store: Store,
     config: Option<PathBuf>,
     child: Option<Child>,
@@ -762,17 +769,7 @@ impl Worker {
     /// answers. A start that fails (e.g. the port was taken meanwhile) is
     /// retried on another port.
     pub async fn start(id: &str, store: &Store, config: Option<&str>) -> Worker {
-        let dir = TempDir::new(&format!("worker-{id}"));
-        let config = config.map(|yaml| dir.write("worker.yaml", yaml));
-        let mut worker = Worker {
-            id: id.to_owned(),
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            store: store.clone(),
-            config,
-            child: None,
-            client: client(),
-            dir,
-        };
+        let mut worker = Worker::new(id, store, config);
         let mut last_error = String::new();
         for attempt in 1..=3 {
             match worker.spawn_and_wait().await {
@@ -781,10 +778,65 @@ impl Worker {
                     eprintln!("worker {id} start attempt {attempt} failed: {e}");
                     last_error = e;
                     worker.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    worker.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
                 }
             }
         }
         panic!("could not start worker {id} in 3 attempts; last error:\n{last_error}")
+    }
+
+    /// Spawn a worker and return at once, without retrying a failed start,
+    /// so several can start at the same moment (as a fleet's first start
+    /// does); [`Worker::wait_ready`] then says whether it came up.
+    pub fn launch(id: &str, store: &Store, config: Option<&str>) -> Worker {
+        let mut worker = Worker::new(id, store, config);
+        worker
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot launch worker {id}: {e}"));
+        worker
+    }
+
+    /// A worker not yet spawned, with its temp dir and config file.
+    fn new(id: &str, store: &Store, config: Option<&str>) -> Worker {
+        let dir = TempDir::new(&format!("worker-{id}"));
+        let config = config.map(|yaml| dir.write("worker.yaml", yaml));
+        Worker {
+            id: id.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            store: store.clone(),
+            config,
+            child: None,
+            client: client(),
+            dir,
+        }
+    }
+
+    /// Wait (bounded by [`START_TIMEOUT`]) until `/readyz` answers 200;
+    /// panics with the log tail if the process exits first or never does.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                panic!(
+                    "worker {} exited before it was ready ({status}); log tail:\n{}",
+                    self.id,
+                    self.log_tail(20)
+                );
+            }
+            if let Ok(response) = self.client.get(self.url("/readyz")).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} was not ready within {START_TIMEOUT:?}; log tail:\n{}",
+                self.id,
+                self.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Start the worker again (same id, port, store, config) after it was
@@ -810,22 +862,7 @@ impl Worker {
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let mut command = Command::new(Self::bin());
-        command
-            .args(["--id", &self.id, "--listen", &self.addr.to_string()])
-            .args(["--store", &self.store.url()]);
-        if let Some(config) = &self.config {
-            command.arg("--config").arg(config);
-        }
-        let log = self.log_path();
-        let child = command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(open_log(&log)?)
-            .spawn()
-            .map_err(|e| format!("cannot spawn {}: {e}", Self::bin()))?;
-        self.child = Some(child);
+        self.spawn()?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.try_exit_status() {
@@ -852,8 +889,35 @@ impl Worker {
         }
     }
 
+    /// Spawn the process (its stderr appended to the log).
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut command = Command::new(Self::bin());
+        command
+            .args(["--id", &self.id, "--listen", &self.addr.to_string()])
+            .args(["--admin-listen", &self.admin.to_string()])
+            .args(["--store", &self.store.url()]);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let log = self.log_path();
+        let child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(open_log(&log)?)
+            .spawn()
+            .map_err(|e| format!("cannot spawn {}: {e}", Self::bin()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     /// A client for this worker with its own connection pool (one "device").
@@ -950,11 +1014,11 @@ impl Worker {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// `/metrics` text.
+    /// `/metrics` text, from the admin listener.
     pub async fn metrics(&self) -> String {
         let response = self
             .client
-            .get(self.url("/metrics"))
+            .get(self.admin_url("/metrics"))
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET /metrics of worker {}: {e}", self.id));

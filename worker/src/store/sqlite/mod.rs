@@ -9,20 +9,36 @@
 //! `UPDATE` per row (there is no network round trip to save, so one
 //! statement per row costs nothing extra). `synchronous = FULL`: a committed
 //! flush survives a crash of the process and of the machine.
+//!
+//! # Opening
+//!
+//! Any number of workers may start at once on a new or existing file. The
+//! first switch to WAL needs the file to itself, and SQLite answers a
+//! second process trying it meanwhile with `database is locked` at once,
+//! without waiting out the busy timeout. So setting the file up (WAL, then
+//! the schema in one `BEGIN IMMEDIATE` transaction) is serialised between
+//! processes by an `flock` on `<db>.lock`, as the Postgres store serialises
+//! its schema with an advisory lock; and an attempt that still finds the
+//! file busy is retried with backoff for [`SETUP_PATIENCE`]. Every
+//! statement waits up to [`BUSY_TIMEOUT`] for another process's write lock.
 
 pub mod registry;
 
 use std::collections::HashMap;
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 use super::{Claim, ClaimOutcome, FlushRow, Store, StoreError, StoreResult};
 
+/// One write transaction, so a worker creating the schema never meets
+/// another's half-made one.
 const SCHEMA: &str = "
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS roost_entities (
     key        TEXT PRIMARY KEY,
     epoch      INTEGER NOT NULL,
@@ -43,7 +59,8 @@ CREATE TABLE IF NOT EXISTS roost_handover (
     owner TEXT NOT NULL,
     key   TEXT NOT NULL,
     PRIMARY KEY (owner, key)
-) WITHOUT ROWID;";
+) WITHOUT ROWID;
+COMMIT;";
 
 const CLAIM: &str = "
 INSERT INTO roost_entities (key, epoch, owner) VALUES (?1, 1, ?2)
@@ -68,6 +85,15 @@ const PEEK: &str = "SELECT epoch, version, state FROM roost_entities WHERE key =
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long opening keeps trying while the file is busy (other workers
+/// setting it up, or writing); then the worker gives up and says why.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// First pause between attempts to set the file up; doubles up to
+/// [`SETUP_RETRY_MAX`].
+const SETUP_RETRY_MIN: Duration = Duration::from_millis(5);
+const SETUP_RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -125,22 +151,95 @@ impl SqliteStore {
     }
 }
 
+/// Why one attempt to set the file up failed.
+enum SetupError {
+    /// Another process holds the file or its setup lock: try again.
+    Busy(String),
+    /// Trying again will not help (not a database, no permission, …).
+    Fatal(String),
+}
+
+impl From<rusqlite::Error> for SetupError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                SetupError::Busy(e.to_string())
+            }
+            _ => SetupError::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// Open the file (and its folder) set up for use, trying again with
+/// backoff while it is busy, for at most [`SETUP_PATIENCE`].
 fn open_connection(path: &Path) -> StoreResult<Connection> {
     if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(folder)
             .map_err(|e| StoreError::Fatal(format!("cannot create {}: {e}", folder.display())))?;
     }
-    let fatal = |e: rusqlite::Error| StoreError::Fatal(format!("sqlite {}: {e}", path.display()));
-    let connection = Connection::open(path).map_err(fatal)?;
-    connection.busy_timeout(BUSY_TIMEOUT).map_err(fatal)?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(fatal)?;
-    connection
-        .pragma_update(None, "synchronous", "FULL")
-        .map_err(fatal)?;
-    connection.execute_batch(SCHEMA).map_err(fatal)?;
+    let deadline = Instant::now() + SETUP_PATIENCE;
+    let mut pause = SETUP_RETRY_MIN;
+    loop {
+        let busy = match set_up(path) {
+            Ok(connection) => return Ok(connection),
+            Err(SetupError::Fatal(e)) => {
+                return Err(StoreError::Fatal(format!("sqlite {}: {e}", path.display())));
+            }
+            Err(SetupError::Busy(e)) => e,
+        };
+        if Instant::now() + pause > deadline {
+            return Err(StoreError::Unavailable(format!(
+                "sqlite {}: still busy after trying to set it up for {SETUP_PATIENCE:?}: {busy}",
+                path.display()
+            )));
+        }
+        tracing::debug!(path = %path.display(), reason = %busy, "the store is busy; setting it up again shortly");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(SETUP_RETRY_MAX);
+    }
+}
+
+/// One attempt, holding the setup lock: open the file, switch it to WAL,
+/// create the schema.
+fn set_up(path: &Path) -> Result<Connection, SetupError> {
+    let _setting_up = setup_lock(path)?;
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(SetupError::Fatal(format!(
+            "cannot switch to WAL (the journal mode stays {mode:?})"
+        )));
+    }
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.execute_batch(SCHEMA)?;
     Ok(connection)
+}
+
+/// The `flock` on `<db>.lock` that one process at a time sets the file up
+/// under, released when the file is dropped (or the process dies).
+fn setup_lock(database: &Path) -> Result<File, SetupError> {
+    let mut path = database.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SetupError::Fatal(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(SetupError::Busy(format!(
+            "another process is setting it up ({} is locked)",
+            path.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(SetupError::Fatal(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
