@@ -69,8 +69,8 @@ pub struct ProxyConfig {
     /// A TLS (rustls) listener beside `listen`.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// The trusted hop: the fleet's internal token, sent to the workers with
-    /// every request so they take requests only through a proxy.
+    /// The trusted hop: the workers' `proxy_token`, sent to them with every
+    /// request so they take entity requests only through a proxy.
     #[serde(default)]
     pub trusted_hop: Option<TrustedHopConfig>,
 }
@@ -80,10 +80,11 @@ fn default_upstream_timeout() -> u64 {
 }
 
 /// `trusted_hop:` — how a proxy proves to the workers that a request came
-/// through it (and so through its identity checks and limits): the fleet's
-/// internal token (the workers' `internal_token`) in
-/// `x-roost-internal-token`, a header clients cannot send (every
-/// `x-roost-*` header from a client is stripped).
+/// through it (and so through its identity checks and limits): the
+/// workers' `proxy_token` in `x-roost-hop-token`, a header clients cannot
+/// send (every `x-roost-*` header from a client is stripped). It opens the
+/// entity API only: calls between workers need the workers' own
+/// `internal_token`, which a proxy never holds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedHopConfig {
@@ -95,7 +96,7 @@ pub struct TrustedHopConfig {
     pub token: Option<Spanned<String>>,
 }
 
-/// Shortest internal token accepted (the workers ask the same).
+/// Shortest hop token accepted (the workers ask the same of theirs).
 pub const MIN_HOP_TOKEN_BYTES: usize = 16;
 
 impl TrustedHopConfig {
@@ -117,13 +118,13 @@ impl TrustedHopConfig {
                 return Err(Invalid::at(inline.referenced, "token", message));
             }
             (None, None) => {
-                let message = "needs the fleet's internal token: `token_env: VARIABLE` (preferred) or `token: \"...\"`";
+                let message = "needs the workers' proxy_token: `token_env: VARIABLE` (preferred) or `token: \"...\"`";
                 return Err(Invalid::top("trusted_hop", message));
             }
         };
         if token.len() < MIN_HOP_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {
             let message = format!(
-                "the token must be at least {MIN_HOP_TOKEN_BYTES} visible ASCII characters, like the workers' internal_token"
+                "the token must be at least {MIN_HOP_TOKEN_BYTES} visible ASCII characters, like the workers' proxy_token"
             );
             return Err(Invalid::at(location, field, message));
         }
@@ -596,7 +597,9 @@ fn default_discovery_interval() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
-    /// Path probed with `GET`; any 200 passes.
+    /// Path probed with `GET`; any 200 passes. The workers' `/readyz`
+    /// fails while a worker drains or cannot be sure of its lease, so its
+    /// users move at once.
     pub path: String,
     pub interval_ms: u64,
     pub timeout_ms: u64,
@@ -609,7 +612,7 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
-            path: "/healthz".into(),
+            path: "/readyz".into(),
             interval_ms: 250,
             timeout_ms: 200,
             rise: 2,
@@ -766,8 +769,9 @@ pub struct LimitsConfig {
     /// `headers_too_large`). At most Pingora's own parse limit,
     /// [`limits::PINGORA_MAX_HEADER_BYTES`](crate::limits::PINGORA_MAX_HEADER_BYTES).
     pub max_header_bytes: Spanned<usize>,
-    /// Header fields (431 `headers_too_large`). At most Pingora's own parse
-    /// limit, [`limits::PINGORA_MAX_HEADERS`](crate::limits::PINGORA_MAX_HEADERS).
+    /// Header fields as forwarded, the proxy's own included (431
+    /// `headers_too_large`). At most what a worker parses,
+    /// [`WORKER_MAX_HEADERS`](roost_routing::headers::WORKER_MAX_HEADERS).
     pub max_headers: Spanned<usize>,
     /// Routing key length in bytes (400 `invalid_key`), prefix included.
     pub max_key_bytes: Spanned<usize>,
@@ -775,6 +779,9 @@ pub struct LimitsConfig {
     pub max_body_bytes: Spanned<u64>,
     /// Requests per key per second (429 `rate_limited`).
     pub rate: RateConfig,
+    /// Connections one client address may hold open at once; the next is
+    /// answered 429 `too_many_connections` and closed.
+    pub max_connections_per_address: Spanned<u32>,
 }
 
 impl Default for LimitsConfig {
@@ -785,13 +792,15 @@ impl Default for LimitsConfig {
             max_key_bytes: unwritten(256),
             max_body_bytes: unwritten(1024 * 1024),
             rate: RateConfig::default(),
+            max_connections_per_address: unwritten(512),
         }
     }
 }
 
 impl LimitsConfig {
     fn validate(&self) -> Result<(), Invalid> {
-        use crate::limits::{PINGORA_MAX_HEADERS, PINGORA_MAX_HEADER_BYTES};
+        use crate::limits::{ADDED_HEADERS, PINGORA_MAX_HEADER_BYTES};
+        use roost_routing::headers::WORKER_MAX_HEADERS;
         let pingora = "Pingora itself answers a bare 400 past it";
         check_range(
             &self.max_header_bytes,
@@ -801,9 +810,9 @@ impl LimitsConfig {
         )?;
         check_range(
             &self.max_headers,
-            1..=PINGORA_MAX_HEADERS,
+            ADDED_HEADERS + 1..=WORKER_MAX_HEADERS,
             "limits.max_headers",
-            pingora,
+            "a worker parses at most that many fields, the two the proxy adds included",
         )?;
         let key = "the key is forwarded in a header";
         check_range(
@@ -818,18 +827,27 @@ impl LimitsConfig {
             "limits.max_body_bytes",
             "must be greater than zero",
         )?;
+        check_range(
+            &self.max_connections_per_address,
+            1..=u32::MAX,
+            "limits.max_connections_per_address",
+            "must be greater than zero",
+        )?;
         self.rate.validate()
     }
 }
 
 /// `limits.rate:` — a token bucket per routing key: `per_s` tokens a
-/// second, at most `burst` saved up. `per_s: 0` turns it off. Keyless
-/// requests (`key.missing: any`) are not limited by it.
+/// second, at most `burst` saved up. `per_s: 0` turns it off. Keyless and
+/// minted requests (`key.missing: any`, `mint`) have no key of their own
+/// yet, so by default they are limited by client address instead.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateConfig {
     pub per_s: Spanned<u32>,
     pub burst: Spanned<u32>,
+    /// What limits a request with no key of its own.
+    pub keyless: KeylessRate,
 }
 
 impl Default for RateConfig {
@@ -837,8 +855,21 @@ impl Default for RateConfig {
         RateConfig {
             per_s: unwritten(100),
             burst: unwritten(200),
+            keyless: KeylessRate::Address,
         }
     }
+}
+
+/// `limits.rate.keyless:` — the bucket of a request without a key of its
+/// own (keyless under `missing: any`, or given a freshly minted id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeylessRate {
+    /// One bucket per client IP address (behind a shared NAT, its clients
+    /// share it).
+    Address,
+    /// Not limited.
+    Off,
 }
 
 impl RateConfig {
@@ -1001,7 +1032,8 @@ mod client_section_tests {
 
     #[test]
     fn out_of_range_values_are_refused_where_written() {
-        assert_refused("limits: {max_headers: 300}\n", 8, "max_headers", "Pingora");
+        assert_refused("limits: {max_headers: 300}\n", 8, "max_headers", "worker");
+        assert_refused("limits: {max_headers: 2}\n", 8, "max_headers", "worker");
         assert_refused(
             "limits:\n  max_header_bytes: 0\n",
             9,

@@ -258,17 +258,16 @@ fn cookie_value<'r>(request: &'r RequestHeader, name: &str) -> Option<&'r [u8]> 
 
 /// The value of cookie `name` in one `Cookie` header value (RFC 6265 §5.4:
 /// `name=value` pairs separated by `;`), trimmed and unquoted; `None` when
-/// it is absent or empty. The first pair with that name wins.
+/// it is absent or empty. The first non-empty pair with that name wins: an
+/// empty one (a cleared cookie a browser still sends) never hides a real
+/// value after it.
 pub fn find_cookie<'h>(header: &'h [u8], name: &str) -> Option<&'h [u8]> {
-    header
-        .split(|&b| b == b';')
-        .find_map(|pair| {
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            let (cookie, value) = pair.split_at(eq);
-            let value = value.get(1..)?.trim_ascii();
-            (cookie.trim_ascii() == name.as_bytes()).then(|| unquote(value))
-        })
-        .filter(|value| !value.is_empty())
+    header.split(|&b| b == b';').find_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (cookie, value) = pair.split_at(eq);
+        let value = unquote(value.get(1..)?.trim_ascii());
+        (cookie.trim_ascii() == name.as_bytes() && !value.is_empty()).then_some(value)
+    })
 }
 
 /// The token of a `Bearer <token>` header value (the scheme is
@@ -336,6 +335,22 @@ mod tests {
             ("cookie", "theme=dark; uid=\"bob\""),
         ]);
         assert_eq!(key_of(&extractor(), &req).as_deref(), Some(&b"bob"[..]));
+    }
+
+    #[test]
+    fn an_empty_cookie_does_not_hide_a_later_value() {
+        for header in [
+            "uid=; uid=bob",
+            "uid=\"\"; uid=bob",
+            "uid= ;uid=bob; uid=eve",
+        ] {
+            let req = request(&[("cookie", header)]);
+            assert_eq!(
+                key_of(&extractor(), &req).as_deref(),
+                Some(&b"bob"[..]),
+                "{header}"
+            );
+        }
     }
 
     #[test]

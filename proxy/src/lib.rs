@@ -21,6 +21,9 @@
 //!   before any worker sees it; [`rate`]: the per-key token bucket.
 //! - [`timeouts`]: the clock on every client connection (header read,
 //!   keep-alive idle) and the body and write timeouts.
+//! - [`connections`]: the open connections of each client address.
+//! - [`linger`]: reading what a client still sends after an early reply,
+//!   so the reply reaches it.
 //! - [`tls`]: the TLS listener's certificate and key.
 //! - [`admin`]: `/metrics`, `/admin/workers`, `/admin/route`.
 //! - [`metrics`], [`reply`], [`logging`]: what the others report with.
@@ -29,6 +32,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connections;
 pub mod discovery;
 pub mod fleet;
 pub mod fuzzing;
@@ -36,6 +40,7 @@ pub mod health;
 pub mod identity;
 pub mod key;
 pub mod limits;
+pub mod linger;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
@@ -54,6 +59,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::config::ProxyConfig;
+use crate::connections::PerAddressLimit;
 use crate::discovery::Discovery;
 use crate::fleet::Fleet;
 use crate::health::HealthChecker;
@@ -115,16 +121,21 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     server.run_forever()
 }
 
-/// The client-facing service: Pingora's HTTP proxy behind the client clock
-/// (every connection timed, see [`timeouts`]), on `listen` and, with a
-/// `tls` section, on its TLS listener too (same proxy, same limits).
+/// The client-facing service, on `listen` and, with a `tls` section, on its
+/// TLS listener too (same proxy, same limits). Its layers, outermost first:
 fn proxy_service(
     conf: &Arc<ServerConf>,
     proxy: RoostProxy,
     timeouts: ClientTimeouts,
     config: &ProxyConfig,
-) -> anyhow::Result<Service<ClientClock<HttpProxy<RoostProxy>>>> {
-    let app = ClientClock::new(pingora::proxy::http_proxy(conf, proxy), timeouts);
+) -> anyhow::Result<Service<ClientApp>> {
+    // Pingora's HTTP proxy running Roost's request path,
+    let app = pingora::proxy::http_proxy(conf, proxy);
+    // behind the client clock (every connection timed, see [`timeouts`]),
+    let app = ClientClock::new(app, timeouts);
+    // admitted only within its address's connection limit.
+    let per_address = config.limits.max_connections_per_address.value;
+    let app = PerAddressLimit::new(app, per_address);
     let mut service = Service::new("roost-proxy".to_owned(), app);
     service.add_tcp(&config.listen.to_string());
     if let Some(tls) = &config.tls {
@@ -133,6 +144,9 @@ fn proxy_service(
     }
     Ok(service)
 }
+
+/// The client-facing app, as [`proxy_service`] layers it.
+type ClientApp = PerAddressLimit<ClientClock<HttpProxy<RoostProxy>>>;
 
 fn server_conf(config: &ProxyConfig) -> ServerConf {
     ServerConf {

@@ -3,12 +3,16 @@
 //!
 //! | limit | status, `error` | checked |
 //! |---|---|---|
-//! | header bytes, header count | 431 `headers_too_large` | first thing in `request_filter` |
+//! | header bytes, header count (the fields the proxy adds included) | 431 `headers_too_large` | first thing in `request_filter` |
 //! | declared body (`Content-Length`) | 413 `body_too_large` | same |
+//! | `Content-Length` values that disagree, or are not numbers | 400 `invalid_content_length` | same |
+//! | path with no single meaning | 400 `invalid_path` | next ([`roost_routing::path`]) |
+//! | path under the fleet's internal prefix | 404 `not_found` | same |
 //! | key length, key charset | 400 `invalid_key` | once the key is known |
-//! | requests per key | 429 `rate_limited` + `Retry-After` | same ([`crate::rate`]) |
+//! | requests per key (keyless: per client address) | 429 `rate_limited` + `Retry-After` | same ([`crate::rate`]) |
 //! | streamed (chunked) body | 413 `body_too_large` | `request_body_filter`, as it arrives |
 //! | body stalls | 408 `request_timeout` | Pingora's read timeout, answered in `fail_to_proxy` |
+//! | connections per client address | 429 `too_many_connections`, then close | on accept ([`crate::connections`]) |
 //!
 //! Why here and not in Pingora: Pingora's HTTP/1 parser has limits of its
 //! own ([`PINGORA_MAX_HEADERS`], [`PINGORA_MAX_HEADER_BYTES`]), far above
@@ -30,7 +34,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_prometheus::prometheus::{register_int_counter_vec, IntCounter};
 
-use crate::config::LimitsConfig;
+use crate::config::{KeylessRate, LimitsConfig};
 use crate::rate::RateLimiter;
 use crate::reply::ErrorReply;
 use crate::timeouts::ClientTimeouts;
@@ -41,6 +45,10 @@ pub const PINGORA_MAX_HEADERS: usize = 256;
 /// Most header bytes Pingora 0.9 reads before answering 400
 /// (`MAX_HEADER_SIZE`, same file).
 pub const PINGORA_MAX_HEADER_BYTES: usize = 1_048_575;
+/// Header fields the proxy may add to a request it forwards
+/// (`x-roost-key`, `x-roost-hop-token`): counted against `max_headers`, so
+/// what reaches a worker is within the limit too.
+pub const ADDED_HEADERS: usize = 2;
 
 /// Which limit refused a request: the `limit` label of
 /// `roost_proxy_limit_rejections_total`.
@@ -54,17 +62,29 @@ pub enum Limit {
     /// time ([`crate::timeouts`]).
     HeaderTimeout,
     BodyTimeout,
+    /// `Content-Length` values that disagree or do not parse.
+    Framing,
+    /// A path with no single meaning.
+    InvalidPath,
+    /// A path under the fleet's internal prefix.
+    InternalPath,
+    /// A connection over the per-address limit.
+    Connections,
 }
 
 impl Limit {
     /// Every limit, in declaration order.
-    const ALL: [Limit; 6] = [
+    const ALL: [Limit; 10] = [
         Limit::Headers,
         Limit::Key,
         Limit::Body,
         Limit::Rate,
         Limit::HeaderTimeout,
         Limit::BodyTimeout,
+        Limit::Framing,
+        Limit::InvalidPath,
+        Limit::InternalPath,
+        Limit::Connections,
     ];
 
     fn label(self) -> &'static str {
@@ -75,12 +95,16 @@ impl Limit {
             Limit::Rate => "rate",
             Limit::HeaderTimeout => "header_timeout",
             Limit::BodyTimeout => "body_timeout",
+            Limit::Framing => "framing",
+            Limit::InvalidPath => "invalid_path",
+            Limit::InternalPath => "internal_path",
+            Limit::Connections => "connections",
         }
     }
 }
 
 /// One counter per [`Limit`], in `Limit::ALL` order, resolved once.
-static REJECTIONS: LazyLock<[IntCounter; 6]> = LazyLock::new(|| {
+static REJECTIONS: LazyLock<[IntCounter; Limit::ALL.len()]> = LazyLock::new(|| {
     let family = register_int_counter_vec!(
         "roost_proxy_limit_rejections_total",
         "Requests refused (or connections dropped) by a limit, by limit.",
@@ -106,6 +130,8 @@ pub struct Limits {
     max_body_bytes: u64,
     /// `None` when `rate.per_s` is 0.
     rate: Option<RateLimiter>,
+    /// What limits requests with no key of their own.
+    keyless: KeylessRate,
     timeouts: ClientTimeouts,
 }
 
@@ -120,6 +146,7 @@ impl Limits {
             max_key_bytes: config.max_key_bytes.value,
             max_body_bytes: config.max_body_bytes.value,
             rate: RateLimiter::new(config.rate.per_s.value, config.rate.burst.value, secret),
+            keyless: config.rate.keyless,
             timeouts,
         }
     }
@@ -135,29 +162,46 @@ impl Limits {
     pub fn check_request(&self, session: &Session) -> Option<ErrorReply> {
         let request = session.req_header();
         let bytes = header_bytes(session);
-        if bytes > self.max_header_bytes || request.headers.len() > self.max_headers {
+        let fields = request.headers.len() + ADDED_HEADERS;
+        if bytes > self.max_header_bytes || fields > self.max_headers {
             let message = format!(
                 "the request header is {bytes} bytes in {} fields; at most {} bytes and {} fields are accepted",
                 request.headers.len(),
                 self.max_header_bytes,
-                self.max_headers
+                self.max_headers - ADDED_HEADERS.min(self.max_headers),
             );
             return Some(refuse(Limit::Headers, 431, "headers_too_large", message));
         }
-        let declared = request
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok());
-        match declared {
-            Some(length) if length > self.max_body_bytes => Some(self.body_too_large()),
-            _ => None,
+        match declared_length(&request.headers) {
+            Err(message) => Some(refuse(
+                Limit::Framing,
+                400,
+                "invalid_content_length",
+                message,
+            )),
+            Ok(Some(length)) if length > self.max_body_bytes => Some(self.body_too_large()),
+            Ok(_) => None,
         }
     }
 
+    /// A request path that is not normal: the reply refusing it (400, or
+    /// 404 under the internal prefix), or the normal path to route and
+    /// forward instead (`None` when it is normal already).
+    pub fn check_path(&self, path: &str) -> Result<Option<String>, ErrorReply> {
+        let normal = roost_routing::path::normalize(path)
+            .map_err(|e| refuse(Limit::InvalidPath, 400, "invalid_path", format!("{e}")))?;
+        if roost_routing::path::is_internal(&normal) {
+            let message = format!("no route for {normal}");
+            return Err(refuse(Limit::InternalPath, 404, "not_found", message));
+        }
+        Ok(match normal {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(normal) => Some(normal),
+        })
+    }
+
     /// The routing key's length and charset, then its rate: the reply
-    /// refusing the request, if any. Only keyed requests are checked: a
-    /// keyless one is rejected or sent anywhere by the `missing` policy.
+    /// refusing the request, if any.
     pub fn check_key(&self, key: &[u8]) -> Option<ErrorReply> {
         if key.len() > self.max_key_bytes {
             let message = format!(
@@ -171,9 +215,25 @@ impl Limits {
             let message = "the routing key may hold only visible ASCII (0x21 to 0x7E)";
             return Some(refuse(Limit::Key, 400, "invalid_key", message));
         }
-        let wait = self.rate.as_ref()?.check(key).err()?;
+        self.check_rate(key, "this key")
+    }
+
+    /// The rate of a request with no key of its own (keyless, or given a
+    /// freshly minted id): by client address unless `rate.keyless` is
+    /// `off`.
+    pub fn check_keyless(&self, client: Option<std::net::IpAddr>) -> Option<ErrorReply> {
+        if self.keyless != KeylessRate::Address {
+            return None;
+        }
+        // Its own namespace: no routing key starts with a NUL byte.
+        let bucket = format!("\0addr:{}", client?);
+        self.check_rate(bucket.as_bytes(), "this client address")
+    }
+
+    fn check_rate(&self, bucket: &[u8], whose: &str) -> Option<ErrorReply> {
+        let wait = self.rate.as_ref()?.check(bucket).err()?;
         let seconds = retry_after_s(wait);
-        let message = format!("too many requests for this key; retry in {seconds} s");
+        let message = format!("too many requests for {whose}; retry in {seconds} s");
         Some(refuse(Limit::Rate, 429, "rate_limited", message).retry_after(seconds))
     }
 
@@ -197,10 +257,16 @@ impl Limits {
     /// The reply for an error a limit caused while proxying: 413 for a
     /// body cut off by [`Self::count_body`], 408 for a body that stopped
     /// arriving (Pingora's downstream read timeout, set from
-    /// `timeouts.body_idle_ms`).
+    /// `timeouts.body_idle_ms`, or [`body_stalled`]).
     pub fn reply_to(&self, e: &Error) -> Option<ErrorReply> {
         match e.etype() {
             ErrorType::HTTPStatus(413) => Some(self.body_too_large()),
+            ErrorType::HTTPStatus(408) => Some(refuse(
+                Limit::BodyTimeout,
+                408,
+                "request_timeout",
+                "the request body stopped arriving",
+            )),
             ErrorType::ReadTimedout if *e.esource() == ErrorSource::Downstream => Some(refuse(
                 Limit::BodyTimeout,
                 408,
@@ -215,6 +281,41 @@ impl Limits {
         let message = format!("the request body is over {} bytes", self.max_body_bytes);
         refuse(Limit::Body, 413, "body_too_large", message)
     }
+}
+
+/// The error for a request whose body stopped arriving while a worker
+/// waited for it: the client's fault, answered 408 by [`Limits::reply_to`].
+pub fn body_stalled(cause: Box<Error>) -> Box<Error> {
+    let mut e = Error::because(
+        ErrorType::HTTPStatus(408),
+        "the request body stopped arriving while the worker waited for it",
+        cause,
+    );
+    e.set_retry(false);
+    e.into_down()
+}
+
+/// The body length a request declares: `None` without `Content-Length`;
+/// an error message when its values (several fields, or a comma-separated
+/// list in one) disagree or are not numbers. Identical values count as one
+/// (RFC 9110 §8.6).
+fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, String> {
+    let mut declared = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            let length = std::str::from_utf8(item)
+                .ok()
+                .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|digits| digits.parse::<u64>().ok())
+                .ok_or("Content-Length is not a number")?;
+            if declared.is_some_and(|seen| seen != length) {
+                return Err("the request declares different Content-Length values".into());
+            }
+            declared = Some(length);
+        }
+    }
+    Ok(declared)
 }
 
 /// Count the rejection and build its reply.
@@ -261,6 +362,7 @@ mod tests {
             rate: RateConfig {
                 per_s: unwritten(per_s),
                 burst: unwritten(burst),
+                ..RateConfig::default()
             },
             ..LimitsConfig::default()
         };
@@ -304,6 +406,67 @@ mod tests {
         assert_eq!((reply.status, reply.error), (429, "rate_limited"));
         assert_eq!(reply.retry_after_s, Some(1));
         assert!(limits.check_key(b"other").is_none());
+    }
+
+    #[test]
+    fn content_length_lists_must_agree() {
+        let lengths = |values: &[&'static str]| {
+            let mut headers = http::HeaderMap::new();
+            for value in values {
+                headers.append(CONTENT_LENGTH, http::HeaderValue::from_static(value));
+            }
+            declared_length(&headers)
+        };
+        assert_eq!(lengths(&[]), Ok(None));
+        assert_eq!(lengths(&["12"]), Ok(Some(12)));
+        assert_eq!(lengths(&["2000000, 2000000"]), Ok(Some(2_000_000)));
+        assert_eq!(lengths(&["7", "7"]), Ok(Some(7)));
+        for bad in [
+            &["5, 6"][..],
+            &["5", "6"],
+            &["-1"],
+            &["+5"],
+            &[""],
+            &["5,"],
+            &["0x10"],
+        ] {
+            assert!(lengths(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keyless_requests_share_their_address_bucket() {
+        let limits = limits(256, 1, 2);
+        let alice: std::net::IpAddr = [127, 0, 0, 2].into();
+        assert!(limits.check_keyless(Some(alice)).is_none());
+        assert!(limits.check_keyless(Some(alice)).is_none());
+        let reply = limits
+            .check_keyless(Some(alice))
+            .expect("the third is over the burst");
+        assert_eq!((reply.status, reply.error), (429, "rate_limited"));
+        assert!(limits.check_keyless(Some([127, 0, 0, 3].into())).is_none());
+        assert!(
+            limits.check_key(b"127.0.0.2").is_none(),
+            "keys are another namespace"
+        );
+    }
+
+    #[test]
+    fn internal_and_ambiguous_paths_are_refused_others_normalised() {
+        let limits = limits(256, 0, 0);
+        let refused = |path| limits.check_path(path).err().map(|r| (r.status, r.error));
+        assert_eq!(
+            refused("/internal/v1/inventory/x"),
+            Some((404, "not_found"))
+        );
+        assert_eq!(refused("//internal/v1/x"), Some((404, "not_found")));
+        assert_eq!(refused("/v1/../%49NTERNAL/v1"), Some((404, "not_found")));
+        assert_eq!(refused("/v1/%2F"), Some((400, "invalid_path")));
+        assert_eq!(limits.check_path("/v1/cart").ok(), Some(None));
+        assert_eq!(
+            limits.check_path("/v1//cart").ok(),
+            Some(Some("/v1/cart".to_owned()))
+        );
     }
 
     #[test]

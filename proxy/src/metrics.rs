@@ -100,3 +100,39 @@ impl WorkerMetrics {
         }
     }
 }
+
+/// Events that are normal in steady state: counted here and logged at
+/// debug, so an ERROR line always means an operator must act.
+#[derive(Debug, Clone, Copy)]
+pub enum Benign {
+    /// A client closed its connection before its response was written.
+    ClientDisconnect,
+    /// Pingora found a pooled worker connection still held by its idle
+    /// watcher and opened a new one instead.
+    PoolMiss,
+}
+
+static BENIGN: LazyLock<[IntCounter; 2]> = LazyLock::new(|| {
+    let client = pingora_prometheus::prometheus::register_int_counter!(
+        "roost_proxy_client_disconnects_total",
+        "Requests whose client closed the connection before the response was written."
+    )
+    .expect("register roost_proxy_client_disconnects_total");
+    let pool = pingora_prometheus::prometheus::register_int_counter!(
+        "roost_proxy_upstream_pool_misses_total",
+        "Pooled worker connections that could not be taken (a new one was opened)."
+    )
+    .expect("register roost_proxy_upstream_pool_misses_total");
+    [client, pool]
+});
+
+/// Count one benign event.
+pub fn count(event: Benign) {
+    BENIGN[event as usize].inc();
+}
+
+/// Register the benign-event counters, so `/metrics` lists them from the
+/// start.
+pub fn register_benign() {
+    LazyLock::force(&BENIGN);
+}

@@ -10,36 +10,27 @@
 mod support;
 
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use p256::elliptic_curve::Generate;
 use roost_proxy::config::ProxyConfig;
-use roost_proxy::identity::{CookieSigner, Secret};
+use roost_proxy::identity::Secret;
 use rsa::signature::{SignatureEncoding, Signer};
 use rsa::traits::PublicKeyParts;
 use serde_json::{json, Value};
 use support::{
-    eventually, free_port, https_client, metric_value, self_signed, FleetConfig, Missing, Served,
-    Source, TempDir, TestFleet,
+    cookie_signer, eventually, free_port, https_client, metric_value, now_s as now, self_signed,
+    FleetConfig, Missing, Served, Source, TempDir, TestFleet, COOKIE_SECRET, COOKIE_SECRET_ENV,
 };
 
 const ISSUER: &str = "https://id.roost.test";
 const AUDIENCE: &str = "roost";
 const JWT_SECRET: &str = "the HS256 secret shared with the app, 48 bytes.";
-const COOKIE_SECRET: &str = "the signed-cookie secret of this test fleet, 52 b";
 const JWT_SECRET_ENV: &str = "ROOST_TEST_JWT_SECRET";
-const COOKIE_SECRET_ENV: &str = "ROOST_TEST_COOKIE_SECRET";
 /// The plain header every refused request also carries: it must not win.
 const PLAIN: (&str, &str) = ("x-user-id", "mallory");
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_secs()
-}
 
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
@@ -181,10 +172,6 @@ fn cookie(name: &str, value: &str) -> (&'static str, String) {
     ("cookie", format!("theme=dark; {name}={value}"))
 }
 
-fn cookie_signer(secret: &str) -> CookieSigner {
-    CookieSigner::new(Secret::new(secret.as_bytes(), "test").expect("32+ bytes"))
-}
-
 // ---------------------------------------------------------------------------
 // Fleets
 // ---------------------------------------------------------------------------
@@ -204,7 +191,7 @@ async fn identity_fleet(dir: &TempDir) -> TestFleet {
         Source::Raw(format!(
             "{{jwt: {{cookie: idt, claim: sub, algorithms: [RS256], jwks: {jwks}, {claims}, leeway_s: 30}}}}"
         )),
-        Source::Raw(format!("{{signed_cookie: sid, secret_env: {COOKIE_SECRET_ENV}}}")),
+        support::signed_cookie_source("sid"),
         Source::Header(PLAIN.0.into()),
     ];
     let config = FleetConfig::new(3)

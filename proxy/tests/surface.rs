@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::upstream::Recorder;
 use support::{
     assert_json_error, assert_located, eventually, metric_value, run_proxy, FleetConfig, Missing,
     TempDir, TestFleet, KEY_COOKIE, KEY_HEADER,
@@ -204,13 +205,28 @@ async fn admin_endpoints_answer_as_documented() {
 // f. x-roost-* headers
 // ---------------------------------------------------------------------------
 
+/// The `x-roost-*` headers a worker gets for a request the client sent with
+/// `sent` and forged ones, and the key a worker is told: the proxy's key
+/// and hop token, nothing the client sent. A fake worker records them; real
+/// workers check the key and the routing.
 #[tokio::test(flavor = "multi_thread")]
 async fn client_sent_roost_headers_never_reach_the_worker() {
+    let fake = Recorder::start("fake").await;
+    let recorded = TestFleet::start(
+        FleetConfig::new(0)
+            .missing(Missing::Any)
+            .trusted_hop()
+            .with_fake_worker(&fake),
+    )
+    .await;
+    let hop_token = recorded.hop().proxy_token.clone();
     let fleet = TestFleet::start(FleetConfig::new(2).missing(Missing::Any)).await;
     let forged: &[(&str, &str)] = &[
         ("x-roost-key", "forged-key"),
         ("X-Roost-Worker", "w1"),
         ("X-ROOST-TOKEN", "let-me-in"),
+        ("x-roost-hop-token", "forged-hop-token-0000"),
+        ("x-roost-internal-token", "forged-internal-token-0000"),
         ("x-roost-anything", "1"),
     ];
     let cookie = format!("theme=dark; {KEY_COOKIE}=bob-from-cookie");
@@ -230,20 +246,23 @@ async fn client_sent_roost_headers_never_reach_the_worker() {
     ];
     for (sent, expected_key) in cases {
         let headers: Vec<(&str, &str)> = sent.iter().chain(forged).copied().collect();
+
+        let served = recorded.get("/v1/whoami", &headers).await;
+        assert_eq!(served.status, 200, "{headers:?}: {}", served.body);
+        let last = fake.last();
+        let mut seen = last.roost_headers();
+        seen.sort_unstable();
+        let mut expected = vec![("x-roost-hop-token", hop_token.as_str())];
+        expected.extend(expected_key.map(|key| ("x-roost-key", key)));
+        expected.sort_unstable();
+        assert_eq!(
+            seen, expected,
+            "the worker gets only the proxy's x-roost-key and hop token (sent {headers:?})"
+        );
+
         let served = fleet.get("/v1/whoami", &headers).await;
         assert_eq!(served.status, 200, "{headers:?}: {}", served.body);
         let body = served.json();
-        let roost_headers = body["roost_headers"]
-            .as_object()
-            .unwrap_or_else(|| panic!("worker body has roost_headers: {body}"));
-        let expected: serde_json::Map<String, Value> = expected_key
-            .map(|key| ("x-roost-key".to_owned(), Value::from(key)))
-            .into_iter()
-            .collect();
-        assert_eq!(
-            roost_headers, &expected,
-            "the worker sees only the proxy's x-roost-key (sent {headers:?})"
-        );
         assert_eq!(body["key"], json!(expected_key), "{body}");
         if let Some(key) = expected_key {
             let owner = fleet.route(key).await.owner;

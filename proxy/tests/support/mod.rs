@@ -11,8 +11,16 @@
 //! its temp dir (config, proxy and worker logs) is removed; set
 //! `ROOST_TEST_KEEP_DIR=1` to keep it. When a test panics the end of the
 //! proxy log is printed, so a failure shows what the proxy saw.
+//!
+//! Each worker has two listeners: `--listen` (the entity API and the
+//! probes, what the proxy reaches) and `--admin-listen` (its `/metrics`).
+//! [`raw`] speaks HTTP/1.1 on a bare socket, for tests whose bytes matter;
+//! [`upstream`] is a fake worker that records what the proxy forwards.
 
 #![allow(dead_code)] // each test binary uses a different part of the fixture
+
+pub mod raw;
+pub mod upstream;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use roost_proxy::identity::{CookieSigner, Secret};
 use serde_json::Value;
 
 /// How long a fleet may take to come up (all workers healthy).
@@ -36,6 +45,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEY_HEADER: &str = "x-user-id";
 /// The routing-key cookie every default fleet reads second.
 pub const KEY_COOKIE: &str = "uid";
+/// The secret of [`signed_cookie_source`]s, and the proxy variable holding it.
+pub const COOKIE_SECRET: &str = "the signed-cookie secret of this test fleet, 52 b";
+pub const COOKIE_SECRET_ENV: &str = "ROOST_TEST_COOKIE_SECRET";
+/// The proxy variable `trusted_hop.token_env` names.
+pub const HOP_TOKEN_ENV: &str = "ROOST_TEST_HOP_TOKEN";
 
 // ---------------------------------------------------------------------------
 // Binaries
@@ -193,6 +207,84 @@ pub enum Source {
     Raw(String),
 }
 
+impl Source {
+    /// `{path: "/v1/inventory/{key}", prefix: "inventory:"}`: an inventory
+    /// request is routed by its SKU, to the worker that owns the entity.
+    pub fn inventory() -> Source {
+        Source::Path {
+            template: "/v1/inventory/{key}".into(),
+            prefix: "inventory:".into(),
+        }
+    }
+}
+
+/// `{signed_cookie: NAME, secret_env: ...}` with [`COOKIE_SECRET`]; a fleet
+/// using it needs `.proxy_env(COOKIE_SECRET_ENV, COOKIE_SECRET)` (see
+/// [`FleetConfig::signed_cookie`]).
+pub fn signed_cookie_source(name: &str) -> Source {
+    Source::Raw(format!(
+        "{{signed_cookie: {name}, secret_env: {COOKIE_SECRET_ENV}}}"
+    ))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+/// Signs and verifies cookies as the proxy does with `secret`.
+pub fn cookie_signer(secret: &str) -> CookieSigner {
+    CookieSigner::new(Secret::new(secret.as_bytes(), "test").expect("32+ bytes"))
+}
+
+/// A secret of 32 random lowercase hex digits (visible ASCII, as tokens
+/// must be), fresh for every call.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("OS randomness for a test token");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The trusted hop between the proxy and the workers: two different
+/// secrets. The workers take entity requests only with `proxy_token` (in
+/// `x-roost-hop-token`, which the proxy sends) and calls between them only
+/// with `internal_token` (in `x-roost-internal-token`, which no proxy
+/// holds).
+#[derive(Debug, Clone)]
+pub struct TrustedHop {
+    /// The workers' `ROOST_PROXY_TOKEN`.
+    pub proxy_token: String,
+    /// The workers' `ROOST_INTERNAL_TOKEN`.
+    pub internal_token: String,
+    /// What the proxy is given (in [`HOP_TOKEN_ENV`]): `proxy_token`
+    /// unless a test gives it a wrong one.
+    pub proxy_sends: String,
+}
+
+impl TrustedHop {
+    /// Fresh random tokens; the proxy sends the right one.
+    pub fn random() -> Self {
+        let proxy_token = random_token();
+        TrustedHop {
+            proxy_sends: proxy_token.clone(),
+            proxy_token,
+            internal_token: random_token(),
+        }
+    }
+
+    /// The headers a request straight to a worker needs to look as if it
+    /// came through the proxy, keyed by `key`.
+    pub fn as_proxy<'a>(&'a self, key: &'a str) -> [(&'static str, &'a str); 2] {
+        [
+            ("x-roost-hop-token", self.proxy_token.as_str()),
+            ("x-roost-key", key),
+        ]
+    }
+}
+
 /// `health:` in the proxy config.
 #[derive(Debug, Clone, Copy)]
 pub struct Health {
@@ -239,6 +331,18 @@ pub struct FleetConfig {
     /// No static worker list: the proxy discovers the workers from the
     /// fleet's SQLite store.
     pub discovered: bool,
+    /// The trusted hop, when on: `trusted_hop` in the proxy config and both
+    /// tokens in the workers' environment.
+    pub hop: Option<TrustedHop>,
+    /// The workers' `ROOST_ADMIN_TOKEN`, when set.
+    pub admin_token: Option<String>,
+    /// Extra YAML lines of every worker's config file (which always holds
+    /// the proxy's `hash_seed`, so calls between workers are routed as the
+    /// proxy routes clients).
+    pub worker_yaml: String,
+    /// Workers of `workers` that are fakes already listening here
+    /// ([`upstream::Recorder`]): listed to the proxy, never spawned.
+    pub fakes: Vec<(String, SocketAddr)>,
 }
 
 impl FleetConfig {
@@ -261,7 +365,88 @@ impl FleetConfig {
             proxy_env: Vec::new(),
             worker_env: Vec::new(),
             discovered: false,
+            hop: None,
+            admin_token: None,
+            worker_yaml: String::new(),
+            fakes: Vec::new(),
         }
+    }
+
+    /// Add `fake` to the workers (weight 1): the proxy routes to it like
+    /// to any worker; the fixture does not start or stop it.
+    pub fn with_fake_worker(mut self, fake: &upstream::Recorder) -> Self {
+        self.workers.push((fake.id.clone(), 1.0));
+        self.fakes.push((fake.id.clone(), fake.addr));
+        self
+    }
+
+    fn fake_addr(&self, id: &str) -> Option<SocketAddr> {
+        self.fakes
+            .iter()
+            .find(|(fake, _)| fake == id)
+            .map(|(_, addr)| *addr)
+    }
+
+    /// Turn the trusted hop on with fresh random tokens.
+    pub fn trusted_hop(self) -> Self {
+        self.with_hop(TrustedHop::random())
+    }
+
+    /// Turn the trusted hop on with these tokens.
+    pub fn with_hop(mut self, hop: TrustedHop) -> Self {
+        self.hop = Some(hop);
+        self
+    }
+
+    /// Give the workers a random admin token (`PUT /v1/inventory/{sku}`).
+    pub fn admin_token(mut self) -> Self {
+        self.admin_token = Some(random_token());
+        self
+    }
+
+    /// Append top-level YAML lines to the proxy config.
+    pub fn yaml(mut self, lines: &str) -> Self {
+        self.extra_yaml += lines;
+        self
+    }
+
+    /// Use the signed cookie `name` (secret [`COOKIE_SECRET`]) as the only
+    /// key source.
+    pub fn signed_cookie(self, name: &str) -> Self {
+        self.sources(vec![signed_cookie_source(name)])
+            .proxy_env(COOKIE_SECRET_ENV, COOKIE_SECRET)
+    }
+
+    /// Every variable the proxy is started with.
+    fn all_proxy_env(&self) -> Vec<(String, String)> {
+        let mut env = self.proxy_env.clone();
+        if let Some(hop) = &self.hop {
+            env.push((HOP_TOKEN_ENV.into(), hop.proxy_sends.clone()));
+        }
+        env
+    }
+
+    /// Every variable a worker is started with.
+    fn all_worker_env(&self) -> Vec<(String, String)> {
+        let mut env = self.worker_env.clone();
+        if let Some(hop) = &self.hop {
+            env.push(("ROOST_PROXY_TOKEN".into(), hop.proxy_token.clone()));
+            env.push(("ROOST_INTERNAL_TOKEN".into(), hop.internal_token.clone()));
+        }
+        if let Some(admin) = &self.admin_token {
+            env.push(("ROOST_ADMIN_TOKEN".into(), admin.clone()));
+        }
+        env
+    }
+
+    /// Every worker's config file.
+    pub fn worker_config(&self) -> String {
+        let quote = |s: &str| Value::from(s).to_string();
+        format!(
+            "hash_seed: {}\n{}",
+            quote(&self.hash_seed),
+            self.worker_yaml
+        )
     }
 
     /// Let the proxy find the workers in the store instead of a list.
@@ -366,11 +551,15 @@ impl FleetConfig {
                 quote(id)
             );
         }
+        // The default path: the workers' readiness.
         let h = &self.health;
         yaml += &format!(
-            "health: {{path: /healthz, interval_ms: {}, timeout_ms: {}, rise: {}, fall: {}}}\n",
+            "health: {{interval_ms: {}, timeout_ms: {}, rise: {}, fall: {}}}\n",
             h.interval_ms, h.timeout_ms, h.rise, h.fall
         );
+        if self.hop.is_some() {
+            yaml += &format!("trusted_hop: {{token_env: {HOP_TOKEN_ENV}}}\n");
+        }
         yaml += &self.extra_yaml;
         yaml
     }
@@ -533,7 +722,10 @@ pub fn client() -> reqwest::Client {
 /// One worker process of the fleet.
 pub struct Worker {
     pub id: String,
+    /// The entity API and the probes.
     pub addr: SocketAddr,
+    /// `--admin-listen`: the worker's `/metrics`.
+    pub admin_addr: SocketAddr,
     pub weight: f64,
     child: Option<Child>,
 }
@@ -583,7 +775,8 @@ impl TestFleet {
             .iter()
             .map(|(id, weight)| Worker {
                 id: id.clone(),
-                addr: local(free_port()),
+                addr: config.fake_addr(id).unwrap_or_else(|| local(free_port())),
+                admin_addr: local(free_port()),
                 weight: *weight,
                 child: None,
             })
@@ -593,6 +786,7 @@ impl TestFleet {
             "proxy.yaml",
             &config.to_yaml(proxy_addr, admin_addr, &addrs, &store_url(&dir)),
         );
+        dir.write("worker.yaml", &config.worker_config());
         let mut fleet = TestFleet {
             config,
             proxy_addr,
@@ -603,6 +797,9 @@ impl TestFleet {
             dir,
         };
         for i in 0..fleet.workers.len() {
+            if fleet.config.fake_addr(&fleet.workers[i].id).is_some() {
+                continue;
+            }
             let child = fleet.spawn_worker(i, worker_bin)?;
             fleet.workers[i].child = Some(child);
         }
@@ -614,7 +811,7 @@ impl TestFleet {
         let log = fleet.proxy_log_path();
         let child = proxy
             .env("RUST_LOG", "info")
-            .envs(fleet.config.proxy_env.iter().map(|(k, v)| (k, v)))
+            .envs(fleet.config.all_proxy_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(open_log(&log)?)
@@ -629,10 +826,14 @@ impl TestFleet {
         let worker = &self.workers[index];
         let log = self.dir.path().join(format!("worker-{}.log", worker.id));
         let store = store_url(&self.dir);
+        let config = self.dir.path().join("worker.yaml");
         Command::new(bin)
             .args(["--id", &worker.id, "--listen", &worker.addr.to_string()])
+            .args(["--admin-listen", &worker.admin_addr.to_string()])
             .args(["--store", &store])
-            .envs(self.config.worker_env.iter().map(|(k, v)| (k, v)))
+            .arg("--config")
+            .arg(&config)
+            .envs(self.config.all_worker_env())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -718,6 +919,29 @@ impl TestFleet {
 
     pub fn worker_addr(&self, id: &str) -> SocketAddr {
         self.worker(id).addr
+    }
+
+    /// The worker's admin listener (its `/metrics`).
+    pub fn worker_admin_addr(&self, id: &str) -> SocketAddr {
+        self.worker(id).admin_addr
+    }
+
+    /// The trusted hop's tokens; panics if the fleet has none.
+    pub fn hop(&self) -> &TrustedHop {
+        self.config
+            .hop
+            .as_ref()
+            .expect("a fleet started with FleetConfig::trusted_hop")
+    }
+
+    /// `Bearer <the workers' admin token>`; panics if the fleet has none.
+    pub fn admin_bearer(&self) -> String {
+        let token = self
+            .config
+            .admin_token
+            .as_ref()
+            .expect("a fleet started with FleetConfig::admin_token");
+        format!("Bearer {token}")
     }
 
     /// The worker's pid while it runs.
@@ -846,6 +1070,31 @@ impl TestFleet {
         Served::from_response(response).await
     }
 
+    /// `METHOD path` through the proxy with these headers and, if given, a
+    /// JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Served {
+        let mut request = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.proxy_url()));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} through the proxy failed: {e}"));
+        Served::from_response(response).await
+    }
+
     /// `GET /v1/whoami` (the worker route that touches no state) with the
     /// key in the `x-user-id` header.
     pub async fn get_keyed(&self, key: &str) -> Served {
@@ -941,9 +1190,20 @@ impl TestFleet {
         body
     }
 
-    /// The worker's own `/metrics` text, asked of the worker directly.
+    /// `roost_proxy_limit_rejections_total{limit}` (0 when not exported).
+    pub async fn limit_rejections(&self, limit: &str) -> f64 {
+        let metrics = self.metrics().await;
+        metric_value(
+            &metrics,
+            "roost_proxy_limit_rejections_total",
+            &[("limit", limit)],
+        )
+        .unwrap_or(0.0)
+    }
+
+    /// The worker's own `/metrics` text, from its admin listener.
     pub async fn worker_metrics(&self, id: &str) -> String {
-        let url = format!("http://{}/metrics", self.worker_addr(id));
+        let url = format!("http://{}/metrics", self.worker_admin_addr(id));
         let response = self
             .client
             .get(&url)
