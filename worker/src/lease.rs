@@ -29,6 +29,10 @@ use crate::store::{Member, Registry, Renewal, StoreError, StoreResult};
 /// and the store's.
 pub const DRIFT_MARGIN: f64 = 0.05;
 
+/// How often [`Lease::lapsed`] looks at the liveness lock between the
+/// lease's own deadlines (the registry reports a lost lock as a flag).
+const LOCK_LOOK_EVERY: Duration = Duration::from_millis(100);
+
 /// Lease timing.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseConfig {
@@ -85,6 +89,18 @@ impl Lease {
             && self.registry.holds_lock()
             && self.micros_since_origin(Instant::now())
                 < self.valid_until_us.load(Ordering::Acquire)
+    }
+
+    /// Resolves once this worker can no longer be sure of its lease: what
+    /// waits on the store (a reply held for a commit) stops waiting then,
+    /// since another worker may claim the entity from that moment.
+    pub async fn lapsed(&self) {
+        while self.is_held() {
+            let until =
+                self.origin + Duration::from_micros(self.valid_until_us.load(Ordering::Acquire));
+            let next = until.min(Instant::now() + LOCK_LOOK_EVERY);
+            tokio::time::sleep_until(next.into()).await;
+        }
     }
 
     fn micros_since_origin(&self, at: Instant) -> u64 {

@@ -623,14 +623,22 @@ impl Runtime {
         }
     }
 
-    /// Wait for the commit a held reply depends on.
+    /// Wait for the commit a held reply depends on, for as long as the
+    /// lease holds. A worker cut off from its store gets no commit and soon
+    /// no lease; from then on another worker may claim the entity (and the
+    /// flush, if it ever arrives, is fenced), so the reply is 503
+    /// `lease_lost` at once rather than after the cut heals: a proxy sends
+    /// a replay-safe request on to the key's next candidate.
     async fn wait_at_gate(&self, gate: Gate) -> Result<(), RuntimeError> {
         let waited = Instant::now();
-        let result = gate.await.unwrap_or_else(|_| {
-            Err(FlushFailure::Store(StoreError::Unavailable(
-                "the flusher stopped".into(),
-            )))
-        });
+        let result = tokio::select! {
+            result = gate => result.unwrap_or_else(|_| {
+                Err(FlushFailure::Store(StoreError::Unavailable(
+                    "the flusher stopped".into(),
+                )))
+            }),
+            () = self.lease.lapsed() => return Err(RuntimeError::LeaseLost),
+        };
         METRICS
             .durable_ack_seconds
             .observe(waited.elapsed().as_secs_f64());
