@@ -2,9 +2,9 @@
 # Roost's fault suite: build release binaries of roost-proxy, roost-worker
 # and roost-faults, then run roost-faults with this script's arguments.
 #
-#   loadtest/faults.sh kill9            # one scenario (sigstop, pg-restart, rolling, scale)
+#   loadtest/faults.sh kill9            # one scenario (sigstop, pg-restart, rolling, scale, cut)
 #   loadtest/faults.sh all              # every scenario, one summary table
-#   loadtest/faults.sh all --short      # the CI version (under 3 minutes)
+#   loadtest/faults.sh all --short      # the CI version (under 4 minutes)
 #
 # Needs PostgreSQL's initdb/pg_ctl (/usr/lib/postgresql/*/bin or PATH); as
 # root the cluster runs as the postgres user. Results go to

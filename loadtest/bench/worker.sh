@@ -307,10 +307,13 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/roost-worker-bench.XXXXXX")
 chmod 755 "$WORK"
 
 WORKER_PORTS=("$((PORT_BASE + 1))" "$((PORT_BASE + 2))" "$((PORT_BASE + 3))")
+# The workers' admin listeners (--admin-listen): /metrics is served only there.
+WORKER_ADMIN_PORTS=("$((PORT_BASE + 4))" "$((PORT_BASE + 5))" "$((PORT_BASE + 6))")
 PROXY_PORT=$((PORT_BASE + 10))
 PROXY_ADMIN_PORT=$((PORT_BASE + 11))
 MEM_PORT=$((PORT_BASE + 20))
-for port in "${WORKER_PORTS[@]}" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$MEM_PORT"; do
+MEM_ADMIN_PORT=$((PORT_BASE + 21))
+for port in "${WORKER_PORTS[@]}" "${WORKER_ADMIN_PORTS[@]}" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$MEM_PORT" "$MEM_ADMIN_PORT"; do
   ! port_in_use "$port" || die "127.0.0.1:$port is in use; pick other ports with PORT_BASE=..."
 done
 
@@ -486,6 +489,7 @@ use_workers() {
   for i in 1 2 3; do
     RUST_LOG=info start_server "$set worker w$i" "$RESULTS/logs/$(printf '%02d' "$WORKER_STARTS")-$set-w$i.log" TERM \
       "$BIN/roost-worker" --id "w$i" --listen "127.0.0.1:${WORKER_PORTS[$((i - 1))]}" \
+      --admin-listen "127.0.0.1:${WORKER_ADMIN_PORTS[$((i - 1))]}" \
       --store "$PG_URL" --config "$RESULTS/worker.yaml" ${flags[@]+"${flags[@]}"}
     WORKER_PIDS+=("$SERVER_PID")
     wait_healthy "worker w$i" "$SERVER_PID" "${WORKER_PORTS[$((i - 1))]}"
@@ -526,10 +530,10 @@ stop_proxy() {
   PROXY_PID=""
 }
 
-# scrape_workers FILE: the 3 workers' /metrics, concatenated.
+# scrape_workers FILE: the 3 workers' /metrics (on their admin listeners), concatenated.
 scrape_workers() {
   local port
-  for port in "${WORKER_PORTS[@]}"; do
+  for port in "${WORKER_ADMIN_PORTS[@]}"; do
     curl -fsS --max-time 2 "http://127.0.0.1:$port/metrics" 2>/dev/null || true
   done >"$1"
 }
@@ -856,7 +860,7 @@ WORKER_SET=""
 rss_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 mem_metric() {
-  curl -fsS --max-time 5 "http://127.0.0.1:$MEM_PORT/metrics" 2>/dev/null |
+  curl -fsS --max-time 5 "http://127.0.0.1:$MEM_ADMIN_PORT/metrics" 2>/dev/null |
     awk -v n="$1" '$1 == n { printf "%d\n", $2; found = 1 } END { if (!found) print -1 }'
 }
 
@@ -874,14 +878,15 @@ EOF
   mem_dir="$RESULTS/memory"
   mkdir -p "$mem_dir"
   RUST_LOG=info start_server "memory worker m1" "$RESULTS/logs/memory-m1.log" TERM \
-    "$BIN/roost-worker" --id m1 --listen "127.0.0.1:$MEM_PORT" --store "$PG_URL" --config "$RESULTS/memory-worker.yaml"
+    "$BIN/roost-worker" --id m1 --listen "127.0.0.1:$MEM_PORT" --admin-listen "127.0.0.1:$MEM_ADMIN_PORT" \
+    --store "$PG_URL" --config "$RESULTS/memory-worker.yaml"
   MEM_PID=$SERVER_PID
   wait_healthy "memory worker" "$MEM_PID" "$MEM_PORT"
   # One request of each kind first, so what a first request sets up once
   # (metric families, the store pool) is in the "before" figure.
   curl -fsS -o /dev/null --max-time 5 -X PUT -H "x-roost-key: $RUN_ID-mem-warm" \
     -d '{"theme":"dark","n":0}' "http://127.0.0.1:$MEM_PORT/v1/session" || die "the memory worker does not take a PUT"
-  curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$MEM_PORT/metrics" || true
+  curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$MEM_ADMIN_PORT/metrics" || true
   sleep 1
   base_active=$(mem_metric roost_worker_active_entities)
   rss_before=$(rss_kb "$MEM_PID")
@@ -942,7 +947,7 @@ EOF
   active=$(mem_metric roost_worker_active_entities)
   rss_drained=$(rss_kb "$MEM_PID")
   hwm=$(hwm_kb "$MEM_PID")
-  curl -fsS --max-time 10 "http://127.0.0.1:$MEM_PORT/metrics" >"$mem_dir/metrics-end.prom" 2>/dev/null || true
+  curl -fsS --max-time 10 "http://127.0.0.1:$MEM_ADMIN_PORT/metrics" >"$mem_dir/metrics-end.prom" 2>/dev/null || true
   stop_server "$MEM_PID" TERM 60
   entities=$((active - base_active))
   MEM_SUMMARY=$(awk -v n="$entities" -v want="$MEM_ENTITIES" -v b="$rss_before" -v a="$rss_active" -v d="$rss_drained" \

@@ -82,6 +82,9 @@ pub struct Client {
     device: u8,
     phase: Phase,
     ledger: Ledger,
+    /// Sent with every request besides the user header (a probe's
+    /// `x-roost-key` and hop token, which the proxy sets on other requests).
+    headers: HeaderMap,
 }
 
 /// An HTTP client with the devices' timeouts; `idle_per_host` keep-alive
@@ -125,7 +128,13 @@ impl Client {
             device,
             phase,
             ledger,
+            headers: HeaderMap::new(),
         }
+    }
+
+    /// The same device, sending `headers` with every request too.
+    pub fn with_headers(self, headers: HeaderMap) -> Self {
+        Client { headers, ..self }
     }
 
     /// Try `call` until it gets an answer that is not a 5xx, it has been
@@ -151,6 +160,7 @@ impl Client {
         let mut request = self
             .http
             .request(call.method(), format!("{}{}", self.base, call.path))
+            .headers(self.headers.clone())
             .header(USER_HEADER, &self.user);
         if let Some(key) = call.idempotency_key() {
             request = request.header("idempotency-key", key);

@@ -5,17 +5,20 @@
 //! end the run: the load and the checks go on, and the problem is reported.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 
 use crate::bystanders::{Bystanders, Served};
+use crate::check::failover::CutWindow;
 use crate::check::movement::ScaleWindow;
+use crate::check::revalidation::Probed;
 use crate::fleet::Fleet;
 use crate::ledger::Ledger;
 use crate::load::user_name;
 use crate::postgres::Cluster;
+use crate::probe::{held_by, Prober};
 use crate::scenario::{Plan, Scenario};
 
 /// How long after SIGKILL the worker is started again.
@@ -26,6 +29,13 @@ const SIGSTOP_PAUSE: Duration = Duration::from_secs(5);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// The window the busiest worker is picked over.
 const BUSIEST_WINDOW_US: u64 = 1_000_000;
+/// How long a worker stays cut off from the store.
+const CUT_FOR: Duration = Duration::from_secs(8);
+/// After the heal, probe rounds of the cut worker this far apart…
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// …until the proxy sees it healthy again (then one round more); a problem
+/// if that takes longer than this.
+const PROBE_FOR: Duration = Duration::from_secs(10);
 
 /// What the fault left for the checks.
 #[derive(Debug, Default)]
@@ -37,6 +47,10 @@ pub struct FaultOutcome {
     pub bystanders: Option<Served>,
     /// Scale: the proxy's HRW order while the new worker served.
     pub hrw: Option<HrwView>,
+    /// Cut: when the cut came and went.
+    pub cut: Option<CutWindow>,
+    /// Cut: what the cut worker answered from the heal on.
+    pub probes: Vec<Probed>,
     /// Worker → exit status of each drain (SIGTERM).
     pub drain_exits: Vec<(String, String)>,
     /// Steps that did not go as planned.
@@ -61,6 +75,7 @@ pub async fn inject(scenario: Scenario, target: Target<'_>) -> FaultOutcome {
         Scenario::PgRestart => pg_restart(&target),
         Scenario::Rolling => rolling(target, &mut outcome).await,
         Scenario::Scale => scale(target, &mut outcome).await,
+        Scenario::Cut => cut(target, &mut outcome).await,
     };
     outcome.note(&ledger, result);
     outcome
@@ -201,6 +216,109 @@ async fn scale(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
     fleet.wait_proxy_sees(&new, false).await?;
     ledger.event(format!("proxy sees {new} down (scale in done)"));
     Ok(())
+}
+
+/// Cut the busiest worker off the store for [`CUT_FOR`] (its relay stops
+/// forwarding; every socket stays open), heal it, then probe it straight
+/// until the proxy sees it healthy again.
+async fn cut(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
+    let Target {
+        fleet,
+        cluster,
+        ledger,
+        ..
+    } = target;
+    let victim = busiest_worker(ledger, &fleet.ids());
+    let cut_us = ledger.clock().now_us();
+    let held = held_by(ledger, &victim, cut_us);
+    fleet.cut_store(&victim)?;
+    let heal_at = Instant::now() + CUT_FOR;
+    ledger.event(format!(
+        "cut {victim} off the store for {CUT_FOR:?} (sockets stay open; it held {} sessions and carts)",
+        held.len()
+    ));
+    let detected_us = wait_routed_away(fleet, ledger, &victim, heal_at).await;
+    tokio::time::sleep_until(heal_at.into()).await;
+    fleet.heal_store(&victim)?;
+    let heal_us = ledger.clock().now_us();
+    ledger.event(format!("heal: {victim} reaches the store again"));
+    outcome.cut = Some(CutWindow {
+        victim: victim.clone(),
+        cut_us,
+        detected_us,
+        heal_us,
+        back_us: None,
+    });
+    let worker_url = fleet.worker_url(&victim)?;
+    let mut prober = Prober::new(
+        &worker_url,
+        fleet.proxy_token(),
+        held,
+        &cluster.url(),
+        ledger,
+    )
+    .await?;
+    let back_us = probe_until_back(fleet, ledger, &victim, &mut prober).await;
+    let rounds = prober.rounds();
+    outcome.probes = prober.finish().await?;
+    ledger.event(format!(
+        "{rounds} probe rounds of {victim} answered ({} probes)",
+        outcome.probes.len()
+    ));
+    if let Some(window) = outcome.cut.as_mut() {
+        window.back_us = back_us?;
+    }
+    Ok(())
+}
+
+/// Wait until the proxy no longer routes to `victim` (down, or out of its
+/// live set), at most until `until`; when it happened.
+async fn wait_routed_away(
+    fleet: &Fleet,
+    ledger: &Ledger,
+    victim: &str,
+    until: Instant,
+) -> Option<u64> {
+    match tokio::time::timeout_at(until.into(), fleet.wait_proxy_sees(victim, false)).await {
+        Ok(Ok(())) => {
+            ledger.event(format!("proxy sees {victim} down"));
+            Some(ledger.clock().now_us())
+        }
+        Ok(Err(e)) => {
+            ledger.event(format!("{e:#}"));
+            None
+        }
+        Err(_) => {
+            ledger.event(format!("proxy still routes to {victim} at the heal"));
+            None
+        }
+    }
+}
+
+/// Probe rounds of `victim`, [`PROBE_EVERY`] apart, until the proxy sees it
+/// healthy, then one more; when the proxy saw it healthy.
+async fn probe_until_back(
+    fleet: &Fleet,
+    ledger: &Ledger,
+    victim: &str,
+    prober: &mut Prober,
+) -> Result<Option<u64>> {
+    let deadline = Instant::now() + PROBE_FOR;
+    let mut back_us = None;
+    loop {
+        prober.send_round().await?;
+        if back_us.is_some() {
+            return Ok(back_us);
+        }
+        let workers = fleet.admin_workers().await.unwrap_or_default();
+        if workers.iter().any(|w| w.id == victim && w.healthy) {
+            ledger.event(format!("proxy sees {victim} healthy"));
+            back_us = Some(ledger.clock().now_us());
+        } else if Instant::now() >= deadline {
+            bail!("the proxy did not see {victim} healthy within {PROBE_FOR:?} of the heal");
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
 }
 
 /// The worker that answered the most distinct users in the last second

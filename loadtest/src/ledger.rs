@@ -138,16 +138,20 @@ impl std::fmt::Display for Effect {
     }
 }
 
-/// Whether a record belongs to the load under fault or to the reads made
-/// after it to compare with the store.
+/// Whether a record belongs to the load under fault, to the reads made
+/// after it to compare with the store, or to the requests a fault sends
+/// straight to one worker to see what it serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Load,
     Final,
+    /// Sent to a worker around the proxy (the cut scenario's probes of the
+    /// cut-off worker after the heal).
+    Probe,
 }
 
-/// One HTTP attempt through the proxy.
+/// One HTTP attempt (through the proxy, except [`Phase::Probe`]'s).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub phase: Phase,

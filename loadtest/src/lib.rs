@@ -1,12 +1,14 @@
-//! `roost-loadtest`: Roost's fault suite (issue 4) and ticket sale (issue 5). Each scenario starts a
+//! `roost-loadtest`: Roost's fault suite and ticket sale. Each scenario starts a
 //! throwaway Postgres cluster, three workers and the proxy on 127.0.0.1,
 //! puts a mixed load of users with two devices each through the proxy,
 //! injects one fault in the middle (kill -9, SIGSTOP, a store restart, a
-//! rolling restart, a scale-out and back), and then holds the final state —
-//! read from the store and once more through the proxy — against a ledger
-//! of every request: no acknowledged durable write lost, no stale read, no
-//! two owners of one entity at once; plus unavailability windows,
-//! write-behind loss, movement on scale-out, and a timeline plot.
+//! rolling restart, a scale-out and back, a worker cut off from the store),
+//! and then holds the final state — read from the store and once more
+//! through the proxy — against a ledger of every request: no acknowledged
+//! durable write lost, no stale read, no two owners of one entity at once;
+//! plus unavailability windows, write-behind loss, movement on scale-out,
+//! how a cut-off worker's users move and what it serves after the heal, and
+//! a timeline plot.
 //!
 //! The binary `roost-faults` is a thin CLI over [`suite::run`]; the test
 //! `tests/faults_short.rs` runs the short suite through the same call.
@@ -18,11 +20,12 @@
 //!
 //! | module | concept |
 //! |---|---|
-//! | [`scenario`] | the five faults and each run's plan |
+//! | [`scenario`] | the six faults and each run's plan |
 //! | [`suite`], [`run`] | the scenarios in turn; one scenario end to end |
 //! | [`postgres`], [`fleet`], [`process`], [`binaries`] | what runs: the store, the workers and proxy, child processes |
+//! | [`relay`] | a TCP relay between a worker and the store that can be cut with its sockets open |
 //! | [`load`], [`client`] | simulated users and devices; one device's requests and retries |
-//! | [`fault`] | injecting each fault |
+//! | [`fault`], [`probe`] | injecting each fault; requests straight to one worker after it |
 //! | [`ledger`] | the record of every request |
 //! | [`stored`] | the final state in the store |
 //! | [`check`] | every question asked of the ledger |
@@ -40,7 +43,9 @@ pub mod fleet;
 pub mod ledger;
 pub mod load;
 pub mod postgres;
+pub mod probe;
 pub mod process;
+pub mod relay;
 pub mod report;
 pub mod run;
 pub mod scenario;

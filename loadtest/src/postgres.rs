@@ -10,6 +10,7 @@
 //! cluster (SIGKILL, Ctrl-C), as the worker's test fixture does.
 
 use std::fs;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,16 @@ impl Cluster {
 
     fn url_of(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Where the server listens (for a [`crate::relay::Relay`] in front of it).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// [`Cluster::url`], reached at `addr` instead (a relay's address).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        format!("postgres://postgres@{addr}/{DATABASE}")
     }
 
     fn data(&self) -> PathBuf {

@@ -5,15 +5,20 @@
 //! MUSTs (the exit status depends on them): no acknowledged durable write
 //! lost, no stale read, no overlapping owners — and the scenario ran as
 //! planned, since checks of a run whose fault did not happen prove nothing.
-//! Targets are reported but do not fail the run: no failed request in a
-//! rolling restart or a scale-out, at most 1.05/N of the active entities
-//! moved by a scale-out and only to the new worker, read-back = store.
+//! The cut adds two: the cut worker's users served elsewhere within lease +
+//! detection, and nothing served from the cut worker's pre-cut cache after
+//! the heal. Targets are reported but do not fail the run: no failed
+//! request in a rolling restart or a scale-out, nor for the cut worker's
+//! users while they move, at most 1.05/N of the active entities moved by a
+//! scale-out and only to the new worker, read-back = store.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::check::failover::Failover;
+use crate::check::revalidation::Revalidation;
 use crate::check::{secs, Examples, Findings};
 use crate::fault::FaultOutcome;
 use crate::ledger::Event;
@@ -121,7 +126,7 @@ fn musts(findings: &Findings, fault: &FaultOutcome) -> Vec<Verdict> {
     let lost = &findings.lost;
     let stale = &findings.stale;
     let overlap = &findings.overlap;
-    vec![
+    let mut musts = vec![
         verdict(
             "ran as planned",
             fault.problems.is_empty(),
@@ -152,7 +157,56 @@ fn musts(findings: &Findings, fault: &FaultOutcome) -> Vec<Verdict> {
                 overlap.different_workers, overlap.same_worker_id
             ),
         ),
-    ]
+    ];
+    if let Some(failover) = &findings.failover {
+        musts.push(failover_verdict(failover));
+    }
+    if let Some(revalidation) = &findings.revalidation {
+        musts.push(revalidation_verdict(revalidation));
+    }
+    musts
+}
+
+fn failover_verdict(f: &Failover) -> Verdict {
+    verdict(
+        "cut worker's users moved within lease + detection",
+        f.holds(),
+        format!(
+            "{} of {} users of {} served by another worker within {} ms of the cut (lease {} + health {} + margin {}); {} later, {} not before the heal; move time p50 {:.0}, p99 {:.0}, max {:.0} ms",
+            f.moved_in_time,
+            f.users,
+            f.victim,
+            f.bound_ms,
+            f.bound.lease_ms,
+            f.bound.detection_ms,
+            f.bound.margin_ms,
+            f.moved_late,
+            f.unmoved,
+            f.move_ms.p50,
+            f.move_ms.p99,
+            f.move_ms.max
+        ),
+    )
+}
+
+fn revalidation_verdict(r: &Revalidation) -> Verdict {
+    verdict(
+        "after the heal, nothing served from the pre-cut cache",
+        r.holds(),
+        format!(
+            "{} probes of {} sessions and carts sent straight to {}: {} refused (503), {} re-claimed, {} under an epoch nobody moved, {} from a fenced cache, {} missing a durable write, {} without an epoch, {} other",
+            r.probes,
+            r.keys,
+            r.victim,
+            r.refused,
+            r.reclaimed,
+            r.kept,
+            r.stale_cache,
+            r.missing_durable,
+            r.unjudged,
+            r.other.values().sum::<usize>()
+        ),
+    )
 }
 
 fn targets(scenario: Scenario, findings: &Findings) -> Vec<Verdict> {
@@ -169,6 +223,18 @@ fn targets(scenario: Scenario, findings: &Findings) -> Vec<Verdict> {
             "failed requests = 0",
             findings.traffic.failed == 0,
             format!("{} failed", findings.traffic.failed),
+        ));
+    }
+    if let Some(failover) = &findings.failover {
+        targets.push(verdict(
+            "no failed request while moving",
+            failover.failed_while_moving == 0,
+            format!(
+                "{} attempts of {}'s users failed between the cut and their move{}",
+                failover.failed_while_moving,
+                failover.victim,
+                labels(&failover.failures)
+            ),
         ));
     }
     if let Some(movement) = &findings.movement {
@@ -258,19 +324,21 @@ fn failed_row(name: &str, error: &str, blanks: usize) -> String {
     )
 }
 
+/// ` (3× 503 lease_lost, 1× transport timeout)`, or nothing.
+fn labels(counts: &std::collections::BTreeMap<String, usize>) -> String {
+    if counts.is_empty() {
+        return String::new();
+    }
+    let codes: Vec<String> = counts
+        .iter()
+        .map(|(label, n)| format!("{n}× {label}"))
+        .collect();
+    format!(" ({})", codes.join(", "))
+}
+
 fn row(report: &ScenarioReport) -> String {
     let f = &report.findings;
-    let failures = if f.traffic.failures.is_empty() {
-        "0".to_string()
-    } else {
-        let codes: Vec<String> = f
-            .traffic
-            .failures
-            .iter()
-            .map(|(label, n)| format!("{n}× {label}"))
-            .collect();
-        format!("{} ({})", f.traffic.failed, codes.join(", "))
-    };
+    let failures = format!("{}{}", f.traffic.failed, labels(&f.traffic.failures));
     let window = &f.availability.window_ms;
     format!(
         "| {} | {} | {} | {:.0} / {:.0} / {:.0} ({}) | {} / {} | {} / {} | {} ({}) | {} | {} | {} |\n",
@@ -382,6 +450,47 @@ fn report_details(out: &mut String, r: &ScenarioReport) {
     if let Some(movement) = &f.movement {
         examples(out, "Scale-out moves to check", &movement.examples);
     }
+    if let Some(failover) = &f.failover {
+        failover_details(out, failover);
+    }
+    if let Some(revalidation) = &f.revalidation {
+        revalidation_details(out, revalidation);
+    }
+}
+
+fn failover_details(out: &mut String, f: &Failover) {
+    let ms = |t: Option<f64>| t.map_or("never".to_string(), |t| format!("{t:.0} ms"));
+    let _ = writeln!(
+        out,
+        "\nCut of {}: the proxy saw it down {} after the cut; it last served a request {} after the cut. Its users moved in p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (bound {} ms); {} failed attempts while moving{}.",
+        f.victim,
+        ms(f.detected_ms),
+        ms(f.victim_last_served_ms),
+        f.move_ms.p50,
+        f.move_ms.p99,
+        f.move_ms.max,
+        f.bound_ms,
+        f.failed_while_moving,
+        labels(&f.failures)
+    );
+    examples(out, "Users that did not move in time", &f.examples);
+}
+
+fn revalidation_details(out: &mut String, r: &Revalidation) {
+    let first = r
+        .first_served_ms
+        .map_or("never".to_string(), |t| format!("{t:.0} ms"));
+    let others = if r.other.is_empty() {
+        String::new()
+    } else {
+        format!("; other probe outcomes:{}", labels(&r.other))
+    };
+    let _ = writeln!(
+        out,
+        "\nAfter the heal, {} first served a probe {first} after it{others}.",
+        r.victim
+    );
+    examples(out, "Probes served from the pre-cut cache", &r.examples);
 }
 
 /// A run's section heading, and a line: `what`, wall time, output dir.

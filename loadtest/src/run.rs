@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::binaries::Binaries;
+use crate::check::failover::{Failover, MoveBound, MOVE_MARGIN_MS};
 use crate::check::movement::{Movement, ScaleWindow};
+use crate::check::revalidation::Revalidation;
 use crate::check::Findings;
 use crate::fault::{self, FaultOutcome, HrwView, Target, HRW_SAMPLE_KEYS};
-use crate::fleet::{Fleet, FleetConfig};
+use crate::fleet::{Fleet, FleetConfig, LEASE_MS};
 use crate::ledger::{write_jsonl, Clock, Event, Ledger, Record};
 use crate::load::{read_back, user_name, Load, SESSION_AND_CART};
 use crate::postgres::Cluster;
@@ -47,7 +49,7 @@ impl Stage {
         let cluster = Cluster::start()
             .await
             .context("start the throwaway Postgres cluster")?;
-        let fleet = Fleet::start(binaries, out_dir, &cluster.url(), config, listed, running)
+        let fleet = Fleet::start(binaries, out_dir, &cluster, config, listed, running)
             .await
             .context("start the fleet")?;
         Ok(Stage { fleet, cluster })
@@ -93,10 +95,11 @@ pub async fn run_scenario(
         plan.load.devices,
         out_dir.display()
     );
+    let config = scenario.fleet_config();
     let mut stage = Stage::start(
         binaries,
         out_dir,
-        &FleetConfig::faults(),
+        &config,
         scenario.listed_workers(),
         scenario.initial_workers(),
     )
@@ -113,14 +116,28 @@ pub async fn run_scenario(
     let stored = stage.read_store_and_stop().await?;
 
     let (records, events) = ledger.snapshot();
-    let movement = fault.scale.zip(fault.hrw.as_ref()).map(|(window, hrw)| {
+    let mut findings = Findings::examine(&records, &stored, load_us);
+    findings.movement = fault.scale.zip(fault.hrw.as_ref()).map(|(window, hrw)| {
         let mut movement = movement(&records, window, hrw, scenario);
         if let Some(served) = &fault.bystanders {
             movement.add_bystanders(&served.before, &served.after);
         }
         movement
     });
-    let findings = Findings::examine(&records, &stored, load_us, movement);
+    if let Some(window) = &fault.cut {
+        let bound = MoveBound {
+            lease_ms: LEASE_MS,
+            detection_ms: config.proxy_health.timing().detection_ms(),
+            margin_ms: MOVE_MARGIN_MS,
+        };
+        findings.failover = Some(Failover::of(&records, window, bound));
+        findings.revalidation = Some(Revalidation::of(
+            &window.victim,
+            window.heal_us,
+            &fault.probes,
+            &records,
+        ));
+    }
     let title = format!(
         "roost fault suite: {scenario}{}",
         if short { " (short)" } else { "" }

@@ -1,7 +1,7 @@
-//! The five faults the suite injects and the plan of each run: how many
-//! users, how long the load runs, when the fault comes. `--short` is the
-//! CI version: every scenario in well under 40 s, so `all --short` fits in
-//! three minutes on two CPUs.
+//! The six faults the suite injects, the fleet each runs on, and the plan
+//! of each run: how many users, how long the load runs, when the fault
+//! comes. `--short` is the CI version: every scenario in well under 40 s,
+//! so `all --short` fits in four minutes on two CPUs.
 //!
 //! Think times are chosen so the load does not saturate two CPUs (it shares
 //! them with the proxy, three or four workers and Postgres): 200 users × 2
@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::suite::RunKind;
-
+use crate::fleet::FleetConfig;
 use crate::load::LoadPlan;
+use crate::suite::RunKind;
 
 /// One fault scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,15 +33,19 @@ pub enum Scenario {
     Rolling,
     /// Start a fourth worker, then SIGTERM it.
     Scale,
+    /// Cut the busiest worker off the store for 8 s (its relay stops
+    /// forwarding; every socket stays open), then heal it.
+    Cut,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Kill9,
         Scenario::Sigstop,
         Scenario::PgRestart,
         Scenario::Rolling,
         Scenario::Scale,
+        Scenario::Cut,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +55,18 @@ impl Scenario {
             Scenario::PgRestart => "pg-restart",
             Scenario::Rolling => "rolling",
             Scenario::Scale => "scale",
+            Scenario::Cut => "cut",
+        }
+    }
+
+    /// The fleet it runs on: the suite's ([`FleetConfig::faults`]); the cut
+    /// puts a relay between every worker and the store, and leaves the
+    /// proxy's health checks at their defaults, so its movement bound is
+    /// the one a default deployment gets.
+    pub fn fleet_config(self) -> FleetConfig {
+        match self {
+            Scenario::Cut => FleetConfig::faults().store_relays().default_health(),
+            _ => FleetConfig::faults(),
         }
     }
 

@@ -99,7 +99,7 @@ fn released_tokens(records: &[Record]) -> HashSet<(String, String)> {
 
 /// Whether the trace of acknowledged `record` is in `state`; `None` when
 /// it cannot be told (a token released later).
-fn survived(
+pub(super) fn survived(
     record: &Record,
     state: Option<&Value>,
     released: &HashSet<(String, String)>,

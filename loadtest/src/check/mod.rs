@@ -3,10 +3,12 @@
 //! so a failure names the requests that show it.
 
 pub mod availability;
+pub mod failover;
 pub mod lost;
 pub mod movement;
 pub mod overlap;
 pub mod readback;
+pub mod revalidation;
 pub mod stale;
 pub mod traffic;
 
@@ -102,15 +104,20 @@ pub struct Findings {
     pub stale: stale::StaleReads,
     pub overlap: overlap::Overlaps,
     pub readback: readback::ReadBack,
+    /// Scale: which entities moved.
     pub movement: Option<movement::Movement>,
+    /// Cut: how the cut worker's users moved.
+    pub failover: Option<failover::Failover>,
+    /// Cut: what the cut worker served after the heal.
+    pub revalidation: Option<revalidation::Revalidation>,
 }
 
 impl Findings {
+    /// The checks every run gets; the scenario's own are set after.
     pub fn examine(
         records: &[Record],
         stored: &HashMap<String, StoredEntity>,
         run_end_us: u64,
-        movement: Option<movement::Movement>,
     ) -> Findings {
         Findings {
             traffic: traffic::Traffic::of(records),
@@ -119,7 +126,9 @@ impl Findings {
             stale: stale::StaleReads::of(records),
             overlap: overlap::Overlaps::of(records),
             readback: readback::ReadBack::of(records, stored),
-            movement,
+            movement: None,
+            failover: None,
+            revalidation: None,
         }
     }
 }

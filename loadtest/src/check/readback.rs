@@ -64,7 +64,7 @@ fn unanswered_ops(records: &[Record]) -> usize {
 }
 
 /// What a read returned, in the stored state's shape.
-fn shown_state(read: &Record) -> Value {
+pub(super) fn shown_state(read: &Record) -> Value {
     let body = read.body.clone().unwrap_or(Value::Null);
     match read.entity {
         // A 404 is "no session": the stored `null`.
