@@ -14,7 +14,8 @@
 //! or the lock had been lost and taken again), entities may have been
 //! claimed elsewhere meanwhile: before serving again the worker revalidates
 //! every cached entity's epoch against the store and drops those whose epoch
-//! moved on ([`crate::runtime::Runtime::revalidate`]).
+//! moved on: whatever holds the entities does that, through [`Revalidate`]
+//! (the runtime), so the lease knows nothing of what it guards.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::runtime::Runtime;
+use async_trait::async_trait;
+
 use crate::store::{Member, Registry, Renewal, StoreError, StoreResult};
 
 /// Part of the lease given up for clock-rate drift between this machine
@@ -43,6 +45,15 @@ pub struct LeaseConfig {
     /// How long to wait at start for an earlier process with this worker's
     /// id to let go of its lock.
     pub join_patience: Duration,
+}
+
+/// What holds entities claimed under the lease: after a lapse it must drop
+/// the ones other workers claimed meanwhile before the lease is used again.
+#[async_trait]
+pub trait Revalidate: Send + Sync {
+    /// Drop every cached entity whose stored epoch is no longer the one it
+    /// was claimed under; how many were dropped.
+    async fn revalidate(&self) -> Result<usize, StoreError>;
 }
 
 /// This worker's lease, as far as it can be sure of it.
@@ -114,19 +125,23 @@ impl Lease {
         self.valid_until_us.fetch_max(until, Ordering::AcqRel);
     }
 
-    /// Renew every `renew_every` until `stop`; revalidate `runtime`'s
+    /// Renew every `renew_every` until `stop`; revalidate `cache`'s
     /// entities whenever the lease did not hold all along.
-    pub async fn keep(self: Arc<Self>, runtime: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
+    pub async fn keep(
+        self: Arc<Self>,
+        cache: Arc<dyn Revalidate>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.config.renew_every) => {}
                 _ = stop.changed() => return,
             }
-            self.renew_once(&runtime).await;
+            self.renew_once(cache.as_ref()).await;
         }
     }
 
-    async fn renew_once(&self, runtime: &Runtime) {
+    async fn renew_once(&self, cache: &dyn Revalidate) {
         let sent = Instant::now();
         let renewal = tokio::time::timeout(
             self.config.duration / 2,
@@ -139,7 +154,7 @@ impl Lease {
                 // surely executed before the stored expiry.
                 let continuous = renewal == Renewal::Continuous && self.is_held();
                 if !continuous {
-                    match runtime.revalidate().await {
+                    match cache.revalidate().await {
                         Ok(dropped) => {
                             tracing::warn!(
                                 dropped,

@@ -5,6 +5,9 @@
 //!
 //! # Layout
 //!
+//! - [`run`]: the entry point: start a worker (store, lease, runtime,
+//!   calls, HTTP), serve until told to stop, drain. The `roost-worker`
+//!   binary is this behind a command line.
 //! - [`entity`]: the trait every entity type implements (start here to write
 //!   your own).
 //! - [`runtime`]: the entity map, per-entity serial execution, the flusher,
@@ -33,6 +36,7 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod ownership;
+pub mod run;
 pub mod runtime;
 pub mod stateless;
 pub mod store;

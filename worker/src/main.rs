@@ -2,27 +2,16 @@
 //!
 //! Runs until SIGTERM or SIGINT, then drains: `/readyz` fails, requests in
 //! flight finish, everything dirty is flushed, and the process exits 0 (1 if
-//! the last flush could not complete).
+//! the last flush could not complete). Everything but the command line and
+//! the signals is [`roost_worker::run`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::Context;
 use clap::Parser;
-use roost_worker::calls::http::HttpCalls;
-use roost_worker::calls::peers::Peers;
-use roost_worker::calls::Caller;
 use roost_worker::config::{WorkerConfig, DEFAULT_STORE};
-use roost_worker::engine::Engine;
-use roost_worker::http::{serve, Api, Listeners};
-use roost_worker::lease::Lease;
-use roost_worker::runtime::Runtime;
-use roost_worker::stateless::StatelessEngine;
-use roost_worker::store::postgres::PostgresStore;
-use roost_worker::store::{Member, MemberStatus};
+use roost_worker::run::{run, RunOptions, Stopped};
 
 /// mimalloc: every request allocates and frees small buffers (parsed JSON,
 /// replies, encoded rows); glibc's malloc (`malloc_consolidate`,
@@ -62,17 +51,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match args.config.as_deref().map(WorkerConfig::load).transpose() {
-        Ok(config) => config.unwrap_or_default().with_env_secrets(),
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let config = match config {
+    let config = match load_config(args.config.as_deref()) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("roost-worker: {e}");
+        Err(message) => {
+            eprintln!("{message}");
             return ExitCode::FAILURE;
         }
     };
@@ -84,140 +66,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args, config));
+    let result = runtime.block_on(run(args.into_options(), config, shutdown_signal()));
     // Idle blocking-pool threads (SQLite) would otherwise hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(Stopped::Drained) => ExitCode::SUCCESS,
+        Ok(Stopped::Unflushed) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("roost-worker: {e:#}");
+            eprintln!("roost-worker: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Serve until a signal, then drain. `Ok(false)`: the drain left changes
-/// unflushed.
-async fn run(args: Args, config: WorkerConfig) -> anyhow::Result<bool> {
-    let listeners = Listeners {
-        public: bind(args.listen).await?,
-        admin: match args.admin_listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        },
-    };
-    let drain = config.drain();
-    let (engine, runtime, caller) = if args.stateless {
-        let store = PostgresStore::connect(&args.store).await.with_context(|| {
-            format!(
-                "--stateless needs a postgres store; cannot open {}",
-                args.store
-            )
-        })?;
-        (
-            Engine::Stateless(Arc::new(StatelessEngine::new(&store, &args.id))),
-            None,
-            None,
-        )
-    } else {
-        let opened = roost_worker::store::open(&args.store)
-            .await
-            .with_context(|| format!("cannot open the store {}", args.store))?;
-        let member = Member {
-            id: args.id.clone(),
-            addr: args
-                .advertise
-                .clone()
-                .unwrap_or_else(|| args.listen.to_string()),
-        };
-        let lease = Lease::join(Arc::clone(&opened.registry), &member, config.lease())
-            .await
-            .with_context(|| format!("cannot join the fleet as {}", args.id))?;
-        let runtime = Runtime::start(&args.id, opened.store, lease, config.runtime());
-        let caller = start_caller(&args.id, &config, &runtime).await?;
-        (
-            Engine::Memory(Arc::clone(&runtime)),
-            Some(runtime),
-            Some(caller),
-        )
-    };
-    if config.proxy_token.is_none() {
-        tracing::warn!("proxy_token is not set: the entity API takes requests from anyone who reaches this worker");
-    }
-    tracing::info!(id = %args.id, listen = %args.listen, admin_listen = %args.admin_listen.map_or("off".into(), |a| a.to_string()), store = %redact(&args.store), stateless = args.stateless, "roost-worker ready");
-
-    let api = Arc::new(Api::new(engine, config, caller));
-    let registry = runtime.as_ref().map(|r| Arc::clone(r.registry()));
-    let signalled = async move {
-        shutdown_signal().await;
-        if let Some(registry) = registry {
-            if let Err(e) = registry.set_status(MemberStatus::Draining).await {
-                tracing::warn!(error = %e, "cannot announce the drain in the workers table");
-            }
+impl Args {
+    fn into_options(self) -> RunOptions {
+        RunOptions {
+            id: self.id,
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            advertise: self.advertise,
+            store: self.store,
+            stateless: self.stateless,
         }
-    };
-    let finished = serve(listeners, api, signalled, drain).await;
-    tracing::info!(
-        in_flight_finished = finished,
-        "draining: flushing everything dirty"
-    );
-    let Some(runtime) = runtime else {
-        return Ok(true);
-    };
-    let flushed = runtime.drain(Instant::now() + drain.grace).await;
-    if flushed {
-        tracing::info!("roost-worker stopped");
-    } else {
-        tracing::error!(
-            active = runtime.active(),
-            "drain timed out with changes unflushed"
-        );
     }
-    Ok(flushed)
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
-}
-
-/// The caller of entity-to-entity calls, with its view of the live workers
-/// read once before serving and kept fresh in the background.
-async fn start_caller(
-    id: &str,
-    config: &WorkerConfig,
-    runtime: &Runtime,
-) -> anyhow::Result<Caller> {
-    if config.hash_seed.is_none() {
-        tracing::warn!("hash_seed is not set: calls between entities are routed by a different HRW than the proxy's unless its hash_seed is empty too");
-    }
-    if config.internal_token.is_none() {
-        tracing::warn!("internal_token is not set: this worker neither takes nor makes calls to other workers' entities");
-    }
-    let peers = Arc::new(Peers::new(id, config.seed(), Arc::clone(runtime.store())));
-    peers.refresh_soon().await;
-    let refresh = std::time::Duration::from_millis(config.peers_refresh_ms);
-    let changes = runtime.registry().fleet_changes();
-    tokio::spawn(Arc::clone(&peers).keep_fresh(refresh, changes));
-    let http = HttpCalls::new(config.internal_token.clone())
-        .context("cannot build the HTTP client for calls to other workers")?;
-    Ok(Caller::new(peers, http))
-}
-
-/// The store URL without a password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+/// The `--config` file (or the defaults) with the secrets the environment
+/// sets, checked; the error as it should be printed.
+fn load_config(path: Option<&Path>) -> Result<WorkerConfig, String> {
+    let config = path
+        .map(WorkerConfig::load)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    config
+        .unwrap_or_default()
+        .with_env_secrets()
+        .map_err(|e| format!("roost-worker: {e}"))
 }
 
 fn init_logging() {

@@ -52,7 +52,7 @@ use self::idempotency::Idempotency;
 use self::map::EntityMap;
 use crate::calls::{CallError, CallSender};
 use crate::entity::{Context, Entity, Next, Outcome, Reply};
-use crate::lease::Lease;
+use crate::lease::{Lease, Revalidate};
 use crate::metrics::METRICS;
 use crate::ownership::{self, ClaimError};
 use crate::store::{Claim, ClaimOutcome, FlushRow, Store, StoreError};
@@ -210,7 +210,8 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(task);
         tokio::spawn(Arc::clone(&runtime).passivate_forever(stopped.clone()));
-        tokio::spawn(Arc::clone(&runtime.lease).keep(Arc::clone(&runtime), stopped.clone()));
+        let cache: Arc<dyn Revalidate> = Arc::clone(&runtime) as _;
+        tokio::spawn(Arc::clone(&runtime.lease).keep(cache, stopped.clone()));
         let requests = runtime.lease.registry().handover_requests();
         tokio::spawn(Arc::clone(&runtime).serve_handovers(requests));
         runtime
@@ -660,30 +661,6 @@ impl Runtime {
         Ok(())
     }
 
-    /// After the lease lapsed: drop every cached entity whose stored epoch
-    /// is no longer the one it was claimed under (another worker claimed it
-    /// meanwhile). Returns how many were dropped.
-    pub async fn revalidate(&self) -> Result<usize, StoreError> {
-        let held: Vec<(Arc<Activation>, i64)> = self
-            .entities
-            .snapshot()
-            .into_iter()
-            .filter_map(|a| a.epoch().map(|epoch| (a, epoch)))
-            .collect();
-        let keys: Vec<String> = held.iter().map(|(a, _)| a.key.to_string()).collect();
-        let stored = self.store.epochs(&keys).await?;
-        let mut dropped = 0;
-        for (activation, epoch) in held {
-            if stored.get(&*activation.key) != Some(&epoch) {
-                self.entities.evict(&activation);
-                activation.fence();
-                METRICS.revalidation_drops.inc();
-                dropped += 1;
-            }
-        }
-        Ok(dropped)
-    }
-
     /// Hand entities over as other workers ask, until the registry stops.
     async fn serve_handovers(self: Arc<Self>, mut requests: UnboundedReceiver<String>) {
         while let Some(key) = requests.recv().await {
@@ -831,4 +808,31 @@ pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[async_trait::async_trait]
+impl Revalidate for Runtime {
+    /// After the lease lapsed: drop every cached entity whose stored epoch
+    /// is no longer the one it was claimed under (another worker claimed it
+    /// meanwhile). Returns how many were dropped.
+    async fn revalidate(&self) -> Result<usize, StoreError> {
+        let held: Vec<(Arc<Activation>, i64)> = self
+            .entities
+            .snapshot()
+            .into_iter()
+            .filter_map(|a| a.epoch().map(|epoch| (a, epoch)))
+            .collect();
+        let keys: Vec<String> = held.iter().map(|(a, _)| a.key.to_string()).collect();
+        let stored = self.store.epochs(&keys).await?;
+        let mut dropped = 0;
+        for (activation, epoch) in held {
+            if stored.get(&*activation.key) != Some(&epoch) {
+                self.entities.evict(&activation);
+                activation.fence();
+                METRICS.revalidation_drops.inc();
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
 }
