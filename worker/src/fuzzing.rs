@@ -16,7 +16,7 @@ use crate::entities::quota::Quota;
 use crate::entities::session::{IfMatch, Session};
 use crate::entity::{Context, Entity, Next, Reply};
 use crate::http::requests;
-use crate::ownership;
+use crate::runtime::envelope;
 
 /// Request bodies and path segments of every entity route. The first byte
 /// picks the parser, the rest is its input (for routes with a path segment
@@ -53,10 +53,10 @@ pub fn worker_config(data: &[u8]) {
 /// the envelope (remembered replies, awaited calls) and every built-in
 /// type's state.
 pub fn stored_state(data: &[u8]) {
-    let _ = ownership::decode_state(&Session, "session/fuzz", Some(data));
-    let _ = ownership::decode_state(&cart(), "cart/fuzz", Some(data));
-    let _ = ownership::decode_state(&Quota, "quota/fuzz", Some(data));
-    let _ = ownership::decode_state(&Inventory, "inventory/fuzz", Some(data));
+    let _ = envelope::decode_state(&Session, "session/fuzz", Some(data));
+    let _ = envelope::decode_state(&cart(), "cart/fuzz", Some(data));
+    let _ = envelope::decode_state(&Quota, "quota/fuzz", Some(data));
+    let _ = envelope::decode_state(&Inventory, "inventory/fuzz", Some(data));
 }
 
 /// A cart with a limit, so the limit path runs too.

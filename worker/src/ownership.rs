@@ -35,10 +35,7 @@
 //!    instant (G2). After a lapse it serves nothing until it has renewed and
 //!    dropped every entity whose epoch moved on.
 
-use crate::entity::Entity;
-use crate::runtime::activation::Loaded;
-use crate::runtime::envelope;
-use crate::store::{Claim, StoreError};
+use crate::store::StoreError;
 
 /// Why an entity could not be activated.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,69 +50,12 @@ pub enum ClaimError {
     Corrupt { key: String, reason: String },
 }
 
-/// Rebuild a claimed entity's state.
-pub fn load<E: Entity>(entity: &E, key: &str, claim: Claim) -> Result<Loaded, ClaimError> {
-    stored(
-        entity,
-        key,
-        claim.state.as_deref(),
-        claim.version,
-        claim.epoch,
-    )
-}
-
-/// An entity as stored (`bytes`, at `version`), held under the claim of
-/// `epoch`: its state, the runtime's meta, and the state's own encoding.
-pub fn stored<E: Entity>(
-    entity: &E,
-    key: &str,
-    bytes: Option<&[u8]>,
-    version: i64,
-    epoch: i64,
-) -> Result<Loaded, ClaimError> {
-    let (meta, state, encoded) = match bytes {
-        None => {
-            let state = E::State::default();
-            let encoded = entity.encode(&state);
-            (envelope::Meta::default(), state, encoded)
+impl ClaimError {
+    /// The stored bytes of `key` do not decode, for `reason`.
+    pub fn corrupt(key: &str, reason: String) -> Self {
+        ClaimError::Corrupt {
+            key: key.to_owned(),
+            reason,
         }
-        Some(bytes) => {
-            let (meta, encoded) = split(key, bytes)?;
-            let state = entity.decode(encoded).map_err(|e| corrupt(key, e))?;
-            (meta, state, encoded.to_vec())
-        }
-    };
-    Ok(Loaded {
-        state: Box::new(state),
-        encoded,
-        meta,
-        version: u64::try_from(version).unwrap_or(0),
-        epoch,
-    })
-}
-
-/// Rebuild an entity's state and the runtime's meta from stored bytes
-/// (`None`: a key never written).
-pub fn decode_state<E: Entity>(
-    entity: &E,
-    key: &str,
-    bytes: Option<&[u8]>,
-) -> Result<(envelope::Meta, E::State), ClaimError> {
-    let Some(bytes) = bytes else {
-        return Ok((envelope::Meta::default(), E::State::default()));
-    };
-    let (meta, state) = split(key, bytes)?;
-    Ok((meta, entity.decode(state).map_err(|e| corrupt(key, e))?))
-}
-
-/// Stored bytes as the runtime's meta and the entity's state bytes.
-fn split<'b>(key: &str, bytes: &'b [u8]) -> Result<(envelope::Meta, &'b [u8]), ClaimError> {
-    envelope::decode(bytes).map_err(|e| corrupt(key, e))
-}
-
-fn corrupt(key: &str, reason: String) -> ClaimError {
-    ClaimError::Corrupt {
-        key: key.to_owned(),
-        reason,
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 
 use crate::entity::{Context, Entity, Next, Reply};
-use crate::ownership::{self, ClaimError};
+use crate::ownership::ClaimError;
 use crate::runtime::idempotency::Idempotency;
 use crate::runtime::{envelope, EntityReply, RuntimeError};
 use crate::store::postgres::PostgresStore;
@@ -77,7 +77,7 @@ impl StatelessEngine {
         let row = row.ok_or_else(|| unavailable("the row vanished"))?;
         let (epoch, version): (i64, i64) = (row.get(0), row.get(1));
         let bytes: Option<Vec<u8>> = row.get(2);
-        let (mut meta, mut state) = ownership::decode_state(entity, &key, bytes.as_deref())?;
+        let (mut meta, mut state) = envelope::decode_state(entity, &key, bytes.as_deref())?;
         let version = u64::try_from(version).unwrap_or(0);
         if let Some((reply, version)) = idempotency
             .as_ref()

@@ -27,8 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-use super::envelope::Meta;
-use crate::store::{FlushRow, StoreError};
+use super::envelope::{self, Meta};
+use crate::entity::Entity;
+use crate::ownership::ClaimError;
+use crate::store::{Claim, FlushRow, StoreError};
 
 /// Why a durable write was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -93,6 +95,48 @@ pub struct Loaded {
     pub version: u64,
     /// The epoch of our claim: every write is guarded by it.
     pub epoch: i64,
+}
+
+impl Loaded {
+    /// A claimed entity, from the state its claim returned.
+    pub fn claimed<E: Entity>(entity: &E, key: &str, claim: Claim) -> Result<Self, ClaimError> {
+        Loaded::stored(
+            entity,
+            key,
+            claim.state.as_deref(),
+            claim.version,
+            claim.epoch,
+        )
+    }
+
+    /// An entity as stored (`bytes`, at `version`), held under the claim of
+    /// `epoch`: its state, the runtime's meta, and the state's own encoding.
+    pub fn stored<E: Entity>(
+        entity: &E,
+        key: &str,
+        bytes: Option<&[u8]>,
+        version: i64,
+        epoch: i64,
+    ) -> Result<Self, ClaimError> {
+        let (meta, state, encoded) = match bytes {
+            None => {
+                let state = E::State::default();
+                let encoded = entity.encode(&state);
+                (Meta::default(), state, encoded)
+            }
+            Some(bytes) => {
+                let (meta, state, encoded) = envelope::decode_stored(entity, key, bytes)?;
+                (meta, state, encoded.to_vec())
+            }
+        };
+        Ok(Loaded {
+            state: Box::new(state),
+            encoded,
+            meta,
+            version: u64::try_from(version).unwrap_or(0),
+            epoch,
+        })
+    }
 }
 
 /// Between the entity and the flusher: the newest unwritten row, the output

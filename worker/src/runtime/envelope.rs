@@ -16,7 +16,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::idempotency::{self, Fingerprint, Idempotency};
-use crate::entity::{Call, Reply};
+use crate::entity::{Call, Entity, Reply};
+use crate::ownership::ClaimError;
 
 /// Everything the runtime stores beside an entity's state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -187,6 +188,34 @@ pub fn decode(bytes: &[u8]) -> Result<(Meta, &[u8]), String> {
         }
     };
     Ok((meta, state))
+}
+
+/// Rebuild an entity's state and the runtime's meta from stored bytes
+/// (`None`: a key never written).
+pub fn decode_state<E: Entity>(
+    entity: &E,
+    key: &str,
+    bytes: Option<&[u8]>,
+) -> Result<(Meta, E::State), ClaimError> {
+    let Some(bytes) = bytes else {
+        return Ok((Meta::default(), E::State::default()));
+    };
+    let (meta, state, _) = decode_stored(entity, key, bytes)?;
+    Ok((meta, state))
+}
+
+/// Stored bytes of `key` as the runtime's meta, the entity's state, and
+/// the state's own encoding within them.
+pub fn decode_stored<'b, E: Entity>(
+    entity: &E,
+    key: &str,
+    bytes: &'b [u8],
+) -> Result<(Meta, E::State, &'b [u8]), ClaimError> {
+    let (meta, encoded) = decode(bytes).map_err(|e| ClaimError::corrupt(key, e))?;
+    let state = entity
+        .decode(encoded)
+        .map_err(|e| ClaimError::corrupt(key, e))?;
+    Ok((meta, state, encoded))
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ use crate::calls::{CallError, CallSender};
 use crate::entity::{Context, Entity, Next, Outcome, Reply};
 use crate::lease::{Lease, Revalidate};
 use crate::metrics::METRICS;
-use crate::ownership::{self, ClaimError};
+use crate::ownership::ClaimError;
 use crate::store::{Claim, ClaimOutcome, FlushRow, Store, StoreError};
 
 /// How a change is acknowledged.
@@ -393,7 +393,7 @@ impl Runtime {
             Ok(claim) => {
                 METRICS.claims.inc();
                 activation.set_epoch(claim.epoch);
-                Ok(ownership::load(entity, &activation.key, claim)?)
+                Ok(Loaded::claimed(entity, &activation.key, claim)?)
             }
             Err(e) => {
                 METRICS.claim_failures.inc();
@@ -657,7 +657,7 @@ impl Runtime {
         row: &FlushRow,
     ) -> Result<(), RuntimeError> {
         let epoch = loaded.epoch;
-        *loaded = ownership::stored(entity, &row.key, Some(&row.state), row.version, epoch)?;
+        *loaded = Loaded::stored(entity, &row.key, Some(&row.state), row.version, epoch)?;
         Ok(())
     }
 
