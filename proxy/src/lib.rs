@@ -27,7 +27,7 @@
 //! - [`tls`]: the TLS listener's certificate and key.
 //! - [`admin`]: `/metrics`, `/admin/workers`, `/admin/route`.
 //! - [`metrics`], [`reply`], [`logging`]: what the others report with.
-//! - [`fuzzing`]: entry points of the fuzz targets and their regression
+//! - `fuzzing` (with the `fuzzing` feature): entry points of the fuzz targets and their regression
 //!   tests.
 
 pub mod admin;
@@ -35,6 +35,7 @@ pub mod config;
 pub mod connections;
 pub mod discovery;
 pub mod fleet;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod health;
 pub mod identity;

@@ -12,9 +12,10 @@
 //! - [`config_file`]: how both binaries load YAML config, with errors that
 //!   name the file, the line and the field.
 //! - [`registry`]: how both sides read the live workers from the store.
-//! - [`fuzzing`]: replaying kept fuzz inputs in both crates' tests.
+//! - `fuzzing` (with the `fuzzing` feature): replaying kept fuzz inputs in both crates' tests.
 
 pub mod config_file;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod headers;
 pub mod hrw;

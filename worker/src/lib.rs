@@ -23,7 +23,7 @@
 //! - [`engine`], [`stateless`]: what the API executes requests with: the
 //!   runtime, or the Postgres-per-request baseline benchmarks compare with.
 //! - [`config`], [`metrics`]: what the worker is told and what it reports.
-//! - [`fuzzing`]: entry points of the fuzz targets and their regression
+//! - `fuzzing` (with the `fuzzing` feature): entry points of the fuzz targets and their regression
 //!   tests.
 
 pub mod calls;
@@ -31,6 +31,7 @@ pub mod config;
 pub mod engine;
 pub mod entities;
 pub mod entity;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http;
 pub mod lease;

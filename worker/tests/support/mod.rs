@@ -31,13 +31,13 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the fixture
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -46,6 +46,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+
+#[allow(unused_imports)] // each test binary uses a different part
+pub use roost_testkit::{accepts, free_port, open_log, TempDir};
 
 /// How long a worker may take to answer `/healthz` after it is spawned.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,85 +149,6 @@ pub fn unique_key(label: &str) -> String {
         run_prefix(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// A fresh directory under the system temp dir, removed on drop (unless
-/// `ROOST_TEST_KEEP_DIR` is set).
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(label: &str) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "roost-worker-test-{label}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-        ));
-        fs::create_dir(&path)
-            .unwrap_or_else(|e| panic!("cannot create test dir {}: {e}", path.display()));
-        TempDir { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Write `name` in the dir and return its path.
-    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.path.join(name);
-        fs::write(&path, contents)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("ROOST_TEST_KEEP_DIR").is_some() {
-            eprintln!("keeping test dir {}", self.path.display());
-            return;
-        }
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            eprintln!("cannot remove test dir {}: {e}", self.path.display());
-        }
-    }
-}
-
-/// A 127.0.0.1 port that was free a moment ago and that nothing else in
-/// this test binary has been given.
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
-    for _ in 0..100 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a port");
-        let port = listener
-            .local_addr()
-            .expect("local address of a bound listener")
-            .port();
-        if given.insert(port) {
-            return port;
-        }
-    }
-    panic!("could not find a free 127.0.0.1 port in 100 tries")
-}
-
-/// Whether something accepts TCP connections at `addr`.
-pub fn accepts(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-}
-
-fn open_log(path: &Path) -> Result<File, String> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,20 @@
+//! Fixtures every Roost test binary needs, written once: the proxy's and
+//! the worker's integration tests (and the load tests) build their fleets
+//! on these.
+//!
+//! # Layout
+//!
+//! - [`dir`]: a fresh temp dir per test, removed on drop.
+//! - [`net`]: loopback ports no other fixture of the binary was given, and
+//!   whether something listens on one.
+//!
+//! Fixtures panic with a message naming what failed: they run inside tests,
+//! where a panic is the failure report.
+
+#![allow(clippy::unwrap_used)] // tests' fixtures: a panic is the report
+
+pub mod dir;
+pub mod net;
+
+pub use dir::{open_log, TempDir};
+pub use net::{accepts, free_port};
