@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::run_checked;
+use roost_testkit::process::run_checked;
 
 pub const PROXY: &str = "roost-proxy";
 pub const WORKER: &str = "roost-worker";

@@ -17,9 +17,9 @@ use crate::check::revalidation::Probed;
 use crate::fleet::Fleet;
 use crate::ledger::Ledger;
 use crate::load::user_name;
-use crate::postgres::Cluster;
 use crate::probe::{held_by, Prober};
 use crate::scenario::{Plan, Scenario};
+use roost_testkit::postgres::Cluster;
 
 /// How long after SIGKILL the worker is started again.
 const KILL9_DOWNTIME: Duration = Duration::from_secs(2);

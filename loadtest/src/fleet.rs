@@ -17,9 +17,9 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::binaries::Binaries;
-use crate::postgres::Cluster;
 use crate::process::{free_port, log_tail, Process};
 use crate::relay::Relay;
+use roost_testkit::postgres::Cluster;
 
 /// How long a worker or the proxy may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(15);

@@ -22,7 +22,7 @@
 //! |---|---|
 //! | [`scenario`] | the six faults and each run's plan |
 //! | [`suite`], [`run`] | the scenarios in turn; one scenario end to end |
-//! | [`postgres`], [`fleet`], [`process`], [`binaries`] | what runs: the store, the workers and proxy, child processes |
+//! | [`fleet`], [`process`], [`binaries`] | what runs: the workers and proxy (the store is `roost_testkit::Cluster`), child processes |
 //! | [`relay`] | a TCP relay between a worker and the store that can be cut with its sockets open |
 //! | [`load`], [`client`] | simulated users and devices; one device's requests and retries |
 //! | [`fault`], [`probe`] | injecting each fault; requests straight to one worker after it |
@@ -42,7 +42,6 @@ pub mod fault;
 pub mod fleet;
 pub mod ledger;
 pub mod load;
-pub mod postgres;
 pub mod probe;
 pub mod process;
 pub mod relay;

@@ -22,7 +22,7 @@ use crate::check::revalidation::Probed;
 use crate::client::{http_client, Client};
 use crate::ledger::{entity_key, Kind, Ledger, Phase};
 use crate::load::{join_all, read, SESSION_AND_CART};
-use crate::postgres::connect;
+use roost_testkit::postgres::connect;
 
 /// The device number of probes in the ledger.
 pub const PROBE_DEVICE: u8 = 254;

@@ -1,18 +1,15 @@
 //! Child processes the suite starts (workers, the proxy), signalled by pid
 //! and always reaped: a [`Process`] that is dropped while its child still
 //! runs — at the end, on an error or in a panic — SIGKILLs it and waits for
-//! it, so no scenario leaves a worker behind. Also: free ports and command
-//! output checks, which everything that starts a process needs.
+//! it, so no scenario leaves a worker behind. Also: free ports (from
+//! `roost_testkit`), which everything that starts a process needs.
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -104,40 +101,10 @@ fn append(path: &Path) -> Result<File> {
         .with_context(|| format!("open log {}", path.display()))
 }
 
-/// Run `command` to completion; an error with its output if it fails.
-pub fn run_checked(mut command: Command, what: &str) -> Result<()> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {what}: {command:?}"))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(anyhow!(
-        "{what} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    ))
-}
-
 /// A 127.0.0.1 port that was free a moment ago and that this process has
 /// not handed out before.
 pub fn free_port() -> Result<u16> {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
-    for _ in 0..100 {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-        let port = listener
-            .local_addr()
-            .context("address of a listener")?
-            .port();
-        if given.insert(port) {
-            return Ok(port);
-        }
-    }
-    bail!("no free 127.0.0.1 port in 100 tries")
+    roost_testkit::try_free_port().context("find a free 127.0.0.1 port")
 }
 
 /// The last `lines` lines of a log file, for error messages.

@@ -18,10 +18,10 @@ use crate::fault::{self, FaultOutcome, HrwView, Target, HRW_SAMPLE_KEYS};
 use crate::fleet::{Fleet, FleetConfig, LEASE_MS};
 use crate::ledger::{write_jsonl, Clock, Event, Ledger, Record};
 use crate::load::{read_back, user_name, Load, SESSION_AND_CART};
-use crate::postgres::Cluster;
 use crate::report::{RunFacts, ScenarioReport};
 use crate::scenario::{Plan, Scenario};
 use crate::stored::{read_entities, StoredEntity};
+use roost_testkit::postgres::Cluster;
 
 /// The pause between the end of the load and the final reads: many flush
 /// intervals, so write-behind changes that survived are in the store.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::postgres::connect;
+use roost_testkit::postgres::connect;
 
 /// One `roost_entities` row with its state decoded.
 #[derive(Debug, Clone)]

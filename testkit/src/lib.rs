@@ -5,8 +5,10 @@
 //! # Layout
 //!
 //! - [`dir`]: a fresh temp dir per test, removed on drop.
-//! - [`net`]: loopback ports no other fixture of the binary was given, and
-//!   whether something listens on one.
+//! - [`net`]: loopback ports no other fixture of the process was given,
+//!   and whether something listens on one.
+//! - [`postgres`]: a throwaway Postgres cluster (or `DATABASE_URL`).
+//! - [`process`]: running a command to completion, its output in the error.
 //!
 //! Fixtures panic with a message naming what failed: they run inside tests,
 //! where a panic is the failure report.
@@ -15,6 +17,9 @@
 
 pub mod dir;
 pub mod net;
+pub mod postgres;
+pub mod process;
 
 pub use dir::{open_log, TempDir};
-pub use net::{accepts, free_port};
+pub use net::{accepts, free_port, try_free_port};
+pub use postgres::{postgres_url, Cluster};

@@ -3,27 +3,29 @@
 //! get the same port even when their tests run at once.
 
 use std::collections::HashSet;
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// A 127.0.0.1 port that was free a moment ago and that nothing else in
-/// this test binary has been given.
+/// this process has been given; panics if there is none (for tests).
 pub fn free_port() -> u16 {
+    try_free_port().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`free_port`], with an error instead of a panic (for tools).
+pub fn try_free_port() -> io::Result<u16> {
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
     for _ in 0..100 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a port");
-        let port = listener
-            .local_addr()
-            .expect("local address of a bound listener")
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if given.insert(port) {
-            return port;
+            return Ok(port);
         }
     }
-    panic!("could not find a free 127.0.0.1 port in 100 tries")
+    Err(io::Error::other("no free 127.0.0.1 port in 100 tries"))
 }
 
 /// Whether something accepts TCP connections at `addr`.

@@ -36,19 +36,18 @@ use std::fmt;
 use std::fs;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
 #[allow(unused_imports)] // each test binary uses a different part
-pub use roost_testkit::{accepts, free_port, open_log, TempDir};
+pub use roost_testkit::{accepts, free_port, open_log, postgres_url, TempDir};
 
 /// How long a worker may take to answer `/healthz` after it is spawned.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -482,187 +481,6 @@ impl StoreFault {
 // ---------------------------------------------------------------------------
 // Postgres
 // ---------------------------------------------------------------------------
-
-/// The Postgres URL of this test binary: `DATABASE_URL` when it is set and a
-/// connection succeeds within two seconds; otherwise a throwaway cluster
-/// (`initdb` + `pg_ctl`, as the `postgres` user when running as root) in a
-/// temp dir, on a free port, listening on 127.0.0.1 only, started once and
-/// stopped by a watchdog when this process exits.
-///
-/// Must be called outside a tokio runtime (it may block).
-pub fn postgres_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-            match postgres_answers(&url) {
-                Ok(()) => return url,
-                Err(e) => eprintln!(
-                    "DATABASE_URL is set but does not answer ({e}); starting a throwaway cluster"
-                ),
-            }
-        }
-        start_throwaway_cluster()
-    })
-}
-
-/// Connect to `url` and run `SELECT 1`, within two seconds.
-fn postgres_answers(url: &str) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let check = async {
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(connection);
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        };
-        tokio::time::timeout(Duration::from_secs(2), check)
-            .await
-            .map_err(|_| "no answer within 2 s".to_string())?
-    })
-}
-
-/// Whether this process runs as root (`/proc/self` belongs to our euid).
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// `[runuser -u postgres --] program`: the server refuses to run as root.
-fn as_postgres(program: &str) -> Command {
-    if running_as_root() {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--", program]);
-        command
-    } else {
-        Command::new(program)
-    }
-}
-
-fn run_checked(mut command: Command, what: &str) -> Result<(), String> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
-fn start_throwaway_cluster() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "roost-worker-test-pg-{}-{nanos}",
-        std::process::id()
-    ));
-    let data = dir.join("data");
-    let socket = dir.join("socket");
-    for path in [&dir, &socket] {
-        fs::create_dir_all(path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-    }
-    let root = running_as_root();
-    if root {
-        let mut chown = Command::new("chown");
-        chown.args(["-R", "postgres:postgres"]).arg(&dir);
-        run_checked(chown, "chown the postgres test dir").unwrap_or_else(|e| panic!("{e}"));
-    }
-    // The watchdog first, so the cluster and the dir go away with this
-    // process whatever happens from here on (statics are never dropped).
-    // It is detached: started in the background by a shell that exits at
-    // once (so nothing is left to reap), in its own process group (so a
-    // Ctrl-C to the test run does not kill it before it has cleaned up).
-    let pg_ctl_stop = if root {
-        "runuser -u postgres -- pg_ctl"
-    } else {
-        "pg_ctl"
-    };
-    let watchdog = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-         {pg_ctl_stop} -D '{data}' stop -m immediate >/dev/null 2>&1; \
-         rm -rf '{dir}'",
-        pid = std::process::id(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    let status = Command::new("sh")
-        .args([
-            "-c",
-            &format!("( {watchdog} ) </dev/null >/dev/null 2>&1 &"),
-        ])
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot start the postgres watchdog: {e}"));
-    assert!(status.success(), "starting the postgres watchdog: {status}");
-
-    let mut initdb = as_postgres("initdb");
-    initdb
-        .args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "-D",
-        ])
-        .arg(&data);
-    run_checked(initdb, "initdb (is PostgreSQL installed and on PATH?)")
-        .unwrap_or_else(|e| panic!("{e}"));
-
-    let log = dir.join("postgres.log");
-    let mut last_error = String::new();
-    for _ in 0..3 {
-        let port = free_port();
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200",
-            socket.display()
-        );
-        let mut start = as_postgres("pg_ctl");
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-t", "30", "-o", &options, "start"]);
-        match run_checked(start, "pg_ctl start") {
-            Ok(()) => {
-                let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-                postgres_answers(&url)
-                    .unwrap_or_else(|e| panic!("the throwaway cluster does not answer: {e}"));
-                eprintln!("throwaway postgres cluster at {url} in {}", dir.display());
-                return url;
-            }
-            Err(e) => {
-                last_error = format!(
-                    "{e}\n--- postgres log ---\n{}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        }
-    }
-    panic!("cannot start a throwaway postgres cluster: {last_error}")
-}
 
 // ---------------------------------------------------------------------------
 // Worker processes

@@ -1,13 +1,15 @@
-//! A throwaway Postgres cluster per scenario, so the suite can restart its
-//! store as a fault and leaves nothing behind: `initdb` into a fresh temp
-//! dir, a server on a free 127.0.0.1 port (socket in the same dir, fsync
-//! on, trust auth), a `roost` database; on drop `pg_ctl stop -m immediate`
-//! and the dir removed.
+//! A throwaway Postgres cluster, so tests and load runs need no database
+//! service and leave nothing behind: `initdb` into a fresh temp dir, a
+//! server on a free 127.0.0.1 port (socket in the same dir, fsync on, trust
+//! auth), a `roost` database; on drop `pg_ctl stop -m immediate` and the
+//! dir removed. The fault suite restarts it as a fault; the worker's tests
+//! keep one for the whole test binary ([`postgres_url`]).
 //!
 //! As root the binaries run as the `postgres` user (`runuser`), since the
 //! server refuses root, and the dir is chowned to it. A detached watchdog
 //! shell does the same cleanup if this process dies without dropping the
-//! cluster (SIGKILL, Ctrl-C), as the worker's test fixture does.
+//! cluster (SIGKILL, Ctrl-C, or a cluster kept in a static, which is never
+//! dropped).
 
 use std::fs;
 use std::net::SocketAddr;
@@ -15,11 +17,13 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{free_port, run_checked};
+use crate::net::try_free_port;
+use crate::process::run_checked;
 
 /// The database the workers use.
 const DATABASE: &str = "roost";
@@ -114,7 +118,7 @@ impl Cluster {
     fn start_server(&mut self) -> Result<()> {
         let mut last_error = None;
         for _ in 0..3 {
-            self.port = free_port()?;
+            self.port = try_free_port().context("find a port for the cluster")?;
             match self.pg_ctl("start") {
                 Ok(()) => return Ok(()),
                 Err(e) => last_error = Some(e),
@@ -232,8 +236,7 @@ fn make_dir(as_root: bool) -> Result<PathBuf> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let dir =
-        std::env::temp_dir().join(format!("roost-faults-pg-{}-{nanos:09}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("roost-test-pg-{}-{nanos:09}", std::process::id()));
     fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
     if as_root {
         let mut chown = Command::new("chown");
@@ -271,5 +274,50 @@ fn start_watchdog(bin: &Path, as_root: bool, dir: &Path) -> Result<()> {
     if !status.success() {
         bail!("starting the cluster's watchdog: {status}");
     }
+    Ok(())
+}
+
+/// The Postgres every store test of this test binary uses: `DATABASE_URL`
+/// when it is set and answers, otherwise a throwaway [`Cluster`] started
+/// once and kept until the process exits (its watchdog then stops it).
+///
+/// Must be called outside a tokio runtime (it blocks on one of its own).
+pub fn postgres_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    URL.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to reach Postgres with");
+        if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+            match runtime.block_on(answers(&url)) {
+                Ok(()) => return url,
+                Err(e) => eprintln!(
+                    "DATABASE_URL is set but does not answer ({e:#}); starting a throwaway cluster"
+                ),
+            }
+        }
+        let cluster = runtime
+            .block_on(Cluster::start())
+            .unwrap_or_else(|e| panic!("cannot start a throwaway postgres cluster: {e:#}"));
+        let url = cluster.url();
+        eprintln!(
+            "throwaway postgres cluster at {url} in {}",
+            cluster.dir.display()
+        );
+        let _ = CLUSTER.set(cluster);
+        url
+    })
+}
+
+/// Connect to `url` and run `SELECT 1`.
+async fn answers(url: &str) -> Result<()> {
+    let (client, connection) = connect(url).await?;
+    tokio::spawn(connection);
+    client
+        .simple_query("SELECT 1")
+        .await
+        .with_context(|| format!("SELECT 1 on {url}"))?;
     Ok(())
 }
