@@ -3,11 +3,8 @@
 //! the runner is a test in `target/<profile>/deps/`), unless given.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
-
-use roost_testkit::process::run_checked;
+use anyhow::{bail, Result};
 
 pub const PROXY: &str = "roost-proxy";
 pub const WORKER: &str = "roost-worker";
@@ -45,15 +42,7 @@ impl Binaries {
 
 /// `target/<profile>/` of the running executable.
 pub fn profile_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("path of the running executable")?;
-    let mut dir = exe
-        .parent()
-        .context("the running executable has no parent dir")?
-        .to_path_buf();
-    if dir.file_name().is_some_and(|name| name == "deps") {
-        dir.pop();
-    }
-    Ok(dir)
+    roost_testkit::bins::profile_dir()
 }
 
 /// Build the proxy and the worker into `profile_dir` with cargo if either
@@ -62,19 +51,10 @@ pub fn build_if_missing(profile_dir: &Path) -> Result<Binaries> {
     if let Ok(binaries) = Binaries::in_dir(profile_dir) {
         return Ok(binaries);
     }
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo.args(["build", "-p", PROXY, "-p", WORKER]);
-    if profile_dir
-        .file_name()
-        .is_some_and(|name| name == "release")
-    {
-        cargo.arg("--release");
-    }
-    if let Some(target) = profile_dir.parent() {
-        cargo.arg("--target-dir").arg(target);
-    }
-    cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
-    eprintln!("building the proxy and the worker: {cargo:?}");
-    run_checked(cargo, "cargo build of roost-proxy and roost-worker")?;
+    eprintln!(
+        "building the proxy and the worker into {}",
+        profile_dir.display()
+    );
+    roost_testkit::bins::build(&[PROXY, WORKER], profile_dir)?;
     Binaries::in_dir(profile_dir)
 }

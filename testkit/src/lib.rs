@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`bins`]: the workspace's binaries under test, built on demand.
 //! - [`dir`]: a fresh temp dir per test, removed on drop.
 //! - [`net`]: loopback ports no other fixture of the process was given,
 //!   and whether something listens on one.
@@ -15,6 +16,7 @@
 
 #![allow(clippy::unwrap_used)] // tests' fixtures: a panic is the report
 
+pub mod bins;
 pub mod dir;
 pub mod net;
 pub mod postgres;

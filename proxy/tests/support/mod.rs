@@ -63,44 +63,10 @@ pub fn proxy_bin() -> PathBuf {
 }
 
 /// The worker binary (another package): built once per test binary with the
-/// same cargo and profile, found next to the proxy binary.
+/// same cargo and profile, beside the proxy binary.
 pub fn worker_bin() -> &'static Path {
     static WORKER: OnceLock<PathBuf> = OnceLock::new();
-    WORKER.get_or_init(|| {
-        let proxy = proxy_bin();
-        let out_dir = proxy
-            .parent()
-            .expect("the proxy binary path has a parent directory");
-        let release = proxy.components().any(|c| c.as_os_str() == "release");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(&cargo);
-        build
-            .args(["build", "--quiet", "-p", "roost-worker", "--bin", "roost-worker"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if release {
-            build.arg("--release");
-        }
-        let output = build.output().unwrap_or_else(|e| {
-            panic!(
-                "cannot run `{} build -p roost-worker` to build the worker binary the tests need: {e}",
-                cargo.to_string_lossy()
-            )
-        });
-        assert!(
-            output.status.success(),
-            "building roost-worker failed ({}); the integration tests need it.\n--- cargo stderr ---\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let worker = out_dir.join("roost-worker");
-        assert!(
-            worker.is_file(),
-            "`cargo build -p roost-worker` succeeded but {} does not exist \
-             (is the worker built into another target dir?)",
-            worker.display()
-        );
-        worker
-    })
+    WORKER.get_or_init(|| roost_testkit::bins::built("roost-worker"))
 }
 
 // ---------------------------------------------------------------------------

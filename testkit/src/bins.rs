@@ -1,0 +1,62 @@
+//! The workspace's executables under test, where cargo put the running
+//! one: `target/<profile>/` (its parent when the runner is a test binary
+//! in `target/<profile>/deps/`), built there with the same cargo and
+//! profile when a test needs another package's binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::process::run_checked;
+
+/// `target/<profile>/` of the running executable.
+pub fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("path of the running executable")?;
+    let mut dir = exe
+        .parent()
+        .context("the running executable has no parent dir")?
+        .to_path_buf();
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// Build the binaries of `packages` (each a workspace package with a
+/// binary of its own name) into `profile_dir`: `--release` when it is
+/// `target/release`, that target dir, the cargo running the tests. Cargo
+/// does nothing when they are fresh.
+pub fn build(packages: &[&str], profile_dir: &Path) -> Result<()> {
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo.args(["build", "--quiet"]);
+    for package in packages {
+        cargo.args(["-p", package, "--bin", package]);
+    }
+    if profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release")
+    {
+        cargo.arg("--release");
+    }
+    if let Some(target) = profile_dir.parent() {
+        cargo.arg("--target-dir").arg(target);
+    }
+    cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
+    run_checked(cargo, &format!("cargo build of {}", packages.join(", ")))
+}
+
+/// `package`'s binary beside the running test, built first (once per
+/// process; fresh builds cost cargo's check only). Panics with cargo's
+/// output if it cannot be built.
+pub fn built(package: &'static str) -> PathBuf {
+    let dir = profile_dir().unwrap_or_else(|e| panic!("{e:#}"));
+    build(&[package], &dir).unwrap_or_else(|e| panic!("the tests need {package}: {e:#}"));
+    let path = dir.join(package);
+    assert!(
+        path.is_file(),
+        "cargo built {package} but {} does not exist",
+        path.display()
+    );
+    path
+}
