@@ -39,6 +39,7 @@ pub mod flusher;
 pub mod idempotency;
 pub mod map;
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -501,13 +502,7 @@ impl Runtime {
         durability: Durability,
         idempotency: Option<Idempotency>,
     ) -> Result<(Option<EntityReply>, Effect), RuntimeError> {
-        let Some(state) = loaded.state.downcast_mut::<E::State>() else {
-            return Err(ClaimError::Corrupt {
-                key: activation.key.to_string(),
-                reason: format!("held state is not a {}", E::KIND),
-            }
-            .into());
-        };
+        let state = held_state::<E>(&activation.key, &mut loaded.state)?;
         let ctx = Context {
             key: Arc::clone(&activation.key),
             now_ms: wall_clock_ms(),
@@ -549,6 +544,22 @@ impl Runtime {
             self.undo(entity, activation, state, &loaded.encoded)?;
             return Err(RuntimeError::UndeclaredCalls { kind: E::KIND });
         }
+        Ok(self.record_change(activation, loaded, next, idempotency, bytes, durable))
+    }
+
+    /// A change the handler made and the runtime keeps: bump the version,
+    /// remember the reply under its idempotency key (or the calls it
+    /// awaits), and build the row to flush (with the row before it, for a
+    /// durable change, to go back to if its flush fails).
+    fn record_change(
+        &self,
+        activation: &Activation,
+        loaded: &mut Loaded,
+        next: Next,
+        idempotency: Option<Idempotency>,
+        bytes: Vec<u8>,
+        durable: bool,
+    ) -> (Option<EntityReply>, Effect) {
         let before = durable.then(|| {
             row(
                 activation,
@@ -593,7 +604,7 @@ impl Runtime {
             Some(before) => Effect::Durable { row, before },
             None => Effect::WriteBehind(row),
         };
-        Ok((reply, effect))
+        (reply, effect)
     }
 
     /// Put `state` back to `encoded` (its encoding before the handler ran).
@@ -789,6 +800,21 @@ fn row(
         version: i64::try_from(version).unwrap_or(i64::MAX),
         state: envelope::encode(state, meta),
     }
+}
+
+/// The state an activation holds, as `E`'s: an activation of another type
+/// under this key is a bug, reported as unreadable state.
+fn held_state<'s, E: Entity>(
+    key: &str,
+    state: &'s mut Box<dyn Any + Send>,
+) -> Result<&'s mut E::State, RuntimeError> {
+    state.downcast_mut::<E::State>().ok_or_else(|| {
+        ClaimError::Corrupt {
+            key: key.to_owned(),
+            reason: format!("held state is not a {}", E::KIND),
+        }
+        .into()
+    })
 }
 
 /// 413 `state_too_large`: a change would make a `E` `bytes` long.
