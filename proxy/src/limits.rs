@@ -158,8 +158,9 @@ impl Limits {
     }
 
     /// The header and declared body size of a request just read: the reply
-    /// refusing it, if a limit is passed.
-    pub fn check_request(&self, session: &Session) -> Option<ErrorReply> {
+    /// refusing it, if a limit is passed; otherwise the body length it
+    /// declares (`None`: chunked or no body).
+    pub fn check_request(&self, session: &Session) -> Result<Option<u64>, ErrorReply> {
         let request = session.req_header();
         let bytes = header_bytes(session);
         let fields = request.headers.len() + ADDED_HEADERS;
@@ -170,17 +171,17 @@ impl Limits {
                 self.max_header_bytes,
                 self.max_headers - ADDED_HEADERS.min(self.max_headers),
             );
-            return Some(refuse(Limit::Headers, 431, "headers_too_large", message));
+            return Err(refuse(Limit::Headers, 431, "headers_too_large", message));
         }
         match declared_length(&request.headers) {
-            Err(message) => Some(refuse(
+            Err(message) => Err(refuse(
                 Limit::Framing,
                 400,
                 "invalid_content_length",
                 message,
             )),
-            Ok(Some(length)) if length > self.max_body_bytes => Some(self.body_too_large()),
-            Ok(_) => None,
+            Ok(Some(length)) if length > self.max_body_bytes => Err(self.body_too_large()),
+            Ok(declared) => Ok(declared),
         }
     }
 

@@ -107,6 +107,9 @@ pub struct RequestCtx {
     started: Instant,
     /// Request body bytes received so far (against `max_body_bytes`).
     body_bytes: u64,
+    /// The body length the request declares (`Content-Length`, checked
+    /// once in `request_filter`); `None` when chunked or bodiless.
+    declared_body: Option<u64>,
     /// Set by `upstream_response_filter` when the worker answered that it
     /// cannot serve this key now and the request moves on.
     unavailable: bool,
@@ -160,9 +163,7 @@ impl RoostProxy {
     /// the reply refusing it otherwise. Leaves the routing key (and a
     /// minted id's cookie) in `ctx`.
     fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorReply> {
-        if let Some(refusal) = self.limits.check_request(session) {
-            return Err(refusal);
-        }
+        ctx.declared_body = self.limits.check_request(session)?;
         if let Some(normal) = self.limits.check_path(session.req_header().uri.path())? {
             set_path(session.req_header_mut(), &normal)?;
         }
@@ -245,6 +246,7 @@ impl ProxyHttp for RoostProxy {
             upstream_latency: None,
             started: Instant::now(),
             body_bytes: 0,
+            declared_body: None,
             unavailable: false,
         }
     }
@@ -268,7 +270,7 @@ impl ProxyHttp for RoostProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let refusal = match self.admit(session, ctx) {
             Ok(()) => {
-                preread_small_body(session).await?;
+                preread_small_body(session, ctx.declared_body).await?;
                 return Ok(false);
             }
             Err(refusal) => refusal,
@@ -534,15 +536,13 @@ fn is_unavailable(response: &ResponseHeader) -> bool {
 /// client that stalls meets its body timeout here (408), with no worker
 /// waiting. A client that expects `100 Continue` streams instead: it
 /// waits for the worker's word before it sends.
-async fn preread_small_body(session: &mut Session) -> Result<()> {
-    let request = session.req_header();
-    let small = request
+async fn preread_small_body(session: &mut Session, declared: Option<u64>) -> Result<()> {
+    let small = declared.is_some_and(|length| length <= PREREAD_MAX_BYTES);
+    let expects_continue = session
+        .req_header()
         .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .is_some_and(|length| length <= PREREAD_MAX_BYTES);
-    if !small || request.headers.contains_key(http::header::EXPECT) || session.is_body_done() {
+        .contains_key(http::header::EXPECT);
+    if !small || expects_continue || session.is_body_done() {
         return Ok(());
     }
     session.as_mut().enable_retry_buffering();
