@@ -191,7 +191,8 @@ impl FleetConfig {
     /// users keyed by `x-user-id`.
     pub fn faults() -> FleetConfig {
         FleetConfig::new(
-            "durability: {session: write-behind, cart: durable, quota: durable}\n",
+            "kinds: {session: {durability: write-behind}, cart: {durability: durable}, \
+             quota: {durability: durable}}\n",
             "[{header: x-user-id}]",
         )
     }

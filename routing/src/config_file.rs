@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde_saphyr::Location;
+pub use serde_saphyr::{Location, Spanned};
 
 /// A config file that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -65,21 +65,28 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
 /// Parse and validate `text`, naming `path` in errors.
 pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<T, ConfigError> {
     let config: T = serde_saphyr::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
-    config.validate().map_err(|invalid| {
-        let (line, column) = if invalid.location == Location::UNKNOWN {
-            (line_of_top_level(text, &invalid.field), 1)
+    config
+        .validate()
+        .map_err(|invalid| invalid.in_file(path, text))?;
+    Ok(config)
+}
+
+impl Invalid {
+    /// Where in `text` (the file at `path`) this is, as a `ConfigError`.
+    pub fn in_file(self, path: &Path, text: &str) -> ConfigError {
+        let (line, column) = if self.location == Location::UNKNOWN {
+            (line_of_top_level(text, &self.field), 1)
         } else {
-            (invalid.location.line(), invalid.location.column())
+            (self.location.line(), self.location.column())
         };
         ConfigError {
             path: path.to_owned(),
             line,
             column,
-            field: invalid.field,
-            message: invalid.message,
+            field: self.field,
+            message: self.message,
         }
-    })?;
-    Ok(config)
+    }
 }
 
 /// Turn a serde-saphyr error into a `ConfigError` naming the field at its

@@ -1,20 +1,21 @@
 //! The worker's configuration: command-line flags for what differs per
 //! process (`--id`, `--listen`, `--store`), and an optional YAML file for
-//! what a fleet shares (flush timing, durability defaults, limits).
+//! what a fleet shares (flush timing, limits, and a section per entity
+//! type: its durability and settings).
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use roost_routing::config_file::{self, ConfigError, Invalid, Validate};
+use roost_routing::config_file::{self, ConfigError, Invalid, Spanned, Validate};
 use roost_routing::hrw::Seed;
 
-use crate::http::Drain;
+use crate::entity::Durability;
 use crate::lease::LeaseConfig;
 use crate::runtime::flusher::FlushConfig;
-use crate::runtime::{Durability, RuntimeConfig};
+use crate::runtime::RuntimeConfig;
 
 /// The default store: an SQLite file every local worker can share.
 pub const DEFAULT_STORE: &str = "sqlite://./roost-data/roost.db";
@@ -53,11 +54,11 @@ pub struct WorkerConfig {
     /// (longer than `lease_ms`, so a frozen owner's entities are claimed
     /// when its lease runs out rather than refused); past it, 503.
     pub handoff_timeout_ms: u64,
-    /// Durability when a request does not choose, per entity type
-    /// (`session`, `cart`, `quota`).
-    pub durability: HashMap<String, Durability>,
-    /// Per-SKU, per-user purchase limits for carts: `{tee-limited: 1}`.
-    pub limits: HashMap<String, u64>,
+    /// A section per entity type the worker serves (by its kind name):
+    /// `{cart: {durability: durable, settings: {limits: {tee: 1}}}}`.
+    /// Checked against the registered types at start
+    /// ([`crate::kinds::Kinds::configure`]).
+    pub kinds: BTreeMap<String, Spanned<KindConfig>>,
     /// The proxies' `hash_seed` phrase: calls between entities are routed
     /// by the same HRW as clients, so they reach the worker the proxy sends
     /// the entity's clients to.
@@ -85,6 +86,22 @@ pub struct WorkerConfig {
     /// How often the view of live workers calls are routed over is re-read
     /// (also at once when a call fails).
     pub peers_refresh_ms: u64,
+    /// The file this config was read from, for errors found after
+    /// loading (`None`: built in code, or the defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// One entity type's section of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KindConfig {
+    /// Durability when a request does not choose (default: the type's
+    /// own, [`crate::entity::Entity::DURABILITY`]).
+    pub durability: Option<Durability>,
+    /// What the type's constructor takes
+    /// ([`crate::kinds::Kinds::register_with`]).
+    pub settings: Option<serde_json::Value>,
 }
 
 impl Default for WorkerConfig {
@@ -100,20 +117,17 @@ impl Default for WorkerConfig {
             lease_ms: 2_000,
             heartbeat_ms: 500,
             handoff_timeout_ms: 3_000,
-            durability: HashMap::new(),
-            limits: HashMap::new(),
+            kinds: BTreeMap::new(),
             hash_seed: None,
             proxy_token: None,
             internal_token: None,
             admin_token: None,
             call_timeout_ms: 2_500,
             peers_refresh_ms: 250,
+            source: None,
         }
     }
 }
-
-/// Entity types a durability default may name.
-const KINDS: [&str; 4] = ["session", "cart", "quota", "inventory"];
 
 /// Environment variables that override the secrets in the file.
 pub const PROXY_TOKEN_ENV: &str = "ROOST_PROXY_TOKEN";
@@ -122,7 +136,9 @@ pub const ADMIN_TOKEN_ENV: &str = "ROOST_ADMIN_TOKEN";
 
 impl WorkerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        config_file::load(path)
+        let mut config: Self = config_file::load(path)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Take the secrets from the environment where it sets them (so they
@@ -188,15 +204,6 @@ impl WorkerConfig {
         Seed::from_phrase(self.hash_seed.as_deref().unwrap_or_default())
     }
 
-    /// Durability for `kind` when the request does not choose:
-    /// write-behind unless configured.
-    pub fn durability_of(&self, kind: &str) -> Durability {
-        self.durability
-            .get(kind)
-            .copied()
-            .unwrap_or(Durability::WriteBehind)
-    }
-
     pub fn runtime(&self) -> RuntimeConfig {
         RuntimeConfig {
             flush: FlushConfig {
@@ -222,11 +229,8 @@ impl WorkerConfig {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
-    pub fn drain(&self) -> Drain {
-        Drain {
-            delay: Duration::from_millis(self.drain_delay_ms),
-            grace: self.drain_timeout(),
-        }
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
     }
 }
 
@@ -256,17 +260,6 @@ impl Validate for WorkerConfig {
                 ),
             ));
         }
-        if let Some(kind) = self
-            .durability
-            .keys()
-            .find(|k| !KINDS.contains(&k.as_str()))
-        {
-            let message = format!(
-                "unknown entity type {kind:?}; expected one of {}",
-                KINDS.join(", ")
-            );
-            return Err(Invalid::top("durability", message));
-        }
         if self.call_timeout_ms >= self.handoff_timeout_ms {
             return Err(Invalid::top(
                 "call_timeout_ms",
@@ -279,14 +272,7 @@ impl Validate for WorkerConfig {
         // The environment may still set the proxy token; checked again then.
         let proxy_token_later = std::env::var_os(PROXY_TOKEN_ENV).is_some_and(|v| !v.is_empty());
         self.check_secrets(proxy_token_later)
-            .map_err(|e| Invalid::top(e.field, e.message))?;
-        if let Some((sku, _)) = self.limits.iter().find(|(_, limit)| **limit == 0) {
-            return Err(Invalid::top(
-                "limits",
-                format!("limit of {sku:?} must be at least 1"),
-            ));
-        }
-        Ok(())
+            .map_err(|e| Invalid::top(e.field, e.message))
     }
 }
 
@@ -363,8 +349,8 @@ mod tests {
             "internal_token",
         );
         rejected("proxy_token: short\n", 1, "proxy_token");
-        rejected("durability: {ledger: durable}\n", 1, "durability");
-        rejected("limits: {tee: 0}\n", 1, "limits");
+        rejected("kinds: {cart: {durability: eventually}}\n", 1, "durability");
+        rejected("kinds: {cart: {colour: blue}}\n", 1, "colour");
         rejected("no_such_field: 1\n", 1, "no_such_field");
     }
 

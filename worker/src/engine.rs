@@ -47,11 +47,7 @@ impl Engine {
     ) -> Result<EntityReply, RuntimeError> {
         match self {
             Engine::Memory(runtime) => runtime.execute(entity, id, request, options, calls).await,
-            Engine::Stateless(engine) => {
-                engine
-                    .execute(entity, id, request, options.idempotency)
-                    .await
-            }
+            Engine::Stateless(engine) => engine.execute(entity, id, request, options).await,
         }
     }
 }

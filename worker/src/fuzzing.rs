@@ -13,32 +13,34 @@ use crate::config::WorkerConfig;
 use crate::entities::cart::Cart;
 use crate::entities::inventory::Inventory;
 use crate::entities::quota::Quota;
-use crate::entities::session::{IfMatch, Session};
-use crate::entity::{Context, Entity, Next, Reply};
-use crate::http::requests;
+use crate::entities::session::Session;
+use crate::entity::{action, Context, Entity, Next, Reply};
 use crate::runtime::envelope;
+use crate::runtime::precondition::IfMatch;
 
-/// Request bodies and path segments of every entity route. The first byte
-/// picks the parser, the rest is its input (for routes with a path segment
-/// and a body, the input splits at the first newline). A request that
-/// parses is applied to a fresh state, and to the state the stored bytes
-/// decode to, so the handlers see fuzzed requests too.
+/// Actions of every built-in kind with their bodies: the first byte picks
+/// the kind, the input up to the first newline is the action name, the rest
+/// the body. A request that parses and passes the kind's checks is applied
+/// to a fresh state (with the action name as an `If-Match` too), so the
+/// handlers see fuzzed requests as well.
 pub fn entity_request(data: &[u8]) {
     let Some((&which, input)) = data.split_first() else {
         return;
     };
-    let text = String::from_utf8_lossy(input);
-    let (segment, body) = text.split_once('\n').unwrap_or((&text, ""));
-    let if_match = Some(IfMatch::parse(segment));
-    match which % 8 {
-        0 => drive(&Session, requests::session_put(input, if_match)),
-        1 => drive(&Session, requests::session_patch(input, if_match)),
-        2 => drive(&cart(), requests::add_item(input)),
-        3 => drive(&cart(), requests::remove_item(&text)),
-        4 => drive(&Quota, requests::acquire(segment, body.as_bytes())),
-        5 => drive(&Quota, requests::release(segment, body.as_bytes())),
-        6 => drive(&Inventory, requests::set_stock(input)),
-        _ => drive(&Inventory, requests::inventory_call(input)),
+    let split = input
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(input.len());
+    let (name, body) = input.split_at(split);
+    let body = body.get(1..).unwrap_or_default();
+    let Ok(name) = std::str::from_utf8(name) else {
+        return;
+    };
+    match which % 4 {
+        0 => drive(&Session, name, body),
+        1 => drive(&cart(), name, body),
+        2 => drive(&Quota, name, body),
+        _ => drive(&Inventory, name, body),
     }
 }
 
@@ -64,12 +66,16 @@ fn cart() -> Cart {
     Cart::new(HashMap::from([("limited".to_owned(), 1)]))
 }
 
-/// Apply a parsed request to a fresh state; answer its calls, if any, with
-/// successes, then with refusals, as a receiver could.
-fn drive<E: Entity>(entity: &E, parsed: Result<E::Request, Reply>) {
-    let Ok(request) = parsed else {
+/// Parse and check action `name`'s request; apply it to a fresh state;
+/// answer its calls, if any, with successes, then with refusals, as a
+/// receiver could.
+fn drive<E: Entity>(entity: &E, name: &str, body: &[u8]) {
+    let Ok(request) = action::parse::<E::Request>(name, body) else {
         return;
     };
+    if entity.validate(&request).is_err() {
+        return;
+    }
     let ctx = Context {
         key: format!("{}/fuzz", E::KIND).into(),
         now_ms: 1_700_000_000_000,
@@ -77,7 +83,9 @@ fn drive<E: Entity>(entity: &E, parsed: Result<E::Request, Reply>) {
         random: 7,
     };
     let mut state = E::State::default();
-    let outcome = entity.handle(&mut state, request, &ctx);
+    let if_match = IfMatch::parse(name);
+    let outcome =
+        crate::runtime::handle_request(entity, &mut state, request, &ctx, Some(&if_match));
     let _ = entity.encode(&state);
     if let Next::Calls(calls) = outcome.next {
         for status in [200, 409] {

@@ -9,7 +9,9 @@
 //!   calls, HTTP), serve until told to stop, drain. The `roost-worker`
 //!   binary is this behind a command line.
 //! - [`entity`]: the trait every entity type implements (start here to write
-//!   your own).
+//!   your own), and how its requests are parsed from actions.
+//! - [`kinds`]: the registry of the entity types a worker serves, checked
+//!   against the config at start.
 //! - [`runtime`]: the entity map, per-entity serial execution, the flusher,
 //!   passivation and drain.
 //! - [`ownership`]: claims and epochs, and the invariants they uphold.
@@ -19,7 +21,8 @@
 //!   workers, retried with the same idempotency id.
 //! - [`store`]: the `Store` and `Registry` traits; Postgres and SQLite.
 //! - [`entities`]: the built-in types: session, cart, quota, inventory.
-//! - [`http`]: the accept loop and the HTTP API.
+//! - [`http`]: the accept loop, the routes (the generic scheme every kind
+//!   is served by) and the HTTP API.
 //! - [`engine`], [`stateless`]: what the API executes requests with: the
 //!   runtime, or the Postgres-per-request baseline benchmarks compare with.
 //! - [`config`], [`metrics`]: what the worker is told and what it reports.
@@ -34,6 +37,7 @@ pub mod entity;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http;
+pub mod kinds;
 pub mod lease;
 pub mod metrics;
 pub mod ownership;

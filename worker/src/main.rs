@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use roost_worker::config::{WorkerConfig, DEFAULT_STORE};
+use roost_worker::entities::builtins;
 use roost_worker::run::{run, RunOptions, Stopped};
 
 /// mimalloc: every request allocates and frees small buffers (parsed JSON,
@@ -40,7 +41,8 @@ struct Args {
     /// `postgres://…` or `sqlite://PATH`.
     #[arg(long, default_value = DEFAULT_STORE)]
     store: String,
-    /// Optional YAML file: flush timing, durability defaults, limits.
+    /// Optional YAML file: flush timing, limits, and each entity type's
+    /// durability and settings.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Benchmark baseline: keep nothing in memory, run one Postgres
@@ -66,7 +68,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args.into_options(), config, shutdown_signal()));
+    let serve = run(args.into_options(), config, builtins(), shutdown_signal());
+    let result = runtime.block_on(serve);
     // Idle blocking-pool threads (SQLite) would otherwise hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {

@@ -13,11 +13,13 @@
 //! [`crate::runtime::Runtime::drain`]).
 //!
 //! The `roost-worker` binary is this function behind a command line and
-//! the process's signals; a test or an application can call it the same
-//! way with a future of its own as `shutdown`:
+//! the process's signals, serving the built-in kinds; an application's
+//! own binary calls it the same way with its own [`Kinds`], and a test
+//! with a future of its own as `shutdown`:
 //!
 //! ```no_run
 //! use roost_worker::config::WorkerConfig;
+//! use roost_worker::entities::builtins;
 //! use roost_worker::run::{run, RunOptions, Stopped};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,7 +32,7 @@
 //!     stateless: false,
 //! };
 //! let config = WorkerConfig::default().with_env_secrets()?;
-//! let stopped = run(options, config, async {
+//! let stopped = run(options, config, builtins(), async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! })
 //! .await?;
@@ -51,7 +53,8 @@ use crate::calls::peers::Peers;
 use crate::calls::Caller;
 use crate::config::WorkerConfig;
 use crate::engine::Engine;
-use crate::http::{serve, Api, Listeners};
+use crate::http::{serve, Api, Drain, Listeners};
+use crate::kinds::{Kinds, KindsError};
 use crate::lease::Lease;
 use crate::runtime::Runtime;
 use crate::stateless::StatelessEngine;
@@ -92,6 +95,8 @@ pub enum Stopped {
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Kinds(#[from] KindsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -115,12 +120,14 @@ struct Started {
     caller: Option<Caller>,
 }
 
-/// Run a worker until `shutdown` resolves, then drain it.
+/// Run a worker serving `kinds` until `shutdown` resolves, then drain it.
 pub async fn run(
     options: RunOptions,
     config: WorkerConfig,
+    kinds: Kinds,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped, StartError> {
+    let catalog = Arc::new(kinds.configure(&config)?);
     let listeners = Listeners {
         public: bind(options.listen).await?,
         admin: match options.admin_listen {
@@ -128,7 +135,10 @@ pub async fn run(
             None => None,
         },
     };
-    let drain = config.drain();
+    let drain = Drain {
+        delay: config.drain_delay(),
+        grace: config.drain_timeout(),
+    };
     let started = if options.stateless {
         start_stateless(&options).await?
     } else {
@@ -150,7 +160,7 @@ pub async fn run(
         runtime,
         caller,
     } = started;
-    let api = Arc::new(Api::new(engine, config, caller));
+    let api = Arc::new(Api::new(engine, config, catalog, caller));
     let registry = runtime.as_ref().map(|r| Arc::clone(r.registry()));
     let announced = async move {
         shutdown.await;

@@ -10,8 +10,9 @@ use deadpool_postgres::Pool;
 
 use crate::entity::{Context, Entity, Next, Reply};
 use crate::ownership::ClaimError;
-use crate::runtime::idempotency::Idempotency;
-use crate::runtime::{envelope, EntityReply, RuntimeError};
+use crate::runtime::{
+    envelope, handle_request, read_changed_state, EntityReply, Options, RuntimeError,
+};
 use crate::store::postgres::PostgresStore;
 use crate::store::StoreError;
 
@@ -50,8 +51,9 @@ impl StatelessEngine {
         entity: &E,
         id: &str,
         request: E::Request,
-        idempotency: Option<Idempotency>,
+        options: Options,
     ) -> Result<EntityReply, RuntimeError> {
+        let idempotency = options.idempotency;
         let key = format!("{}/{}", E::KIND, id);
         let mut client = self.pool.get().await.map_err(unavailable)?;
         let transaction = client.transaction().await.map_err(unavailable)?;
@@ -95,7 +97,15 @@ impl StatelessEngine {
             version,
             random: rand::random(),
         };
-        let outcome = entity.handle(&mut state, request, &ctx);
+        let outcome = handle_request(entity, &mut state, request, &ctx, options.if_match.as_ref());
+        if options.read && outcome.changed {
+            // The transaction rolls back when dropped.
+            return Ok(EntityReply {
+                reply: read_changed_state::<E>(),
+                version,
+                epoch,
+            });
+        }
         let Next::Reply(reply) = outcome.next else {
             // The transaction rolls back when dropped.
             return Ok(EntityReply {

@@ -26,7 +26,7 @@ const ADMIN_TOKEN: &str = "admin-token-for-tests";
 fn config(limited: &str) -> String {
     format!(
         "hash_seed: {HASH_SEED}\nproxy_token: {PROXY_TOKEN}\ninternal_token: {INTERNAL_TOKEN}\n\
-         admin_token: {ADMIN_TOKEN}\nflush_interval_ms: 20\nlimits: {{{limited}: 1}}\n"
+         admin_token: {ADMIN_TOKEN}\nflush_interval_ms: 20\nkinds: {{cart: {{settings: {{limits: {{{limited}: 1}}}}}}}}\n"
     )
 }
 
@@ -67,11 +67,15 @@ fn from_worker(worker: &Worker) -> Api {
         .with_header("x-roost-internal-token", INTERNAL_TOKEN)
 }
 
-/// `POST /internal/v1/inventory/{sku}`: reserve one under `reservation`.
+/// `POST /internal/v1/inventory/{sku}/reserve`: reserve one under
+/// `reservation`.
 fn reserve_call(api: &Api, sku: &str, reservation: &str) -> support::Call {
-    api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
-        .idempotency_key(&format!("{reservation}/reserve"))
-        .json(&json!({"op": "reserve", "reservation": reservation, "qty": 1}))
+    api.call(
+        Method::POST,
+        &format!("/internal/v1/inventory/{sku}/reserve"),
+    )
+    .idempotency_key(&format!("{reservation}/reserve"))
+    .json(&json!({"reservation": reservation, "qty": 1}))
 }
 
 async fn set_stock(api: &Api, sku: &str, stock: u64) {
@@ -271,10 +275,13 @@ async fn a_retried_call_applies_once(store: Store) {
     // As another worker sends them (or someone without the token).
     let raw = workers[0].api();
     let call = |reservation: &str, key: &str, token: &str| {
-        raw.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
-            .header("x-roost-internal-token", token)
-            .idempotency_key(key)
-            .json(&json!({"op": "reserve", "reservation": reservation, "qty": 2}))
+        raw.call(
+            Method::POST,
+            &format!("/internal/v1/inventory/{sku}/reserve"),
+        )
+        .header("x-roost-internal-token", token)
+        .idempotency_key(key)
+        .json(&json!({"reservation": reservation, "qty": 2}))
     };
     for attempt in 0..3 {
         call("r1", "r1/reserve", INTERNAL_TOKEN)
@@ -302,14 +309,17 @@ async fn a_retried_call_applies_once(store: Store) {
         .send()
         .await
         .expect_error(403, "untrusted_hop", "a wrong internal token");
-    raw.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
-        .idempotency_key("r3/reserve")
-        .json(&json!({"op": "reserve", "reservation": "r3", "qty": 1}))
-        .send()
-        .await
-        .expect_error(403, "untrusted_hop", "no internal token");
+    raw.call(
+        Method::POST,
+        &format!("/internal/v1/inventory/{sku}/reserve"),
+    )
+    .idempotency_key("r3/reserve")
+    .json(&json!({"reservation": "r3", "qty": 1}))
+    .send()
+    .await
+    .expect_error(403, "untrusted_hop", "no internal token");
     call("r4", "r4/reserve", INTERNAL_TOKEN)
-        .json(&json!({"op": "reserve", "reservation": "r4", "qty": 0}))
+        .json(&json!({"reservation": "r4", "qty": 0}))
         .send()
         .await
         .expect_error(400, "invalid_qty", "qty 0");
@@ -375,12 +385,15 @@ async fn calls_are_not_capped_by_max_state_bytes(store: Store) {
             .expect_status(200, "a reserve past the cap");
     }
     for reservation in &reservations {
-        api.call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
-            .idempotency_key(&format!("{reservation}/release"))
-            .json(&json!({"op": "release", "reservation": reservation}))
-            .send()
-            .await
-            .expect_status(200, "a release past the cap");
+        api.call(
+            Method::POST,
+            &format!("/internal/v1/inventory/{sku}/release"),
+        )
+        .idempotency_key(&format!("{reservation}/release"))
+        .json(&json!({"reservation": reservation}))
+        .send()
+        .await
+        .expect_status(200, "a release past the cap");
     }
     let after = inventory(&trusted(&worker), &sku).await;
     assert_eq!(
@@ -410,11 +423,14 @@ async fn a_checkout_a_crash_interrupted_is_finished_by_the_next_owner(store: Sto
         let (user, sku) = (unique_key("user"), unique_key("sku"));
         set_stock(&api, &sku, 1).await;
         let reservation = format!("{user}/order-1@3");
-        let reserve = json!({"op": "reserve", "reservation": reservation, "qty": 1});
+        let reserve = json!({"reservation": reservation, "qty": 1});
         if reserve_got_through {
             workers[0]
                 .api()
-                .call(Method::POST, &format!("/internal/v1/inventory/{sku}"))
+                .call(
+                    Method::POST,
+                    &format!("/internal/v1/inventory/{sku}/reserve"),
+                )
                 .header("x-roost-internal-token", INTERNAL_TOKEN)
                 .idempotency_key(&format!("{reservation}/reserve"))
                 .json(&reserve)
@@ -427,7 +443,7 @@ async fn a_checkout_a_crash_interrupted_is_finished_by_the_next_owner(store: Sto
             "idempotency_key": "checkout-1",
             "calls": [{
                 "kind": "inventory", "id": sku, "routing_key": format!("inventory:{sku}"),
-                "body": reserve, "idempotency_id": format!("{reservation}/reserve"),
+                "action": "reserve", "body": reserve, "idempotency_id": format!("{reservation}/reserve"),
             }],
         }});
         let cart = json!({"items": items, "orders": [], "checkout": {

@@ -248,7 +248,7 @@ async fn kill9_durable(store: Store) {
     let mut worker = Worker::start(
         "w1",
         &store,
-        Some("flush_interval_ms: 50\ndurability: {cart: durable}\n"),
+        Some("flush_interval_ms: 50\nkinds: {cart: {durability: durable}}\n"),
     )
     .await;
     let keys: Vec<String> = (0..USERS)

@@ -324,7 +324,9 @@ fn explain_unchanged(model: &mut CartModel, group: &[&Acked]) -> Result<(), Stri
 }
 
 async fn cart_race(store: Store) {
-    let config = format!("flush_interval_ms: 50\nlimits: {{{LIMITED}: {LIMIT}}}\n");
+    let config = format!(
+        "flush_interval_ms: 50\nkinds: {{cart: {{settings: {{limits: {{{LIMITED}: {LIMIT}}}}}}}}}\n"
+    );
     let worker = Worker::start("w1", &store, Some(&config)).await;
     let key = unique_key("race-cart");
     let seed: u64 = rand::random();

@@ -20,7 +20,9 @@ use support::{encode_envelope, unique_key, Api, Reply, Store, StoreKind, Worker}
 const MAX_BODY: usize = 512;
 
 fn config() -> String {
-    format!("max_body_bytes: {MAX_BODY}\nlimits: {{tee: 1}}\nflush_interval_ms: 50\n")
+    format!(
+        "max_body_bytes: {MAX_BODY}\nkinds: {{cart: {{settings: {{limits: {{tee: 1}}}}}}}}\nflush_interval_ms: 50\n"
+    )
 }
 
 /// An error about a request that never reached an entity: no ETag, no
@@ -886,7 +888,7 @@ fn metrics_are_on_the_admin_listener_only() {
         let reply = admin.get("/v1/whoami").key(&key).send().await;
         assert_plain_error(&reply, 404, "not_found", "whoami on the admin listener");
         let reply = admin
-            .call(Method::POST, "/internal/v1/inventory/mug")
+            .call(Method::POST, "/internal/v1/inventory/mug/reserve")
             .send()
             .await;
         assert_plain_error(
@@ -915,3 +917,109 @@ fn metrics_are_on_the_admin_listener_only() {
         );
     });
 }
+
+/// The generic scheme serves every built-in kind beside its old routes,
+/// on the same entity: `POST /v1/{kind}/{action}`, `GET /v1/{kind}` and
+/// `GET /v1/{kind}/{read}` for per-user kinds, `/v1/{kind}/{id}` for
+/// shared ones. An unknown kind or action is a JSON 404 (a call-only
+/// action is unknown to a client); a body of the wrong type is a JSON 400
+/// naming the field; a read is a `GET` and a change a `POST` (405
+/// otherwise).
+async fn the_generic_scheme_serves_every_kind(store: Store) {
+    let worker = Worker::start("w1", &store, Some(&config())).await;
+    let api = worker.api();
+    let key = unique_key("generic");
+    let post = |path: &str, body: Value| api.call(Method::POST, path).key(&key).json(&body);
+    post("/v1/cart/add", json!({"sku": "mug", "qty": 2}))
+        .send()
+        .await
+        .expect_status(200, "POST /v1/cart/add");
+    let (version, cart) = cart_version(&api, &key).await;
+    assert_eq!(
+        cart["items"],
+        json!([{"sku": "mug", "qty": 2}]),
+        "the old GET sees it"
+    );
+    assert_eq!(version, 1);
+    let reply = api.get("/v1/cart").key(&key).send().await;
+    assert_eq!(reply.json(), cart, "GET /v1/cart is the generic get too");
+    post("/v1/cart/remove", json!({"sku": "mug"}))
+        .send()
+        .await
+        .expect_status(200, "POST /v1/cart/remove");
+    post("/v1/cart/add", json!({"sku": "tee", "qty": 1}))
+        .send()
+        .await
+        .expect_status(200, "add a tee");
+    api.call(Method::POST, "/v1/cart/checkout")
+        .key(&key)
+        .send()
+        .await
+        .expect_status(201, "checkout");
+    let orders = api.get("/v1/cart/orders").key(&key).send().await;
+    orders.expect_status(200, "GET /v1/cart/orders");
+    let old = api.get("/v1/orders").key(&key).send().await;
+    assert_eq!(orders.json(), old.json(), "the alias and the action agree");
+
+    let acquired = post(
+        "/v1/quota/acquire",
+        json!({"name": "uploads", "limit": 1, "ttl_ms": 60_000}),
+    )
+    .send()
+    .await;
+    acquired.expect_status(200, "POST /v1/quota/acquire");
+    let reply = api
+        .call(Method::POST, "/v1/quota/uploads/acquire")
+        .key(&key)
+        .json(&json!({"limit": 1, "ttl_ms": 60_000}))
+        .send()
+        .await;
+    reply.expect_status(429, "the alias takes the same quota");
+    assert_eq!(reply.json()["error"], "quota_exhausted");
+
+    api.call(Method::PUT, "/v1/session")
+        .key(&key)
+        .json(&json!({"theme": "dark"}))
+        .send()
+        .await
+        .expect_status(200, "PUT /v1/session");
+    let reply = api
+        .call(Method::PATCH, "/v1/session")
+        .key(&key)
+        .header("if-match", "\"7\"")
+        .json(&json!({"theme": "light"}))
+        .send()
+        .await;
+    assert_entity_error(&reply, 412, "precondition_failed", "If-Match on a kind");
+    let reply = api.get("/v1/inventory/mug").send().await;
+    reply.expect_status(200, "GET /v1/inventory/{id}");
+    assert_eq!(reply.json()["sku"], "mug");
+
+    for (method, path, status, code) in [
+        (Method::GET, "/v1/ledger", 404, "not_found"),
+        (Method::POST, "/v1/cart/refund", 404, "not_found"),
+        (Method::POST, "/v1/inventory/mug/reserve", 404, "not_found"),
+        (Method::GET, "/v1/cart/add", 405, "method_not_allowed"),
+        (Method::POST, "/v1/cart/orders", 405, "method_not_allowed"),
+    ] {
+        let reply = api.call(method.clone(), path).key(&key).send().await;
+        assert_plain_error(&reply, status, code, &format!("{method} {path}"));
+    }
+    let reply = post("/v1/cart/add", json!({"sku": "mug", "qty": "two"}))
+        .send()
+        .await;
+    assert_plain_error(&reply, 400, "invalid_request", "a qty that is a string");
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("qty: ")),
+        "the message names the field: {}",
+        reply.body
+    );
+    let reply = post("/v1/cart/add", json!({"qty": 1})).send().await;
+    assert_plain_error(&reply, 400, "invalid_request", "no sku");
+    assert!(reply.body.contains("sku"), "{}", reply.body);
+    let reply = post("/v1/cart/checkout", json!({"now": true})).send().await;
+    assert_plain_error(&reply, 400, "invalid_request", "a body for checkout");
+}
+both_stores!(the_generic_scheme_serves_every_kind);

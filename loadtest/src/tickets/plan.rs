@@ -67,15 +67,14 @@ impl SalePlan {
 /// one per user, and durable carts and inventory in the kill -9 run. The
 /// proxy takes the key from the inventory path first, then `x-user-id`.
 pub fn fleet_config(run: TicketRun, admin_token: &str) -> FleetConfig {
-    let durability = match run {
-        TicketRun::Kill9 => "durability: {cart: durable, inventory: durable}\n",
-        TicketRun::Plain | TicketRun::Rolling => "",
+    let limits = format!("settings: {{limits: {{{SKU}: 1}}}}");
+    let kinds = match run {
+        TicketRun::Kill9 => format!(
+            "  cart: {{durability: durable, {limits}}}\n  inventory: {{durability: durable}}\n"
+        ),
+        TicketRun::Plain | TicketRun::Rolling => format!("  cart: {{{limits}}}\n"),
     };
-    let workers = format!(
-        "admin_token: \"{admin_token}\"\n\
-         limits: {{{SKU}: 1}}\n\
-         {durability}"
-    );
+    let workers = format!("admin_token: \"{admin_token}\"\nkinds:\n{kinds}");
     FleetConfig::new(
         &workers,
         "[{path: \"/v1/inventory/{key}\", prefix: \"inventory:\"}, {header: x-user-id}]",
@@ -100,7 +99,9 @@ mod tests {
     #[test]
     fn only_the_kill9_run_is_durable_and_every_run_knows_the_seed() {
         let kill9 = fleet_config(TicketRun::Kill9, "t");
-        assert!(kill9.worker_yaml.contains("inventory: durable"));
+        assert!(kill9
+            .worker_yaml
+            .contains("inventory: {durability: durable}"));
         assert!(kill9.worker_yaml.contains(&kill9.hash_seed));
         assert!(kill9.worker_yaml.contains("limits: {show-1: 1}"));
         let plain = fleet_config(TicketRun::Plain, "t");

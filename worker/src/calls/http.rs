@@ -1,4 +1,4 @@
-//! Calls to other workers over HTTP: `POST /internal/v1/{kind}/{id}` with
+//! Calls to other workers over HTTP: `POST /internal/v1/{kind}/{id}/{action}` with
 //! the call's body, its idempotency id as `Idempotency-Key`, and the
 //! fleet's internal token. reqwest keeps the connections alive between
 //! calls and bounds each attempt by the call's deadline.
@@ -62,9 +62,10 @@ impl HttpCalls {
             return Err(HttpCallError::Deadline);
         }
         let url = format!(
-            "http://{addr}/internal/v1/{}/{}",
+            "http://{addr}/internal/v1/{}/{}/{}",
             utf8_percent_encode(&call.kind, SEGMENT),
-            utf8_percent_encode(&call.id, SEGMENT)
+            utf8_percent_encode(&call.id, SEGMENT),
+            utf8_percent_encode(&call.action, SEGMENT)
         );
         let response = self
             .client

@@ -6,7 +6,8 @@
 //! workers this worker knows ([`peers::Peers`], read from the workers
 //! table the proxy discovers them from, with the proxy's `hash_seed`). When
 //! that is this worker, the call runs in-process; otherwise it goes over
-//! HTTP ([`http::HttpCalls`]) to the receiver's `/internal/v1/{kind}/{id}`
+//! HTTP ([`http::HttpCalls`]) to the receiver's
+//! `/internal/v1/{kind}/{id}/{action}`
 //! with the fleet's internal token.
 //!
 //! Until the deadline, every attempt that did not get a decided reply is
@@ -38,11 +39,33 @@ pub trait CallSender: Send + Sync {
 }
 
 /// Applies a call in this worker (the receiving side, shared by the
-/// in-process path and the internal HTTP route): entity `kind`/`id`, the
-/// call's JSON `body`, applied once per `idempotency_id`.
+/// in-process path and the internal HTTP route).
 #[async_trait]
 pub trait LocalReceiver: Send + Sync {
-    async fn receive(&self, kind: &str, id: &str, body: &[u8], idempotency_id: &str) -> Reply;
+    async fn receive(&self, call: Received<'_>) -> Reply;
+}
+
+/// A call as its receiver sees it: entity `kind`/`id`, its `action` and
+/// JSON `body`, applied once per `idempotency_id`.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub kind: &'a str,
+    pub id: &'a str,
+    pub action: &'a str,
+    pub body: &'a [u8],
+    pub idempotency_id: &'a str,
+}
+
+impl<'a> From<&'a Call> for Received<'a> {
+    fn from(call: &'a Call) -> Self {
+        Received {
+            kind: &call.kind,
+            id: &call.id,
+            action: &call.action,
+            body: call.body.get().as_bytes(),
+            idempotency_id: &call.idempotency_id,
+        }
+    }
 }
 
 /// Why a call has no decided reply.
@@ -117,10 +140,7 @@ impl Caller {
             return Attempt::Retry("no live worker known".into());
         };
         let reply = if *peer.id == *self.peers.me() {
-            let body = call.body.get().as_bytes();
-            local
-                .receive(&call.kind, &call.id, body, &call.idempotency_id)
-                .await
+            local.receive(call.into()).await
         } else {
             match self.http.post(&peer.addr, call, deadline).await {
                 Ok(reply) => reply,

@@ -22,12 +22,14 @@
 //! request), and the inventories apply each id once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU64;
 
+use hyper::Method;
 use serde::{Deserialize, Serialize};
 
-use super::inventory::{Inventory, InventoryCall};
+use super::inventory::{Inventory, InventoryRequest};
 use super::{decode_json, encode_json};
-use crate::entity::{Call, Context, Entity, ErrorBody, Outcome, Reply};
+use crate::entity::{check_name, Access, Alias, Call, Context, Entity, ErrorBody, Outcome, Reply};
 
 /// The cart entity type, with the per-SKU limits from config.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +40,26 @@ pub struct Cart {
 impl Cart {
     pub fn new(limits: HashMap<String, u64>) -> Self {
         Cart { limits }
+    }
+}
+
+/// `kinds.cart.settings` in the worker's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CartSettings {
+    /// Per-SKU, per-user purchase limits: `{tee-limited: 1}`.
+    #[serde(default)]
+    pub limits: HashMap<String, NonZeroU64>,
+}
+
+impl From<CartSettings> for Cart {
+    fn from(settings: CartSettings) -> Self {
+        let limits = settings
+            .limits
+            .into_iter()
+            .map(|(sku, limit)| (sku, limit.get()))
+            .collect();
+        Cart::new(limits)
     }
 }
 
@@ -69,10 +91,15 @@ pub struct Order {
     pub items: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone)]
+/// The cart's actions: `GET /v1/cart`, `POST /v1/cart/add {"sku", "qty"}`,
+/// `POST /v1/cart/remove {"sku"}`, `POST /v1/cart/clear`,
+/// `POST /v1/cart/checkout`, `GET /v1/cart/orders`, and the routes the cart
+/// had before the generic scheme ([`Cart::aliases`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum CartRequest {
     Get,
-    /// Add `qty` (≥ 1, checked by the API) of `sku`.
+    /// Add `qty` (≥ 1) of `sku`.
     Add {
         sku: String,
         qty: u64,
@@ -160,6 +187,33 @@ impl Entity for Cart {
         decode_json(bytes)
     }
 
+    fn access(action: &str) -> Access {
+        match action {
+            "get" | "orders" => Access::Read,
+            _ => Access::Write,
+        }
+    }
+
+    fn validate(&self, request: &CartRequest) -> Result<(), Reply> {
+        match request {
+            CartRequest::Add { qty: 0, .. } => {
+                Err(Reply::error(400, "invalid_qty", "qty must be at least 1"))
+            }
+            CartRequest::Add { sku, .. } | CartRequest::Remove { sku } => check_name("sku", sku),
+            _ => Ok(()),
+        }
+    }
+
+    /// The cart's routes from before the generic scheme.
+    fn aliases() -> Vec<Alias> {
+        vec![
+            Alias::new(Method::POST, "/v1/cart/items", "add"),
+            Alias::new(Method::DELETE, "/v1/cart/items/{sku}", "remove"),
+            Alias::new(Method::DELETE, "/v1/cart", "clear"),
+            Alias::new(Method::GET, "/v1/orders", "orders"),
+        ]
+    }
+
     fn makes_calls(&self, request: &CartRequest) -> bool {
         matches!(request, CartRequest::Checkout)
     }
@@ -212,7 +266,7 @@ impl Entity for Cart {
         if reserved.is_empty() {
             return refuse_checkout(cart);
         }
-        let release = InventoryCall::Release {
+        let release = InventoryRequest::Release {
             reservation: pending.reservation.clone(),
         };
         let id = format!("{}/release", pending.reservation);
@@ -261,7 +315,7 @@ fn start_checkout(cart: &mut CartState, ctx: &Context) -> Outcome {
         .items
         .iter()
         .map(|(sku, &qty)| {
-            let reserve = InventoryCall::Reserve {
+            let reserve = InventoryRequest::Reserve {
                 reservation: reservation.clone(),
                 qty,
             };
@@ -371,7 +425,7 @@ mod tests {
         assert_eq!(routed, ["inventory:mug", "inventory:tee"]);
         assert_eq!(
             reserves[0].body.get(),
-            r#"{"op":"reserve","reservation":"alice/order-1@7","qty":2}"#
+            r#"{"reservation":"alice/order-1@7","qty":2}"#
         );
         assert_eq!(reserves[0].idempotency_id, "alice/order-1@7/reserve");
         assert!(
@@ -396,7 +450,7 @@ mod tests {
         assert_eq!(releases[0].routing_key, "inventory:mug");
         assert_eq!(
             releases[0].body.get(),
-            r#"{"op":"release","reservation":"alice/order-1@7"}"#
+            r#"{"reservation":"alice/order-1@7"}"#
         );
         let outcome = cart.on_replies(&mut state, replies(&[200]), &ctx());
         assert_eq!(outcome.status(), Some(409));

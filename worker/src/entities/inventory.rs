@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{decode_json, encode_json};
-use crate::entity::{Context, Entity, ErrorBody, Outcome, Reply};
+use crate::entity::{
+    check_name, Access, Context, Durability, Entity, ErrorBody, Outcome, Reply, Scope,
+};
 
 /// The inventory entity type.
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,39 +44,26 @@ pub struct Reservation {
     pub released: bool,
 }
 
-#[derive(Debug, Clone)]
+/// The inventory's actions: `GET /v1/inventory/{sku}`; with the admin
+/// token, `PUT /v1/inventory/{sku} {"stock"}`; and, from carts only, the
+/// calls `reserve` and `release`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum InventoryRequest {
     Get,
     /// Admin: set the units left for sale.
-    SetStock(u64),
+    Put {
+        stock: u64,
+    },
+    /// Take `qty` units for `reservation`, or refuse (409 `out_of_stock`).
     Reserve {
         reservation: String,
         qty: u64,
     },
+    /// Give back what `reservation` took (nothing if it took nothing).
     Release {
         reservation: String,
     },
-}
-
-/// The body of a call to an inventory entity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum InventoryCall {
-    /// Take `qty` units for `reservation`, or refuse (409 `out_of_stock`).
-    Reserve { reservation: String, qty: u64 },
-    /// Give back what `reservation` took (nothing if it took nothing).
-    Release { reservation: String },
-}
-
-impl From<InventoryCall> for InventoryRequest {
-    fn from(call: InventoryCall) -> Self {
-        match call {
-            InventoryCall::Reserve { reservation, qty } => {
-                InventoryRequest::Reserve { reservation, qty }
-            }
-            InventoryCall::Release { reservation } => InventoryRequest::Release { reservation },
-        }
-    }
 }
 
 /// The reply body: `{"sku", "stock", "sold"}`.
@@ -157,6 +146,8 @@ impl Entity for Inventory {
     type State = InventoryState;
     type Request = InventoryRequest;
     const KIND: &'static str = "inventory";
+    const SCOPE: Scope = Scope::Shared;
+    const DURABILITY: Durability = Durability::Durable;
 
     fn encode(&self, state: &InventoryState) -> Vec<u8> {
         encode_json(state)
@@ -166,8 +157,29 @@ impl Entity for Inventory {
         decode_json(bytes)
     }
 
-    fn routing_key(id: &str) -> String {
-        format!("inventory:{id}")
+    fn access(action: &str) -> Access {
+        match action {
+            "get" => Access::Read,
+            "put" => Access::Admin,
+            _ => Access::Calls,
+        }
+    }
+
+    /// Stock levels are durable whatever a request asks: an acknowledged
+    /// stock level is what every later reservation is checked against.
+    fn always_durable(&self, _request: &InventoryRequest) -> bool {
+        true
+    }
+
+    fn validate(&self, request: &InventoryRequest) -> Result<(), Reply> {
+        match request {
+            InventoryRequest::Reserve { qty: 0, .. } => {
+                Err(Reply::error(400, "invalid_qty", "qty must be at least 1"))
+            }
+            InventoryRequest::Reserve { reservation, .. }
+            | InventoryRequest::Release { reservation } => check_name("reservation", reservation),
+            _ => Ok(()),
+        }
     }
 
     fn handle(
@@ -179,7 +191,7 @@ impl Entity for Inventory {
         let sku = ctx.id();
         match request {
             InventoryRequest::Get => Outcome::read(Reply::ok(state.view(sku))),
-            InventoryRequest::SetStock(stock) => {
+            InventoryRequest::Put { stock } => {
                 state.stock = Some(stock);
                 Outcome::changed(Reply::ok(state.view(sku)))
             }
@@ -222,7 +234,7 @@ mod tests {
     #[test]
     fn never_sells_more_than_the_stock() {
         let mut state = InventoryState::default();
-        run(&mut state, InventoryRequest::SetStock(2));
+        run(&mut state, InventoryRequest::Put { stock: 2 });
         assert_eq!(run(&mut state, reserve("a", 1)), Some(200));
         assert_eq!(run(&mut state, reserve("b", 2)), Some(409));
         assert_eq!(run(&mut state, reserve("c", 1)), Some(200));
@@ -233,7 +245,7 @@ mod tests {
     #[test]
     fn a_repeated_reserve_or_release_applies_once() {
         let mut state = InventoryState::default();
-        run(&mut state, InventoryRequest::SetStock(5));
+        run(&mut state, InventoryRequest::Put { stock: 5 });
         assert_eq!(run(&mut state, reserve("a", 2)), Some(200));
         assert_eq!(run(&mut state, reserve("a", 2)), Some(200));
         assert_eq!((state.stock, state.sold), (Some(3), 2));
@@ -245,7 +257,7 @@ mod tests {
     #[test]
     fn a_reserve_after_its_release_is_refused() {
         let mut state = InventoryState::default();
-        run(&mut state, InventoryRequest::SetStock(1));
+        run(&mut state, InventoryRequest::Put { stock: 1 });
         assert_eq!(run(&mut state, release("late")), Some(200));
         assert_eq!(run(&mut state, reserve("late", 1)), Some(409));
         assert_eq!((state.stock, state.sold), (Some(1), 0));

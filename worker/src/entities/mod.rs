@@ -1,5 +1,6 @@
 //! The built-in entity types. They are written against the same
-//! [`crate::entity::Entity`] trait as any user's type.
+//! [`crate::entity::Entity`] trait as any user's type, and registered the
+//! same way ([`builtins`]).
 
 pub mod cart;
 pub mod inventory;
@@ -8,6 +9,18 @@ pub mod session;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::kinds::Kinds;
+
+/// The four built-in types, as `roost-worker` serves them: `session`,
+/// `cart` (with `kinds.cart.settings.limits`), `quota` and `inventory`.
+pub fn builtins() -> Kinds {
+    Kinds::new()
+        .register(session::Session)
+        .register_with(|settings: cart::CartSettings| cart::Cart::from(settings))
+        .register(quota::Quota)
+        .register(inventory::Inventory)
+}
 
 /// JSON encoding shared by the built-ins (their state is small and JSON keeps
 /// the store readable with `psql`).

@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use hyper::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{decode_json, encode_json};
-use crate::entity::{Context, Entity, ErrorBody, Outcome, Reply};
+use crate::entity::{check_name, Alias, Context, Entity, ErrorBody, Outcome, Reply};
 
 /// The quota entity type.
 pub struct Quota;
@@ -26,9 +27,13 @@ pub struct Token {
     pub expires_at_ms: u64,
 }
 
-#[derive(Debug, Clone)]
+/// The quota's actions: `POST /v1/quota/acquire {"name", "limit",
+/// "ttl_ms"}` and `POST /v1/quota/release {"name", "token"}`, also as
+/// `POST /v1/quota/{name}/acquire` and `…/release` ([`Quota::aliases`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum QuotaRequest {
-    /// `limit` and `ttl_ms` are ≥ 1 (checked by the API).
+    /// `limit` and `ttl_ms` are ≥ 1.
     Acquire {
         name: String,
         limit: u64,
@@ -51,6 +56,29 @@ impl Entity for Quota {
 
     fn decode(&self, bytes: &[u8]) -> Result<QuotaState, String> {
         decode_json(bytes)
+    }
+
+    fn validate(&self, request: &QuotaRequest) -> Result<(), Reply> {
+        match request {
+            QuotaRequest::Acquire { limit, ttl_ms, .. } if *limit == 0 || *ttl_ms == 0 => {
+                Err(Reply::error(
+                    400,
+                    "invalid_request",
+                    "limit and ttl_ms must be at least 1",
+                ))
+            }
+            QuotaRequest::Acquire { name, .. } | QuotaRequest::Release { name, .. } => {
+                check_name("quota name", name)
+            }
+        }
+    }
+
+    /// The quota's routes from before the generic scheme.
+    fn aliases() -> Vec<Alias> {
+        vec![
+            Alias::new(Method::POST, "/v1/quota/{name}/acquire", "acquire"),
+            Alias::new(Method::POST, "/v1/quota/{name}/release", "release"),
+        ]
     }
 
     fn handle(&self, state: &mut QuotaState, request: QuotaRequest, ctx: &Context) -> Outcome {

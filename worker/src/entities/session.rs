@@ -2,6 +2,7 @@
 //! `PATCH` (RFC 7386 JSON merge patch), removed with `DELETE`, guarded by
 //! `If-Match` on the entity version.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{decode_json, encode_json};
@@ -10,50 +11,15 @@ use crate::entity::{Context, Entity, Outcome, Reply};
 /// The session entity type.
 pub struct Session;
 
-/// A precondition on the entity version (`If-Match`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IfMatch {
-    /// `*`: any existing document.
-    Any,
-    Version(u64),
-    /// A value that names no version; it never matches.
-    Unparsable,
-}
-
-impl IfMatch {
-    /// Parse `*`, `"7"`, `W/"7"` or `7`.
-    pub fn parse(value: &str) -> Self {
-        let value = value.trim();
-        if value == "*" {
-            return IfMatch::Any;
-        }
-        let tag = value.strip_prefix("W/").unwrap_or(value).trim_matches('"');
-        tag.parse().map_or(IfMatch::Unparsable, IfMatch::Version)
-    }
-
-    fn holds(&self, version: u64, exists: bool) -> bool {
-        match self {
-            IfMatch::Any => exists,
-            IfMatch::Version(v) => *v == version,
-            IfMatch::Unparsable => false,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
+/// `GET`, `PUT` (the document), `PATCH` (a merge patch) and `DELETE` on
+/// `/v1/session`: the generic scheme's method actions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SessionRequest {
     Get,
-    Put {
-        document: Value,
-        if_match: Option<IfMatch>,
-    },
-    Patch {
-        patch: Value,
-        if_match: Option<IfMatch>,
-    },
-    Delete {
-        if_match: Option<IfMatch>,
-    },
+    Put(Value),
+    Patch(Value),
+    Delete,
 }
 
 impl Entity for Session {
@@ -70,45 +36,38 @@ impl Entity for Session {
         decode_json(bytes)
     }
 
-    fn handle(&self, state: &mut Option<Value>, request: SessionRequest, ctx: &Context) -> Outcome {
-        let precondition = |if_match: &Option<IfMatch>| match if_match {
-            Some(condition) if !condition.holds(ctx.version, state.is_some()) => {
-                Some(Outcome::read(Reply::error(
-                    412,
-                    "precondition_failed",
-                    format!(
-                        "If-Match does not match the current version {}",
-                        ctx.version
-                    ),
-                )))
-            }
-            _ => None,
-        };
+    /// `If-Match: *` matches a session that has a document.
+    fn exists(&self, state: &Option<Value>) -> bool {
+        state.is_some()
+    }
+
+    fn handle(
+        &self,
+        state: &mut Option<Value>,
+        request: SessionRequest,
+        _ctx: &Context,
+    ) -> Outcome {
         match request {
             SessionRequest::Get => Outcome::read(match state {
                 Some(document) => Reply::ok(document),
                 None => Reply::error(404, "not_found", "this user has no session yet"),
             }),
-            SessionRequest::Put { document, if_match } => {
-                precondition(&if_match).unwrap_or_else(|| {
-                    let reply = Reply::ok(&document);
-                    *state = Some(document);
-                    Outcome::changed(reply)
-                })
+            SessionRequest::Put(document) => {
+                let reply = Reply::ok(&document);
+                *state = Some(document);
+                Outcome::changed(reply)
             }
-            SessionRequest::Patch { patch, if_match } => {
-                precondition(&if_match).unwrap_or_else(|| {
-                    let mut document = state.take().unwrap_or(Value::Null);
-                    merge_patch(&mut document, patch);
-                    let reply = Reply::ok(&document);
-                    *state = Some(document);
-                    Outcome::changed(reply)
-                })
+            SessionRequest::Patch(patch) => {
+                let mut document = state.take().unwrap_or(Value::Null);
+                merge_patch(&mut document, patch);
+                let reply = Reply::ok(&document);
+                *state = Some(document);
+                Outcome::changed(reply)
             }
-            SessionRequest::Delete { if_match } => precondition(&if_match).unwrap_or_else(|| {
+            SessionRequest::Delete => {
                 let existed = state.take().is_some();
                 Outcome::answer(Reply::no_content(), existed)
-            }),
+            }
         }
     }
 }
@@ -177,14 +136,5 @@ mod tests {
             merge_patch(&mut target, patch);
             assert_eq!(target, expected);
         }
-    }
-
-    #[test]
-    fn if_match_parses_strong_weak_bare_and_star() {
-        assert_eq!(IfMatch::parse("\"7\""), IfMatch::Version(7));
-        assert_eq!(IfMatch::parse("W/\"7\""), IfMatch::Version(7));
-        assert_eq!(IfMatch::parse("7"), IfMatch::Version(7));
-        assert_eq!(IfMatch::parse("*"), IfMatch::Any);
-        assert_eq!(IfMatch::parse("\"x\""), IfMatch::Unparsable);
     }
 }

@@ -17,31 +17,33 @@
 //!
 //! | route | methods | who |
 //! |---|---|---|
-//! | `/v1/session` | GET, PUT, PATCH (JSON merge patch), DELETE; `If-Match` | client |
-//! | `/v1/cart` | GET, DELETE | client |
-//! | `/v1/cart/items` | POST `{"sku", "qty"}` | client |
-//! | `/v1/cart/items/{sku}` | DELETE | client |
-//! | `/v1/cart/checkout` | POST: reserves every item's stock, records the order, empties the cart | client |
-//! | `/v1/orders` | GET: the user's orders | client |
-//! | `/v1/inventory/{sku}` | GET; PUT `{"stock"}` with `Authorization: Bearer <admin_token>` (no `x-roost-key`: the SKU is the entity) | client |
-//! | `/v1/quota/{name}/acquire` | POST `{"limit", "ttl_ms"}` | client |
-//! | `/v1/quota/{name}/release` | POST `{"token"}` | client |
+//! | the entity routes of every registered kind ([`super::routes`]: `/v1/{kind}…` and the kinds' aliases) | per action | client; an admin action also needs `Authorization: Bearer <admin_token>` |
 //! | `/v1/whoami` | any of GET, POST, PUT, PATCH, DELETE: `{"worker", "key"}`; reads and drops the body, touches no state (the benchmark ceiling) | client |
-//! | `/internal/v1/{kind}/{id}` | POST: a call from another worker's entity | worker |
+//! | `/internal/v1/{kind}/{id}/{action}` | POST: a call from another worker's entity | worker |
 //! | `/healthz`, `/readyz` | GET | operator, on either listener |
 //! | `/metrics` | GET | operator, on the admin listener only |
+//!
+//! The built-in kinds' routes, generic and aliases: `/v1/session` (GET,
+//! PUT, PATCH as a JSON merge patch, DELETE); `/v1/cart` (GET, DELETE),
+//! `/v1/cart/items` (POST `{"sku", "qty"}`), `/v1/cart/items/{sku}`
+//! (DELETE), `/v1/cart/checkout` (POST), `/v1/orders` (GET);
+//! `/v1/quota/{name}/acquire` (POST `{"limit", "ttl_ms"}`),
+//! `/v1/quota/{name}/release` (POST `{"token"}`); `/v1/inventory/{sku}`
+//! (GET; PUT `{"stock"}` with the admin token; no `x-roost-key`: the SKU
+//! is the entity).
 //!
 //! A path must already be in its normal form (`roost_routing::path`): the
 //! proxy forwards only normal paths, so another spelling came around it and
 //! gets 400 `invalid_path` rather than a chance to slip past a path rule.
 //!
-//! Mutations accept `Idempotency-Key` and `roost-durability: durable |
-//! write-behind`. A key belongs to the request it was first sent with:
+//! Mutations accept `Idempotency-Key`, `If-Match` and `roost-durability:
+//! durable | write-behind`. A key belongs to the request it was first sent with:
 //! the same method, path and body again replays the first reply; anything
 //! else with that key gets 422 `idempotency_key_reused`
 //! ([`crate::runtime::idempotency`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -54,17 +56,15 @@ use roost_routing::{headers, path};
 use serde_json::json;
 
 use super::body;
-use super::requests::{self, check_name, decode_segment};
-use crate::calls::{CallError, CallSender, Caller, LocalReceiver};
+use super::routes::{decode_segment, with_fields, EntityRoute, Miss, Route, Routes};
+use crate::calls::{CallError, CallSender, Caller, LocalReceiver, Received};
 use crate::config::WorkerConfig;
 use crate::engine::Engine;
-use crate::entities::cart::{Cart, CartRequest};
-use crate::entities::inventory::{Inventory, InventoryRequest};
-use crate::entities::quota::Quota;
-use crate::entities::session::{IfMatch, Session, SessionRequest};
-use crate::entity::{Call, Entity, Reply};
+use crate::entity::{check_name, Access, Call, Reply, Scope};
+use crate::kinds::{Catalog, Invocation, Kind, Refusal};
 use crate::metrics::METRICS;
 use crate::runtime::idempotency::{Fingerprint, Idempotency};
+use crate::runtime::precondition::IfMatch;
 use crate::runtime::{Durability, EntityReply, Options, Origin, RuntimeError};
 
 /// Header a request chooses its durability with.
@@ -85,7 +85,7 @@ pub enum Surface {
 
 /// The credential a route asks for: which caller it is meant for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
+enum Credential {
     /// Probes and metrics: none (what serves them is the listener's choice).
     Open,
     /// The entity API: a client's request through a proxy, with the
@@ -100,135 +100,33 @@ enum Access {
 pub struct Api {
     engine: Engine,
     config: WorkerConfig,
+    catalog: Arc<Catalog>,
+    routes: Routes,
     worker: HeaderValue,
     /// Set on SIGTERM: `/readyz` fails from then on.
     draining: AtomicBool,
     /// Sends entity-to-entity calls (`None`: the stateless baseline).
     caller: Option<Caller>,
-    session: Session,
-    cart: Cart,
-    quota: Quota,
-    inventory: Inventory,
 }
 
-/// The routes, with their path parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route<'p> {
-    Healthz,
-    Readyz,
-    Metrics,
-    WhoAmI,
-    Session,
-    Cart,
-    CartItems,
-    CartItem(&'p str),
-    Checkout,
-    Orders,
-    QuotaAcquire(&'p str),
-    QuotaRelease(&'p str),
-    Inventory(&'p str),
-    Internal { kind: &'p str, id: &'p str },
-}
-
-impl<'p> Route<'p> {
-    /// The route of a normal path (one leading `/`, no empty segment but
-    /// perhaps a trailing one, which no route takes).
-    fn find(path: &'p str) -> Option<Self> {
-        let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-        Some(match segments.as_slice() {
-            ["healthz"] => Route::Healthz,
-            ["readyz"] => Route::Readyz,
-            ["metrics"] => Route::Metrics,
-            ["v1", "whoami"] => Route::WhoAmI,
-            ["v1", "session"] => Route::Session,
-            ["v1", "cart"] => Route::Cart,
-            ["v1", "cart", "items"] => Route::CartItems,
-            ["v1", "cart", "items", sku] if !sku.is_empty() => Route::CartItem(sku),
-            ["v1", "cart", "checkout"] => Route::Checkout,
-            ["v1", "orders"] => Route::Orders,
-            ["v1", "inventory", sku] if !sku.is_empty() => Route::Inventory(sku),
-            ["internal", "v1", kind, id] if !kind.is_empty() && !id.is_empty() => {
-                Route::Internal { kind, id }
-            }
-            ["v1", "quota", name, "acquire"] if !name.is_empty() => Route::QuotaAcquire(name),
-            ["v1", "quota", name, "release"] if !name.is_empty() => Route::QuotaRelease(name),
-            _ => return None,
-        })
-    }
-
-    /// Metric label.
-    fn name(self) -> &'static str {
-        match self {
-            Route::Healthz => "healthz",
-            Route::Readyz => "readyz",
-            Route::Metrics => "metrics",
-            Route::WhoAmI => "whoami",
-            Route::Session => "session",
-            Route::Cart => "cart",
-            Route::CartItems => "cart_items",
-            Route::CartItem(_) => "cart_item",
-            Route::Checkout => "cart_checkout",
-            Route::Orders => "orders",
-            Route::QuotaAcquire(_) => "quota_acquire",
-            Route::QuotaRelease(_) => "quota_release",
-            Route::Inventory(_) => "inventory",
-            Route::Internal { .. } => "internal",
-        }
-    }
-
-    fn methods(self) -> &'static [Method] {
-        match self {
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::Orders => &[Method::GET],
-            Route::Inventory(_) => &[Method::GET, Method::PUT],
-            Route::WhoAmI => &[
-                Method::GET,
-                Method::POST,
-                Method::PUT,
-                Method::PATCH,
-                Method::DELETE,
-            ],
-            Route::Session => &[Method::GET, Method::PUT, Method::PATCH, Method::DELETE],
-            Route::Cart => &[Method::GET, Method::DELETE],
-            Route::CartItem(_) => &[Method::DELETE],
-            Route::CartItems
-            | Route::Checkout
-            | Route::QuotaAcquire(_)
-            | Route::QuotaRelease(_)
-            | Route::Internal { .. } => &[Method::POST],
-        }
-    }
-
+impl Route<'_, '_> {
     /// Who the route is for (the table in the module doc).
-    fn access(self) -> Access {
+    fn credential(&self) -> Credential {
         match self {
-            Route::Healthz | Route::Readyz | Route::Metrics => Access::Open,
-            Route::Internal { .. } => Access::Worker,
-            _ => Access::Client,
+            Route::Healthz | Route::Readyz | Route::Metrics => Credential::Open,
+            Route::Internal { .. } => Credential::Worker,
+            Route::WhoAmI | Route::Entity(_) => Credential::Client,
         }
     }
 
     /// Probes answer on both listeners; metrics only on the admin one,
     /// everything else only on the public one.
-    fn served_on(self, surface: Surface) -> bool {
+    fn served_on(&self, surface: Surface) -> bool {
         match self {
             Route::Healthz | Route::Readyz => true,
             Route::Metrics => surface == Surface::Admin,
             _ => surface == Surface::Public,
         }
-    }
-
-    /// Routes about a user's entity need the proxy's `x-roost-key`; shared
-    /// entities are named by their path.
-    fn needs_key(self) -> bool {
-        !matches!(
-            self,
-            Route::Healthz
-                | Route::Readyz
-                | Route::Metrics
-                | Route::WhoAmI
-                | Route::Inventory(_)
-                | Route::Internal { .. }
-        )
     }
 }
 
@@ -261,21 +159,34 @@ impl From<Reply> for Answer {
     }
 }
 
+impl From<Refusal> for Answer {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Invalid(reply) => Answer::Plain(reply),
+            Refusal::Runtime(error) => Answer::Plain(runtime_error(&error)),
+        }
+    }
+}
+
 impl Api {
-    /// The API over `engine`; `caller` sends entity-to-entity calls.
-    pub fn new(engine: Engine, config: WorkerConfig, caller: Option<Caller>) -> Self {
+    /// The API over `engine` for the kinds in `catalog`; `caller` sends
+    /// entity-to-entity calls.
+    pub fn new(
+        engine: Engine,
+        config: WorkerConfig,
+        catalog: Arc<Catalog>,
+        caller: Option<Caller>,
+    ) -> Self {
         let worker = HeaderValue::from_str(engine.owner())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
         Api {
-            cart: Cart::new(config.limits.clone()),
+            routes: Routes::new(&catalog),
+            catalog,
             engine,
             config,
             worker,
             draining: AtomicBool::new(false),
             caller,
-            session: Session,
-            quota: Quota,
-            inventory: Inventory,
         }
     }
 
@@ -295,43 +206,39 @@ impl Api {
         if let Err(reply) = check_normal(&path) {
             return self.respond(Answer::Plain(reply), None);
         }
-        let Some(route) = Route::find(&path).filter(|route| route.served_on(surface)) else {
-            let reply = Reply::error(404, "not_found", format!("no route for {path}"));
-            return self.respond(Answer::Plain(reply), None);
+        let route = match self.routes.find(request.method(), &path) {
+            Ok(route) if route.served_on(surface) => route,
+            Ok(_) | Err(Miss::NotFound) => {
+                let reply = Reply::error(404, "not_found", format!("no route for {path}"));
+                return self.respond(Answer::Plain(reply), None);
+            }
+            Err(Miss::MethodNotAllowed(allow)) => {
+                let method = request.method();
+                let reply = Reply::error(
+                    405,
+                    "method_not_allowed",
+                    format!("{method} is not allowed here"),
+                );
+                return self.respond(Answer::Plain(reply), Some(&allow));
+            }
         };
+        let label = route.label().to_owned();
         let answer = match self.dispatch(route, request).await {
             Ok(answer) | Err(answer) => answer,
         };
         METRICS
             .request_seconds
-            .with_label_values(&[route.name()])
+            .with_label_values(&[label.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let allow = route.methods();
-        self.respond(answer, Some(allow))
+        self.respond(answer, None)
     }
 
     async fn dispatch(
         &self,
-        route: Route<'_>,
+        route: Route<'_, '_>,
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
-        let method = request.method().clone();
-        if !route.methods().contains(&method) {
-            return Err(Reply::error(
-                405,
-                "method_not_allowed",
-                format!("{method} is not allowed here"),
-            )
-            .into());
-        }
-        self.check_access(route.access(), request.headers())?;
-        let user = user_key(request.headers())?;
-        if route.needs_key() && user.is_none() {
-            return Err(
-                Reply::error(401, "missing_key", "the request carries no x-roost-key").into(),
-            );
-        }
-        let key = user.as_deref().unwrap_or_default();
+        self.check_credential(route.credential(), request.headers())?;
         match route {
             Route::Healthz => Ok(Reply::ok(json!({"status": "ok"})).into()),
             Route::Readyz => Ok(self.readiness().into()),
@@ -340,21 +247,12 @@ impl Api {
                 body: crate::metrics::render().into(),
             }),
             Route::WhoAmI => {
-                let reply = self.whoami(user.as_deref());
+                let reply = self.whoami(user_key(request.headers())?.as_deref());
                 self.body(request).await?;
                 Ok(reply.into())
             }
-            Route::Session => self.session(key, method, request).await,
-            Route::Cart
-            | Route::CartItems
-            | Route::CartItem(_)
-            | Route::Checkout
-            | Route::Orders => self.cart(key, route, method, request).await,
-            Route::QuotaAcquire(name) | Route::QuotaRelease(name) => {
-                self.quota(key, route, name, request).await
-            }
-            Route::Inventory(sku) => self.inventory(sku, method, request).await,
-            Route::Internal { kind, id } => self.internal(kind, id, request).await,
+            Route::Entity(entity) => self.entity(entity, request).await,
+            Route::Internal { kind, id, action } => self.internal(kind, id, action, request).await,
         }
     }
 
@@ -378,84 +276,39 @@ impl Api {
         Reply::ok(json!({"worker": self.engine.owner(), "key": key}))
     }
 
-    async fn session(
+    /// A client's request for an entity's action: the admin token if the
+    /// action asks for it, the entity's id (the user's key, or the path's
+    /// id for a shared kind), the request's options and body, then the
+    /// kind runs it.
+    async fn entity(
         &self,
-        key: &str,
-        method: Method,
+        route: EntityRoute<'_, '_>,
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
-        let if_match = header_str(request.headers(), hyper::header::IF_MATCH).map(IfMatch::parse);
-        let takes_body = matches!(method, Method::PUT | Method::PATCH);
-        let (call, body) = self.read(request, Session::KIND, takes_body).await?;
-        let session_request = match method {
-            Method::GET => SessionRequest::Get,
-            Method::DELETE => SessionRequest::Delete { if_match },
-            Method::PUT => requests::session_put(&body, if_match)?,
-            _ => requests::session_patch(&body, if_match)?,
-        };
-        self.execute(&self.session, key, session_request, call)
-            .await
-    }
-
-    async fn cart(
-        &self,
-        key: &str,
-        route: Route<'_>,
-        method: Method,
-        request: Request<Incoming>,
-    ) -> Result<Answer, Answer> {
-        let takes_body = route == Route::CartItems;
-        let (call, body) = self.read(request, Cart::KIND, takes_body).await?;
-        let cart_request = match (route, method) {
-            (Route::Cart, Method::GET) => CartRequest::Get,
-            (Route::Cart, _) => CartRequest::Clear,
-            (Route::CartItem(sku), _) => requests::remove_item(sku)?,
-            (Route::Checkout, _) => CartRequest::Checkout,
-            (Route::Orders, _) => CartRequest::Orders,
-            _ => requests::add_item(&body)?,
-        };
-        self.execute(&self.cart, key, cart_request, call).await
-    }
-
-    async fn quota(
-        &self,
-        key: &str,
-        route: Route<'_>,
-        name: &str,
-        request: Request<Incoming>,
-    ) -> Result<Answer, Answer> {
-        let (call, body) = self.read(request, Quota::KIND, true).await?;
-        let quota_request = if let Route::QuotaAcquire(_) = route {
-            requests::acquire(name, &body)?
-        } else {
-            requests::release(name, &body)?
-        };
-        self.execute(&self.quota, key, quota_request, call).await
-    }
-
-    /// `GET` anyone may; `PUT {"stock": N}` needs the admin token.
-    async fn inventory(
-        &self,
-        sku: &str,
-        method: Method,
-        request: Request<Incoming>,
-    ) -> Result<Answer, Answer> {
-        let sku = decode_segment(sku)?;
-        let inventory_request = if method == Method::GET {
-            InventoryRequest::Get
-        } else {
+        if route.action.access == Access::Admin {
             check_bearer(request.headers(), self.config.admin_token.as_deref())?;
-            requests::set_stock(&self.body(request).await?)?
+        }
+        let id = match (route.kind.scope(), route.id) {
+            (Scope::Shared, Some(id)) => decode_segment(id)?,
+            _ => user_key(request.headers())?.ok_or_else(|| {
+                Reply::error(401, "missing_key", "the request carries no x-roost-key")
+            })?,
         };
-        // Stock changes are always durable: an acknowledged stock level is
-        // what every later reservation is checked against.
-        let call = Options {
-            durability: Durability::Durable,
-            idempotency: None,
-            origin: Origin::Client,
+        let read = route.action.access == Access::Read;
+        let (options, body) = self.read(request, route.kind, read).await?;
+        let body = if route.fields.is_empty() {
+            body
+        } else {
+            with_fields(&body, &route.fields)?.into()
         };
-        self.execute(&self.inventory, &sku, inventory_request, call)
-            .await
+        let invocation = Invocation {
+            id: &id,
+            action: route.action.name,
+            body: &body,
+            options,
+        };
+        let reply = route.kind.run(&self.engine, invocation, self).await?;
+        Ok(Answer::Entity(reply))
     }
 
     /// A call from another worker (its credential is checked): apply it
@@ -464,32 +317,40 @@ impl Api {
         &self,
         kind: &str,
         id: &str,
+        action: &str,
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
-        let idempotency_id = header_str(request.headers(), "idempotency-key")
-            .ok_or_else(|| {
-                Reply::error(
-                    400,
-                    "missing_idempotency_key",
-                    "a call needs an Idempotency-Key",
-                )
-            })?
-            .to_owned();
-        let idempotency_id = check_name("Idempotency-Key", idempotency_id)?;
-        let (kind, id) = (decode_segment(kind)?, decode_segment(id)?);
+        let idempotency_id = header_str(request.headers(), "idempotency-key").ok_or_else(|| {
+            Reply::error(
+                400,
+                "missing_idempotency_key",
+                "a call needs an Idempotency-Key",
+            )
+        })?;
+        check_name("Idempotency-Key", idempotency_id)?;
+        let idempotency_id = idempotency_id.to_owned();
+        let (kind, id, action) = (
+            decode_segment(kind)?,
+            decode_segment(id)?,
+            decode_segment(action)?,
+        );
         let body = self.body(request).await?;
-        Ok(self
-            .receive(&kind, &id, &body, &idempotency_id)
-            .await
-            .into())
+        let call = Received {
+            kind: &kind,
+            id: &id,
+            action: &action,
+            body: &body,
+            idempotency_id: &idempotency_id,
+        };
+        Ok(self.receive(call).await.into())
     }
 
-    /// The credential `access` asks for, from `headers`: 403 without it.
-    fn check_access(&self, access: Access, headers: &HeaderMap) -> Result<(), Answer> {
-        match access {
-            Access::Open => Ok(()),
-            Access::Client => check_hop(headers, self.config.proxy_token.as_deref()),
-            Access::Worker => check_internal(headers, self.config.internal_token.as_deref()),
+    /// The credential a route asks for, from `headers`: 403 without it.
+    fn check_credential(&self, credential: Credential, headers: &HeaderMap) -> Result<(), Answer> {
+        match credential {
+            Credential::Open => Ok(()),
+            Credential::Client => check_hop(headers, self.config.proxy_token.as_deref()),
+            Credential::Worker => check_internal(headers, self.config.internal_token.as_deref()),
         }
     }
 
@@ -497,21 +358,22 @@ impl Api {
         Ok(body::read(request, self.config.max_body_bytes).await?)
     }
 
-    /// A request to a user's entity of type `kind`, besides its route: its
-    /// durability (header or the type's default), its body (read when the
-    /// route `takes_body`; a body the route ignores is no part of the
-    /// request), and its `Idempotency-Key` scoped to the request: its
-    /// method, path and body ([`Fingerprint`]). A `GET` drops the key: a
-    /// read has nothing to apply once.
+    /// A client's request to an entity of `kind`, besides its route: its
+    /// durability (header or the kind's default), its `If-Match` (not on a
+    /// read), its body (read for `POST`, `PUT` and `PATCH`; a body the
+    /// method does not carry is no part of the request), and its
+    /// `Idempotency-Key` scoped to the request: its method, path and body
+    /// ([`Fingerprint`]). A read drops the key: it has nothing to apply
+    /// once.
     async fn read(
         &self,
         request: Request<Incoming>,
-        kind: &str,
-        takes_body: bool,
+        kind: &dyn Kind,
+        read: bool,
     ) -> Result<(Options, Bytes), Answer> {
         let headers = request.headers();
         let durability = match header_str(headers, DURABILITY) {
-            None => self.config.durability_of(kind),
+            None => kind.durability(),
             Some("durable") => Durability::Durable,
             Some("write-behind") => Durability::WriteBehind,
             Some(other) => {
@@ -521,37 +383,28 @@ impl Api {
             }
         };
         let idempotency_key = header_str(headers, "idempotency-key")
-            .map(|k| check_name("Idempotency-Key", k.to_owned()))
+            .map(|key| check_name("Idempotency-Key", key).map(|()| key.to_owned()))
             .transpose()?;
+        let if_match = header_str(headers, hyper::header::IF_MATCH)
+            .filter(|_| !read)
+            .map(IfMatch::parse);
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-        let body = if takes_body {
+        let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
             self.body(request).await?
         } else {
             Bytes::new()
         };
         let idempotency = idempotency_key
-            .filter(|_| method != Method::GET)
+            .filter(|_| !read)
             .map(|key| Idempotency::new(key, Fingerprint::of(method.as_str(), &path, &body)));
         let options = Options {
             durability,
             idempotency,
             origin: Origin::Client,
+            if_match,
+            read,
         };
         Ok((options, body))
-    }
-
-    async fn execute<E: Entity>(
-        &self,
-        entity: &E,
-        key: &str,
-        request: E::Request,
-        options: Options,
-    ) -> Result<Answer, Answer> {
-        self.engine
-            .execute(entity, key, request, options, self)
-            .await
-            .map(Answer::Entity)
-            .map_err(|e| runtime_error(&e).into())
     }
 
     fn respond(&self, answer: Answer, allow: Option<&[Method]>) -> Response<Full<Bytes>> {
@@ -650,35 +503,44 @@ impl CallSender for Api {
 impl LocalReceiver for Api {
     /// Apply a call here, durably, once per idempotency id (the call is
     /// fingerprinted as the `POST` to its internal route, however it came,
-    /// so a retry replays and another call under the id gets 422). A
-    /// draining worker takes no entities: 421, and the caller moves on.
-    async fn receive(&self, kind: &str, id: &str, body: &[u8], idempotency_id: &str) -> Reply {
+    /// so a retry replays and another call under the id gets 422). Any
+    /// action but an admin one may be called. A draining worker takes no
+    /// entities: 421, and the caller moves on.
+    async fn receive(&self, call: Received<'_>) -> Reply {
         if self.draining.load(Ordering::Acquire) {
             return Reply::error(421, "not_owner", "this worker is draining");
         }
-        let answer = match kind {
-            Inventory::KIND => match requests::inventory_call(body) {
-                Ok(request) => {
-                    let path = format!("/internal/v1/{kind}/{id}");
-                    let call = Fingerprint::of("POST", &path, body);
-                    let options = Options {
-                        durability: Durability::Durable,
-                        idempotency: Some(Idempotency::new(idempotency_id.to_owned(), call)),
-                        origin: Origin::Entity,
-                    };
-                    self.execute(&self.inventory, id, request, options).await
-                }
-                Err(reply) => Err(reply.into()),
-            },
-            kind => Err(Reply::error(
-                404,
-                "unknown_kind",
-                format!("no entity type {kind:?} takes calls"),
-            )
-            .into()),
+        let Received {
+            kind,
+            id,
+            action,
+            body,
+            idempotency_id,
+        } = call;
+        let Some(kind) = self.catalog.get(kind) else {
+            let message = format!("no entity type {kind:?} takes calls");
+            return Reply::error(404, "unknown_kind", message);
         };
-        match answer {
-            Ok(answer) | Err(answer) => answer.into_reply(),
+        if kind.access(action) == Access::Admin {
+            let message = format!("{action} is an admin action; entities cannot call it");
+            return Reply::error(403, "admin_action", message);
+        }
+        let path = format!("/internal/v1/{}/{id}/{action}", kind.name());
+        let fingerprint = Fingerprint::of("POST", &path, body);
+        let options = Options {
+            idempotency: Some(Idempotency::new(idempotency_id.to_owned(), fingerprint)),
+            origin: Origin::Entity,
+            ..Options::client(Durability::Durable)
+        };
+        let invocation = Invocation {
+            id,
+            action,
+            body,
+            options,
+        };
+        match kind.run(&self.engine, invocation, self).await {
+            Ok(reply) => reply.reply,
+            Err(refusal) => Answer::from(refusal).into_reply(),
         }
     }
 }

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
-use serde::de::DeserializeOwned;
 
 use crate::entity::Reply;
 
@@ -81,26 +80,4 @@ fn discard(mut body: Incoming) {
         };
         let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
     });
-}
-
-/// Parse `body` as `T`: 400 `invalid_json` when it is not JSON, 400
-/// `invalid_request` when it is JSON of the wrong shape.
-pub fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| Reply::error(400, "invalid_json", format!("the body is not JSON: {e}")))?;
-    serde_json::from_value(value).map_err(|e| Reply::error(400, "invalid_request", e.to_string()))
-}
-
-/// Like [`json`], for bodies that must be a JSON object (serde would
-/// otherwise accept a struct written as a positional array).
-pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
-    let value: serde_json::Value = json(body)?;
-    if !value.is_object() {
-        return Err(Reply::error(
-            400,
-            "invalid_request",
-            "the body must be a JSON object",
-        ));
-    }
-    serde_json::from_value(value).map_err(|e| Reply::error(400, "invalid_request", e.to_string()))
 }

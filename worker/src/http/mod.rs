@@ -4,16 +4,15 @@
 //!   shutdown fails readiness, serves on for a short delay, stops accepting
 //!   on both, lets in-flight requests finish, then the caller drains the
 //!   runtime.
-//! - [`api`]: the routes, who may reach each (which listener, which
-//!   credential), request parsing and response building.
-//! - [`requests`]: request bodies and path segments parsed into entity
-//!   requests (pure, shared with the fuzz targets).
-//! - [`body`]: bounded body reading (and discarding after a 413) and JSON
-//!   parsing.
+//! - [`api`]: who may reach each route (which listener, which
+//!   credential), request options, and response building.
+//! - [`routes`]: which route a request is for: the fixed ones and every
+//!   registered kind's, by the generic scheme and the kinds' aliases.
+//! - [`body`]: bounded body reading (and discarding after a 413).
 
 pub mod api;
 pub mod body;
-pub mod requests;
+pub mod routes;
 pub mod server;
 
 pub use api::{Api, Surface};

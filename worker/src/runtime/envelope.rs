@@ -300,7 +300,8 @@ mod tests {
                 kind: "inventory".into(),
                 id: "show-1".into(),
                 routing_key: "inventory:show-1".into(),
-                body: serde_json::value::to_raw_value(&serde_json::json!({"op": "release"}))
+                action: "release".into(),
+                body: serde_json::value::to_raw_value(&serde_json::json!({"reservation": "r"}))
                     .expect("serializes"),
                 idempotency_id: "u/order-1/release".into(),
             }],

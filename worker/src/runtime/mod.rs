@@ -38,6 +38,7 @@ pub mod envelope;
 pub mod flusher;
 pub mod idempotency;
 pub mod map;
+pub mod precondition;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -51,22 +52,14 @@ use self::envelope::Awaiting;
 use self::flusher::{FlushConfig, Flusher};
 use self::idempotency::Idempotency;
 use self::map::EntityMap;
+use self::precondition::IfMatch;
 use crate::calls::{CallError, CallSender};
+pub use crate::entity::Durability;
 use crate::entity::{Context, Entity, Next, Outcome, Reply};
 use crate::lease::{Lease, Revalidate};
 use crate::metrics::METRICS;
 use crate::ownership::ClaimError;
 use crate::store::{Claim, ClaimOutcome, FlushRow, Store, StoreError};
-
-/// How a change is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Durability {
-    /// Acknowledged at once; flushed within the flush interval.
-    WriteBehind,
-    /// Acknowledged after the batch holding the change has committed.
-    Durable,
-}
 
 /// Who sent a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +83,23 @@ pub struct Options {
     /// identifies the request.
     pub idempotency: Option<Idempotency>,
     pub origin: Origin,
+    /// `If-Match`, checked before the handler runs.
+    pub if_match: Option<IfMatch>,
+    /// A read (`GET`): the handler must leave the state as it was.
+    pub read: bool,
+}
+
+impl Options {
+    /// A client's request with nothing but its durability.
+    pub fn client(durability: Durability) -> Self {
+        Options {
+            durability,
+            idempotency: None,
+            origin: Origin::Client,
+            if_match: None,
+            read: false,
+        }
+    }
 }
 
 /// A reply about one entity, with what identifies the answering owner.
@@ -121,8 +131,8 @@ pub enum RuntimeError {
 
 /// What a handler step ran into.
 enum Step<E: Entity> {
-    /// A client's request.
-    Request(E::Request),
+    /// A client's request, with its `If-Match` and whether it is a read.
+    Request(E::Request, Option<IfMatch>, bool),
     /// Another entity's call ([`Origin::Entity`]).
     Call(E::Request),
     /// The replies to the calls the entity made.
@@ -261,8 +271,10 @@ impl Runtime {
             durability,
             idempotency,
             origin,
+            if_match,
+            read,
         } = options;
-        let durability = if entity.makes_calls(&request) {
+        let durability = if entity.makes_calls(&request) || entity.always_durable(&request) {
             Durability::Durable
         } else {
             durability
@@ -294,7 +306,7 @@ impl Runtime {
                 }
             }
             let step = match origin {
-                Origin::Client => Step::Request(request),
+                Origin::Client => Step::Request(request, if_match, read),
                 Origin::Entity => Step::Call(request),
             };
             let answered =
@@ -441,7 +453,7 @@ impl Runtime {
     ) -> Result<Applied, RuntimeError> {
         let seen_failures = Self::revert_if_failed(entity, activation, loaded)?;
         let seen = match (&step, &idempotency) {
-            (Step::Request(_) | Step::Call(_), Some(idempotency)) => {
+            (Step::Request(..) | Step::Call(_), Some(idempotency)) => {
                 loaded.meta.replies.answer_seen(idempotency, loaded.version)
             }
             _ => None,
@@ -509,12 +521,27 @@ impl Runtime {
             version: loaded.version,
             random: rand::random(),
         };
-        let capped = matches!(step, Step::Request(_));
+        let (capped, read) = match &step {
+            Step::Request(_, _, read) => (true, *read),
+            _ => (false, false),
+        };
         let outcome = match step {
-            Step::Request(request) | Step::Call(request) => entity.handle(state, request, &ctx),
+            Step::Request(request, if_match, _) => {
+                handle_request(entity, state, request, &ctx, if_match.as_ref())
+            }
+            Step::Call(request) => entity.handle(state, request, &ctx),
             Step::Replies(replies) => entity.on_replies(state, replies, &ctx),
         };
         let Outcome { next, changed } = outcome;
+        if read && (changed || matches!(next, Next::Calls(_))) {
+            self.undo(entity, activation, state, &loaded.encoded)?;
+            let reply = EntityReply {
+                reply: read_changed_state::<E>(),
+                version: loaded.version,
+                epoch: loaded.epoch,
+            };
+            return Ok((Some(reply), Effect::Read));
+        }
         let was_awaiting = loaded.meta.awaiting.is_some();
         if let Next::Reply(reply) = &next {
             if !changed && !was_awaiting {
@@ -824,6 +851,36 @@ fn too_large<E: Entity>(bytes: usize, max: usize) -> Reply {
         "state_too_large",
         format!(
             "the change would make this {} {bytes} bytes, over max_state_bytes ({max}); it was not applied",
+            E::KIND
+        ),
+    )
+}
+
+/// A client's request: refused with 412 when its `If-Match` does not hold
+/// (the handler does not run), else handled.
+pub fn handle_request<E: Entity>(
+    entity: &E,
+    state: &mut E::State,
+    request: E::Request,
+    ctx: &Context,
+    if_match: Option<&IfMatch>,
+) -> Outcome {
+    let exists = ctx.version > 0 && entity.exists(state);
+    match if_match.and_then(|condition| condition.check(ctx.version, exists)) {
+        Some(refused) => Outcome::read(refused),
+        None => entity.handle(state, request, ctx),
+    }
+}
+
+/// 500 `read_changed_state`: a `GET` action's handler changed the state
+/// (a bug in the entity type; the change is undone, since a proxy may
+/// send a `GET` twice).
+pub fn read_changed_state<E: Entity>() -> Reply {
+    Reply::error(
+        500,
+        "read_changed_state",
+        format!(
+            "{}'s read action changed the state; the change was undone",
             E::KIND
         ),
     )

@@ -1,18 +1,27 @@
 //! The entity trait: how every entity type, built-in or written by a user, is
 //! defined.
 //!
-//! An entity is state with a key (one user's cart, one user's session). The
+//! An entity is state with a key (one user's cart, one chat room). The
 //! runtime keeps the state in memory, runs one request at a time against it,
 //! and flushes it to the store when the handler says it changed. An entity
-//! type supplies the state type, its encoding, and a handler:
+//! type supplies the state type, its encoding, a request enum (its actions)
+//! and a handler; registered in a [`crate::kinds::Kinds`], it is served
+//! over HTTP with no route code ([`crate::http`] has the scheme):
 //!
 //! ```
 //! use roost_worker::entity::{Context, Entity, Outcome, Reply};
+//! use serde::Deserialize;
 //!
-//! /// A per-user counter: `POST` adds one, `GET` reads it.
+//! /// A per-user counter: `GET /v1/counter` reads it,
+//! /// `POST /v1/counter/add {"by": 2}` adds to it.
 //! struct Counter;
 //!
-//! enum CounterRequest { Get, Increment }
+//! #[derive(Deserialize)]
+//! #[serde(rename_all = "snake_case", deny_unknown_fields)]
+//! enum CounterRequest {
+//!     Get,
+//!     Add { by: u64 },
+//! }
 //!
 //! impl Entity for Counter {
 //!     type State = u64;
@@ -31,8 +40,8 @@
 //!     fn handle(&self, state: &mut u64, request: CounterRequest, _ctx: &Context) -> Outcome {
 //!         match request {
 //!             CounterRequest::Get => Outcome::read(Reply::ok(serde_json::json!({"count": *state}))),
-//!             CounterRequest::Increment => {
-//!                 *state += 1;
+//!             CounterRequest::Add { by } => {
+//!                 *state = state.saturating_add(by);
 //!                 Outcome::changed(Reply::ok(serde_json::json!({"count": *state})))
 //!             }
 //!         }
@@ -59,20 +68,91 @@
 //! while B calls A): like non-reentrant actors, they would wait on each
 //! other until the call deadline.
 
+pub mod action;
+
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
+
+/// How a change is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Acknowledged at once; flushed within the flush interval.
+    WriteBehind,
+    /// Acknowledged after the batch holding the change has committed.
+    Durable,
+}
+
+/// Whose entity a type's entities are, which decides how they are
+/// addressed and routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One per user, keyed by the user's routing key (`x-roost-key`): all
+    /// of a user's entities live on one worker. `GET /v1/{kind}`.
+    PerUser,
+    /// Named by an id in the path and routed by `{kind}:{id}` (one
+    /// inventory per SKU, one chat room): `GET /v1/{kind}/{id}`.
+    Shared,
+}
+
+/// How an action is asked for, and by whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A read: `GET` by clients (and other entities' calls). The handler
+    /// must leave the state as it was: a proxy may send a `GET` twice.
+    Read,
+    /// A change: `POST` (or the method action `PUT`, `PATCH`, `DELETE`)
+    /// by clients, and other entities' calls.
+    Write,
+    /// A change only requests with `Authorization: Bearer <admin_token>`
+    /// may make; never another entity's call.
+    Admin,
+    /// Only other entities' calls (the internal route): to a client the
+    /// action does not exist.
+    Calls,
+}
+
+/// An extra HTTP route for one of a type's actions, besides the generic
+/// scheme: the way an existing API keeps its paths. `{name}` segments of
+/// `path` become fields of the action's body; for a shared type, `{id}` is
+/// the entity's id.
+#[derive(Debug, Clone)]
+pub struct Alias {
+    pub method: hyper::Method,
+    pub path: &'static str,
+    pub action: &'static str,
+}
+
+impl Alias {
+    pub fn new(method: hyper::Method, path: &'static str, action: &'static str) -> Self {
+        Alias {
+            method,
+            path,
+            action,
+        }
+    }
+}
 
 /// One entity type.
 pub trait Entity: Send + Sync + 'static {
     /// The in-memory state. `Default` is the state of a key never seen;
     /// `Clone` lets the runtime undo a durable change whose flush failed.
     type State: Default + Clone + Send + 'static;
-    /// A parsed request for this entity type.
-    type Request: Send + 'static;
-    /// Short, stable name: part of the store key and of metric labels.
+    /// The type's actions: an enum, deserialized from an action name and
+    /// a JSON body ([`action`]).
+    type Request: DeserializeOwned + Send + 'static;
+    /// Short, stable name: part of the store key, of the HTTP paths and of
+    /// metric labels (lower case letters, digits, `-` and `_`).
     const KIND: &'static str;
+    /// Per user or shared.
+    const SCOPE: Scope = Scope::PerUser;
+    /// How a change is acknowledged when neither the request
+    /// (`roost-durability`) nor the config (`kinds.{KIND}.durability`)
+    /// says.
+    const DURABILITY: Durability = Durability::WriteBehind;
 
     /// The bytes the store keeps for `state`.
     fn encode(&self, state: &Self::State) -> Vec<u8>;
@@ -85,11 +165,47 @@ pub trait Entity: Send + Sync + 'static {
     fn handle(&self, state: &mut Self::State, request: Self::Request, ctx: &Context) -> Outcome;
 
     /// The key the proxy and the workers route entity `id` by (HRW over
-    /// it). Per-user types are routed by the user's key, so all of a user's
-    /// entities live on one worker; a shared type (one inventory per SKU)
-    /// has keys of its own, such as `inventory:{sku}`.
+    /// it): the user's key for a per-user type, so all of a user's
+    /// entities live on one worker; `{kind}:{id}` for a shared one.
     fn routing_key(id: &str) -> String {
-        id.to_owned()
+        match Self::SCOPE {
+            Scope::PerUser => id.to_owned(),
+            Scope::Shared => format!("{}:{id}", Self::KIND),
+        }
+    }
+
+    /// How `action` is asked for: by default `get` is a read and every
+    /// other action a write.
+    fn access(action: &str) -> Access {
+        if action == "get" {
+            Access::Read
+        } else {
+            Access::Write
+        }
+    }
+
+    /// Checks on a parsed request beyond its type (a quantity of at least
+    /// one, a name's length), made before the entity is touched: an error
+    /// is the reply, and nothing runs.
+    fn validate(&self, _request: &Self::Request) -> Result<(), Reply> {
+        Ok(())
+    }
+
+    /// Whether `state` is something `If-Match: *` matches (default: any
+    /// entity that has been written to).
+    fn exists(&self, _state: &Self::State) -> bool {
+        true
+    }
+
+    /// Routes of the type's own besides the generic scheme.
+    fn aliases() -> Vec<Alias> {
+        Vec::new()
+    }
+
+    /// Whether `request` is acknowledged only once durable, whatever the
+    /// client asked (a stock level every later sale is checked against).
+    fn always_durable(&self, _request: &Self::Request) -> bool {
+        false
     }
 
     /// Whether `request` may make calls to other entities. Such requests
@@ -209,7 +325,9 @@ pub struct Call {
     pub id: String,
     /// What HRW routes the call by ([`Entity::routing_key`]).
     pub routing_key: String,
-    /// The request, as the receiving type's call body (JSON).
+    /// The receiving type's action.
+    pub action: String,
+    /// The action's body (JSON; `null` for an action without one).
     pub body: Box<RawValue>,
     /// The same id on every attempt: the receiver applies it once.
     pub idempotency_id: String,
@@ -220,22 +338,28 @@ impl PartialEq for Call {
         self.kind == other.kind
             && self.id == other.id
             && self.routing_key == other.routing_key
+            && self.action == other.action
             && self.body.get() == other.body.get()
             && self.idempotency_id == other.idempotency_id
     }
 }
 
 impl Call {
-    /// A call to entity `id` of type `E` with `body` (which must serialize;
-    /// one that does not is a bug in the caller and goes out as `null`, which
-    /// the receiver refuses with 400).
-    pub fn to<E: Entity>(id: &str, body: &impl Serialize, idempotency_id: String) -> Self {
-        let body = serde_json::value::to_raw_value(body).unwrap_or_default();
+    /// A call to entity `id` of type `E`: `request` is one of `E`'s
+    /// actions, sent as its name and body. A request that does not
+    /// serialize to one action is a bug in the caller; it goes out as
+    /// action `""`, which the receiver refuses with 404.
+    pub fn to<E: Entity>(id: &str, request: &E::Request, idempotency_id: String) -> Self
+    where
+        E::Request: Serialize,
+    {
+        let (action, body) = action::split(request).unwrap_or_default();
         Call {
             kind: E::KIND.to_owned(),
             id: id.to_owned(),
             routing_key: E::routing_key(id),
-            body,
+            action,
+            body: body.unwrap_or_default(),
             idempotency_id,
         }
     }
@@ -310,4 +434,19 @@ impl ErrorBody {
             extra: (),
         }
     }
+}
+
+/// Longest name (SKU, quota name, reservation, idempotency key) accepted
+/// by [`check_name`].
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// A name a client sent: non-empty, at most [`MAX_NAME_BYTES`], no
+/// control characters; otherwise 400 `invalid_name` saying `what` it is.
+pub fn check_name(what: &str, name: &str) -> Result<(), Reply> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+        let message =
+            format!("{what} must be 1 to {MAX_NAME_BYTES} bytes without control characters");
+        return Err(Reply::error(400, "invalid_name", message));
+    }
+    Ok(())
 }

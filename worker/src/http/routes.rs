@@ -1,0 +1,373 @@
+//! Which route a request is for: the worker's fixed routes, and the entity
+//! routes of every registered kind, by the generic scheme and by each
+//! kind's aliases.
+//!
+//! # The generic scheme
+//!
+//! | kind's scope | path | methods | action |
+//! |---|---|---|---|
+//! | per user | `/v1/{kind}` | `GET`, `PUT`, `PATCH`, `DELETE` | `get`, `put`, `patch`, `delete` (those the kind has) |
+//! | per user | `/v1/{kind}/{action}` | `GET` for a read, `POST` otherwise | `{action}` |
+//! | shared | `/v1/{kind}/{id}` | as `/v1/{kind}` | as `/v1/{kind}` |
+//! | shared | `/v1/{kind}/{id}/{action}` | as `/v1/{kind}/{action}` | `{action}` |
+//!
+//! A per-user entity is the one of the user the proxy names in
+//! `x-roost-key`; a shared one is named by `{id}`. An action only other
+//! entities may ask for ([`Access::Calls`]) has no route. An alias
+//! ([`crate::entity::Alias`]) adds a route to an action at a path of the
+//! kind's choosing; its `{name}` segments become fields of the body.
+//!
+//! A path with routes but none for the method is 405 with `Allow`; a path
+//! with none is 404.
+
+use std::collections::HashMap;
+
+use hyper::Method;
+use percent_encoding::percent_decode_str;
+
+use crate::entity::{check_name, Access, Reply, Scope};
+use crate::kinds::{Catalog, Kind};
+use std::sync::Arc;
+
+/// The methods a route may have, in the order `Allow` lists them.
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+/// The action a method asks for on an entity's own path.
+const METHOD_ACTIONS: [(Method, &str); 4] = [
+    (Method::GET, "get"),
+    (Method::PUT, "put"),
+    (Method::PATCH, "patch"),
+    (Method::DELETE, "delete"),
+];
+
+/// A request's route, with its path parameters.
+pub enum Route<'a, 'p> {
+    Healthz,
+    Readyz,
+    Metrics,
+    WhoAmI,
+    /// Another worker's call: `POST /internal/v1/{kind}/{id}/{action}`.
+    Internal {
+        kind: &'p str,
+        id: &'p str,
+        action: &'p str,
+    },
+    Entity(EntityRoute<'a, 'p>),
+}
+
+/// An action of an entity.
+pub struct EntityRoute<'a, 'p> {
+    pub kind: &'a dyn Kind,
+    pub action: &'a ActionRoute,
+    /// A shared entity's id, as in the path (still escaped).
+    pub id: Option<&'p str>,
+    /// An alias's path fields, as in the path (still escaped).
+    pub fields: Vec<(&'static str, &'p str)>,
+}
+
+/// Why no route takes a request.
+pub enum Miss {
+    NotFound,
+    /// The path has routes, for these methods.
+    MethodNotAllowed(Vec<Method>),
+}
+
+/// One action of a kind, as routes see it.
+pub struct ActionRoute {
+    pub name: &'static str,
+    pub access: Access,
+    /// The metric label: `{kind}_{action}`.
+    pub label: String,
+}
+
+/// A kind and its routable actions.
+struct KindRoutes {
+    kind: Arc<dyn Kind>,
+    actions: Vec<ActionRoute>,
+}
+
+impl KindRoutes {
+    fn action(&self, name: &str) -> Option<&ActionRoute> {
+        self.actions.iter().find(|a| a.name == name)
+    }
+
+    /// The method a client asks for `action` with on the action's path.
+    fn method_of(action: &ActionRoute) -> Option<Method> {
+        match action.access {
+            Access::Read => Some(Method::GET),
+            Access::Write | Access::Admin => Some(Method::POST),
+            Access::Calls => None,
+        }
+    }
+}
+
+/// A segment of an alias's path.
+enum Segment {
+    Literal(&'static str),
+    /// `{id}` of a shared kind.
+    Id,
+    /// `{name}`: a field of the body.
+    Field(&'static str),
+}
+
+struct AliasRoute {
+    method: Method,
+    segments: Vec<Segment>,
+    kind: &'static str,
+    action: &'static str,
+}
+
+/// Every route of a worker, built once from its kinds.
+pub struct Routes {
+    kinds: HashMap<&'static str, KindRoutes>,
+    aliases: Vec<AliasRoute>,
+}
+
+impl Routes {
+    pub fn new(catalog: &Catalog) -> Self {
+        let mut kinds = HashMap::new();
+        let mut aliases = Vec::new();
+        for (name, kind) in catalog.all() {
+            let actions = kind
+                .actions()
+                .iter()
+                .map(|&action| ActionRoute {
+                    name: action,
+                    access: kind.access(action),
+                    label: format!("{name}_{action}"),
+                })
+                .collect();
+            for alias in kind.aliases() {
+                aliases.push(AliasRoute {
+                    method: alias.method,
+                    segments: parse_template(alias.path),
+                    kind: name,
+                    action: alias.action,
+                });
+            }
+            let kind = Arc::clone(kind);
+            kinds.insert(name, KindRoutes { kind, actions });
+        }
+        Routes { kinds, aliases }
+    }
+
+    /// The route of `method` on a normal `path`.
+    pub fn find<'a, 'p>(&'a self, method: &Method, path: &'p str) -> Result<Route<'a, 'p>, Miss> {
+        let Some(segments) = path
+            .strip_prefix('/')
+            .map(|p| p.split('/').collect::<Vec<_>>())
+        else {
+            return Err(Miss::NotFound);
+        };
+        if let Some((route, allowed)) = fixed(&segments) {
+            return if allowed.contains(method) {
+                Ok(route)
+            } else {
+                Err(Miss::MethodNotAllowed(allowed.to_vec()))
+            };
+        }
+        let mut allowed = Vec::new();
+        let mut found = None;
+        self.each_entity_route(&segments, |route_method, route| {
+            if route_method == *method && found.is_none() {
+                found = Some(route);
+            } else if !allowed.contains(&route_method) {
+                allowed.push(route_method);
+            }
+        });
+        match found {
+            Some(route) => Ok(Route::Entity(route)),
+            None if allowed.is_empty() => Err(Miss::NotFound),
+            None => {
+                allowed.sort_by_key(|m| METHODS.iter().position(|known| known == m));
+                Err(Miss::MethodNotAllowed(allowed))
+            }
+        }
+    }
+
+    /// Every entity route `segments` matches, with its method: the
+    /// kind's aliases first, then the generic scheme.
+    fn each_entity_route<'a, 'p>(
+        &'a self,
+        segments: &[&'p str],
+        mut found: impl FnMut(Method, EntityRoute<'a, 'p>),
+    ) {
+        for alias in &self.aliases {
+            let Some(routes) = self.kinds.get(alias.kind) else {
+                continue;
+            };
+            let (Some(action), Some((id, fields))) =
+                (routes.action(alias.action), alias.matches(segments))
+            else {
+                continue;
+            };
+            let route = EntityRoute {
+                kind: &*routes.kind,
+                action,
+                id,
+                fields,
+            };
+            found(alias.method.clone(), route);
+        }
+        let ["v1", kind, rest @ ..] = segments else {
+            return;
+        };
+        let Some(routes) = self.kinds.get(*kind) else {
+            return;
+        };
+        let (id, rest) = match (routes.kind.scope(), rest) {
+            (Scope::PerUser, rest) => (None, rest),
+            (Scope::Shared, [id, rest @ ..]) if !id.is_empty() => (Some(*id), rest),
+            (Scope::Shared, _) => return,
+        };
+        let route = |action: &'a ActionRoute| -> EntityRoute<'a, 'p> {
+            EntityRoute {
+                kind: &*routes.kind,
+                action,
+                id,
+                fields: Vec::new(),
+            }
+        };
+        match rest {
+            [] => {
+                for (method, name) in METHOD_ACTIONS {
+                    let Some(action) = routes.action(name) else {
+                        continue;
+                    };
+                    let fits = match action.access {
+                        Access::Read => method == Method::GET,
+                        Access::Write | Access::Admin => method != Method::GET,
+                        Access::Calls => false,
+                    };
+                    if fits {
+                        found(method, route(action));
+                    }
+                }
+            }
+            [name] => {
+                if let Some(action) = routes.action(name) {
+                    if let Some(method) = KindRoutes::method_of(action) {
+                        found(method, route(action));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl AliasRoute {
+    /// The id and fields of `segments` if they match this alias.
+    #[allow(clippy::type_complexity)]
+    fn matches<'p>(
+        &self,
+        segments: &[&'p str],
+    ) -> Option<(Option<&'p str>, Vec<(&'static str, &'p str)>)> {
+        if segments.len() != self.segments.len() {
+            return None;
+        }
+        let mut id = None;
+        let mut fields = Vec::new();
+        for (segment, value) in self.segments.iter().zip(segments) {
+            match segment {
+                Segment::Literal(literal) if literal == value => {}
+                Segment::Literal(_) => return None,
+                _ if value.is_empty() => return None,
+                Segment::Id => id = Some(*value),
+                Segment::Field(name) => fields.push((*name, *value)),
+            }
+        }
+        Some((id, fields))
+    }
+}
+
+/// An alias's path as segments: `/v1/cart/items/{sku}`.
+fn parse_template(path: &'static str) -> Vec<Segment> {
+    path.trim_start_matches('/')
+        .split('/')
+        .map(
+            |segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some("id") => Segment::Id,
+                Some(field) => Segment::Field(field),
+                None => Segment::Literal(segment),
+            },
+        )
+        .collect()
+}
+
+/// The worker's own routes, with their methods.
+fn fixed<'a, 'p>(segments: &[&'p str]) -> Option<(Route<'a, 'p>, &'static [Method])> {
+    const GET: &[Method] = &[Method::GET];
+    const POST: &[Method] = &[Method::POST];
+    Some(match segments {
+        ["healthz"] => (Route::Healthz, GET),
+        ["readyz"] => (Route::Readyz, GET),
+        ["metrics"] => (Route::Metrics, GET),
+        ["v1", "whoami"] => (Route::WhoAmI, &METHODS),
+        ["internal", "v1", kind, id, action]
+            if !kind.is_empty() && !id.is_empty() && !action.is_empty() =>
+        {
+            (Route::Internal { kind, id, action }, POST)
+        }
+        _ => return None,
+    })
+}
+
+impl Route<'_, '_> {
+    /// The metric label.
+    pub fn label(&self) -> &str {
+        match self {
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::WhoAmI => "whoami",
+            Route::Internal { .. } => "internal",
+            Route::Entity(entity) => &entity.action.label,
+        }
+    }
+}
+
+/// A percent-decoded path segment, checked like any name.
+pub fn decode_segment(segment: &str) -> Result<String, Reply> {
+    let decoded = percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| Reply::error(400, "invalid_path", "a path segment is not UTF-8"))?;
+    check_name("path segment", &decoded)?;
+    Ok(decoded.into_owned())
+}
+
+/// An action's body with an alias's path fields added (decoded): the body
+/// must then be a JSON object (or empty), and must not set a field the
+/// path sets.
+pub fn with_fields(body: &[u8], fields: &[(&'static str, &str)]) -> Result<Vec<u8>, Reply> {
+    let mut object = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(_) => {
+                let message = "the body must be a JSON object";
+                return Err(Reply::error(400, "invalid_request", message));
+            }
+            Err(e) => {
+                let message = format!("the body is not JSON: {e}");
+                return Err(Reply::error(400, "invalid_json", message));
+            }
+        }
+    };
+    for (name, raw) in fields {
+        let value = decode_segment(raw)?;
+        if object.insert((*name).to_owned(), value.into()).is_some() {
+            let message = format!("{name} is given by the path, not the body");
+            return Err(Reply::error(400, "invalid_request", message));
+        }
+    }
+    serde_json::to_vec(&object)
+        .map_err(|e| Reply::error(500, "unserializable_request", e.to_string()))
+}

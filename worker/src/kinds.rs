@@ -1,0 +1,326 @@
+//! The registry of entity types: which kinds a worker serves, each with its
+//! scope, actions, routes, default durability and settings.
+//!
+//! An application builds a [`Kinds`] from its entity types and hands it to
+//! [`crate::run::run`]; the HTTP API, calls between entities and the
+//! config all take their kinds from it, so adding a type needs no edit to
+//! the worker:
+//!
+//! ```
+//! use roost_worker::entities::session::Session;
+//! use roost_worker::kinds::Kinds;
+//!
+//! let kinds = Kinds::new().register(Session);
+//! assert_eq!(kinds.names(), ["session"]);
+//! ```
+//!
+//! A type with settings registers a constructor instead; its settings come
+//! from the config file's `kinds.{KIND}.settings`, deserialized into the
+//! constructor's argument ([`Kinds::register_with`]).
+//!
+//! At start, [`Kinds::configure`] checks the config's `kinds` sections
+//! against what is registered (an unknown kind, or settings the type does
+//! not take, is an error naming the file, line and field) and builds the
+//! [`Catalog`] the worker serves with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use roost_routing::config_file::{Location, Spanned};
+use serde::de::DeserializeOwned;
+
+use crate::calls::CallSender;
+use crate::config::{KindConfig, WorkerConfig};
+use crate::engine::Engine;
+use crate::entity::action::{self, ActionError};
+use crate::entity::{Access, Alias, Durability, Entity, Reply, Scope};
+use crate::runtime::{EntityReply, Options, RuntimeError};
+
+/// Builds the type-erased kind from its config section.
+type Build = Box<dyn FnOnce(&KindConfig) -> Result<Arc<dyn Kind>, String> + Send>;
+
+/// The entity types a worker is to serve, before the config is applied.
+#[derive(Default)]
+pub struct Kinds {
+    entries: Vec<(&'static str, Build)>,
+}
+
+impl Kinds {
+    pub fn new() -> Self {
+        Kinds::default()
+    }
+
+    /// Serve `entity`'s type; its config section may set `durability`
+    /// only.
+    #[must_use]
+    pub fn register<E: Entity>(self, entity: E) -> Self {
+        self.register_with(move |()| entity)
+    }
+
+    /// Serve the type `build` makes from its settings: the config's
+    /// `kinds.{KIND}.settings`, or `S::default()` when there are none.
+    #[must_use]
+    pub fn register_with<E, S, F>(mut self, build: F) -> Self
+    where
+        E: Entity,
+        S: DeserializeOwned + Default,
+        F: FnOnce(S) -> E + Send + 'static,
+    {
+        let build: Build = Box::new(move |config: &KindConfig| {
+            let settings = match &config.settings {
+                None => S::default(),
+                Some(value) => serde_path_to_error::deserialize(value).map_err(|e| {
+                    let field = e.path().to_string();
+                    if field == "." {
+                        e.inner().to_string()
+                    } else {
+                        format!("{field}: {}", e.inner())
+                    }
+                })?,
+            };
+            let durability = config.durability.unwrap_or(E::DURABILITY);
+            Ok(Arc::new(Registered {
+                entity: build(settings),
+                durability,
+            }) as Arc<dyn Kind>)
+        });
+        self.entries.push((E::KIND, build));
+        self
+    }
+
+    /// The registered kinds' names, in registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// Apply `config`'s `kinds` sections and check the registry: every
+    /// section names a registered kind and fits it, no kind is registered
+    /// twice, and every name is usable in a path.
+    pub fn configure(self, config: &WorkerConfig) -> Result<Catalog, KindsError> {
+        let sections = &config.kinds;
+        let error = |location, field: String, message: String| KindsError {
+            file: config.source.clone(),
+            location,
+            field,
+            message,
+        };
+        if let Some((name, section)) = sections
+            .iter()
+            .find(|(name, _)| !self.entries.iter().any(|(kind, _)| kind == name))
+        {
+            let message = format!(
+                "unknown entity type {name:?}; this worker serves {}",
+                self.names().join(", ")
+            );
+            return Err(error(section.referenced, format!("kinds.{name}"), message));
+        }
+        let mut kinds: HashMap<&'static str, Arc<dyn Kind>> = HashMap::new();
+        for (name, build) in self.entries {
+            if let Err(why) = check_kind_name(name) {
+                return Err(error(Location::UNKNOWN, "kinds".into(), why));
+            }
+            let section = sections.get(name);
+            let default = KindConfig::default();
+            let kind_config = section.map_or(&default, |s| &s.value);
+            let location = section.map_or(Location::UNKNOWN, |s| s.referenced);
+            let kind = build(kind_config)
+                .map_err(|why| error(location, format!("kinds.{name}.settings"), why))?;
+            if kinds.insert(name, kind).is_some() {
+                let message = format!("{name:?} is registered twice");
+                return Err(error(Location::UNKNOWN, "kinds".into(), message));
+            }
+        }
+        Ok(Catalog { kinds })
+    }
+}
+
+/// A kind's name is a path segment and part of store keys: lower-case
+/// ASCII letters, digits, `-` and `_`, starting with a letter.
+fn check_kind_name(name: &str) -> Result<(), String> {
+    let usable = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if usable && name != "whoami" {
+        Ok(())
+    } else {
+        Err(format!(
+            "entity type name {name:?} must be lower-case letters, digits, '-' and '_', \
+             start with a letter, and not be \"whoami\""
+        ))
+    }
+}
+
+/// Why the registry and the config do not fit, and where.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct KindsError {
+    /// The config file, when the config came from one.
+    pub file: Option<PathBuf>,
+    pub location: Location,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for KindsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(path) if self.location != Location::UNKNOWN => write!(
+                f,
+                "{}:{}:{}: ",
+                path.display(),
+                self.location.line(),
+                self.location.column()
+            )?,
+            Some(path) => write!(f, "{}: ", path.display())?,
+            None => {}
+        }
+        write!(f, "field `{}`: {}", self.field, self.message)
+    }
+}
+
+/// The kinds a worker serves, configured: what the API and the receiver
+/// of calls look kinds up in.
+pub struct Catalog {
+    kinds: HashMap<&'static str, Arc<dyn Kind>>,
+}
+
+impl Catalog {
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Kind>> {
+        self.kinds.get(name)
+    }
+
+    /// Every kind, by name (sorted, so routes are built in a stable order).
+    pub fn all(&self) -> BTreeMap<&'static str, &Arc<dyn Kind>> {
+        self.kinds
+            .iter()
+            .map(|(name, kind)| (*name, kind))
+            .collect()
+    }
+}
+
+/// Why a kind did not run an action.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The request is not one of the kind's (404 or 400).
+    Invalid(Reply),
+    /// The runtime could not serve it.
+    Runtime(RuntimeError),
+}
+
+/// One entity type, with its type erased: what the API and the call
+/// receiver need of it.
+#[async_trait]
+pub trait Kind: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn scope(&self) -> Scope;
+    /// The actions (the request enum's variants).
+    fn actions(&self) -> &'static [&'static str];
+    /// How `action` is asked for ([`Entity::access`]).
+    fn access(&self, action: &str) -> Access;
+    fn aliases(&self) -> Vec<Alias>;
+    /// When neither the request nor the config says.
+    fn durability(&self) -> Durability;
+    /// Parse the invocation's body as its action's request, check it, and
+    /// run it on `engine`; calls the handler makes go out through `calls`.
+    async fn run(
+        &self,
+        engine: &Engine,
+        invocation: Invocation<'_>,
+        calls: &dyn CallSender,
+    ) -> Result<EntityReply, Refusal>;
+}
+
+/// One action asked of one entity.
+pub struct Invocation<'a> {
+    /// The entity's id (the user's key for a per-user kind).
+    pub id: &'a str,
+    pub action: &'a str,
+    /// The action's JSON body.
+    pub body: &'a [u8],
+    pub options: Options,
+}
+
+/// An entity type in the registry, with its configured durability.
+struct Registered<E> {
+    entity: E,
+    durability: Durability,
+}
+
+#[async_trait]
+impl<E: Entity> Kind for Registered<E> {
+    fn name(&self) -> &'static str {
+        E::KIND
+    }
+
+    fn scope(&self) -> Scope {
+        E::SCOPE
+    }
+
+    fn actions(&self) -> &'static [&'static str] {
+        action::names::<E::Request>()
+    }
+
+    fn access(&self, action: &str) -> Access {
+        E::access(action)
+    }
+
+    fn aliases(&self) -> Vec<Alias> {
+        E::aliases()
+    }
+
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    async fn run(
+        &self,
+        engine: &Engine,
+        invocation: Invocation<'_>,
+        calls: &dyn CallSender,
+    ) -> Result<EntityReply, Refusal> {
+        let Invocation {
+            id,
+            action,
+            body,
+            options,
+        } = invocation;
+        let request = action::parse::<E::Request>(action, body)
+            .map_err(|e| Refusal::Invalid(refused::<E>(e)))?;
+        self.entity.validate(&request).map_err(Refusal::Invalid)?;
+        engine
+            .execute(&self.entity, id, request, options, calls)
+            .await
+            .map_err(Refusal::Runtime)
+    }
+}
+
+/// The reply to a request that is not one of `E`'s.
+fn refused<E: Entity>(error: ActionError) -> Reply {
+    match error {
+        ActionError::Unknown { action, actions } => Reply::error(
+            404,
+            "not_found",
+            format!(
+                "{} has no action {action:?}; its actions: {}",
+                E::KIND,
+                actions.join(", ")
+            ),
+        ),
+        ActionError::NotJson(why) => {
+            Reply::error(400, "invalid_json", format!("the body is not JSON: {why}"))
+        }
+        ActionError::Invalid(why) => Reply::error(400, "invalid_request", why),
+    }
+}
+
+impl fmt::Debug for dyn Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kind").field("name", &self.name()).finish()
+    }
+}
+
+/// `kinds:` in the config file: a section per kind.
+pub type KindSections = BTreeMap<String, Spanned<KindConfig>>;
