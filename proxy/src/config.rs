@@ -170,12 +170,17 @@ impl KeyConfig {
 }
 
 /// One entry of `key.sources`, as written. Exactly one of `header`,
-/// `cookie`, `path`, `signed_cookie` and `jwt`; `prefix` only beside `path`;
+/// `cookie`, `path`, `signed_cookie` and `jwt`; `prefix` and `kinds` only
+/// beside `path`;
 /// `secret_env`, `secret` and `ttl_s` only beside `signed_cookie`:
 ///
 /// - `{header: x-user-id}`: the header's value, trimmed (trusted setups
 ///   only: the client chooses it);
 /// - `{cookie: uid}`: the cookie's value, unquoted (trusted setups only);
+/// - `{path: "/v1/{kind}/{key}", kinds: [inventory, room]}`: the same for
+///   every shared kind of the workers' generic scheme at once: the key is
+///   `{kind}:` + the decoded `{key}` segment (no `prefix`); `kinds` (the
+///   shared kinds) keeps a per-user kind's paths for the user's key;
 /// - `{path: "/v1/inventory/{key}", prefix: "inventory:"}`: for a request
 ///   path (query string excluded) whose first segments match the template's
 ///   literal segments byte for byte, `prefix` + the percent-decoded `{key}`
@@ -206,6 +211,10 @@ pub struct KeySourceConfig {
     /// A path template: `/`-separated segments, exactly one of them `{key}`,
     /// the others literal.
     pub path: Option<Spanned<String>>,
+    /// Beside a `path` with a `{kind}` segment: the kinds it routes (by
+    /// default any). List the workers' shared kinds, so a per-user kind's
+    /// paths (`/v1/cart/checkout`) fall through to the user's key.
+    pub kinds: Option<Spanned<Vec<String>>>,
     /// Put before the decoded segment (default empty). It must match what
     /// the workers prepend to the same entity's id (`inventory:`), since both
     /// hash the whole key; no control characters, since the key is forwarded
@@ -280,6 +289,7 @@ impl KeySourceConfig {
     fn check_companions(&self, kind: Option<&str>) -> Result<(), Invalid> {
         let companions = [
             ("prefix", location_of(&self.prefix), "path"),
+            ("kinds", location_of(&self.kinds), "path"),
             ("secret_env", location_of(&self.secret_env), "signed_cookie"),
             ("secret", location_of(&self.secret), "signed_cookie"),
             ("ttl_s", location_of(&self.ttl_s), "signed_cookie"),
@@ -294,8 +304,24 @@ impl KeySourceConfig {
     }
 
     fn path_source(&self, template: &Spanned<String>) -> Result<KeySource, Invalid> {
-        let parsed = PathTemplate::parse(&template.value)
+        let mut parsed = PathTemplate::parse(&template.value)
             .map_err(|why| Invalid::at(template.referenced, "path", why))?;
+        match (&self.kinds, &self.prefix, parsed.has_kind()) {
+            (Some(kinds), _, false) => {
+                let message = "goes only beside a path with a `{kind}` segment";
+                return Err(Invalid::at(kinds.referenced, "kinds", message));
+            }
+            (_, Some(prefix), true) => {
+                let message = "a path with `{kind}` prefixes the key with `{kind}:` itself";
+                return Err(Invalid::at(prefix.referenced, "prefix", message));
+            }
+            (Some(kinds), _, true) => {
+                parsed = parsed
+                    .only_kinds(&kinds.value)
+                    .map_err(|why| Invalid::at(kinds.referenced, "kinds", why))?;
+            }
+            _ => {}
+        }
         let prefix = match &self.prefix {
             Some(prefix) if prefix.value.contains(char::is_control) => {
                 let message = format!(
@@ -1240,6 +1266,32 @@ mod tests {
             "prefix",
             "only beside `path`",
         );
+    }
+
+    #[test]
+    fn kinds_go_with_a_kind_template_and_a_prefix_does_not() {
+        assert_rejected(
+            r#"[{path: "/v1/inventory/{key}", kinds: [inventory]}]"#,
+            "[inventory]",
+            "kinds",
+            "`{kind}` segment",
+        );
+        assert_rejected(
+            r#"[{path: "/v1/{kind}/{key}", prefix: "p:"}]"#,
+            "\"p:\"",
+            "prefix",
+            "prefixes the key",
+        );
+        assert_rejected(
+            r#"[{path: "/v1/{kind}/{key}", kinds: [Room]}]"#,
+            "[Room]",
+            "kinds",
+            "not a kind name",
+        );
+        let parsed = sources(&yaml(
+            r#"[{path: "/v1/{kind}/{key}", kinds: [inventory, room]}, {header: x-user-id}]"#,
+        ));
+        assert_eq!(parsed.len(), 2);
     }
 
     #[test]

@@ -134,9 +134,7 @@ impl KeySource {
         Ok(match self {
             KeySource::Header(name) => header_value(request, name).map(<[u8]>::to_vec),
             KeySource::Cookie(name) => cookie_value(request, name).map(<[u8]>::to_vec),
-            KeySource::Path { template, prefix } => template
-                .capture(request.uri.path())
-                .and_then(|segment| path_key(segment, prefix)),
+            KeySource::Path { template, prefix } => template.key(request.uri.path(), prefix),
             KeySource::SignedCookie(cookie) => cookie_value(request, &cookie.name)
                 .map(|value| {
                     cookie
@@ -162,18 +160,26 @@ enum Segment {
     Literal(Box<str>),
     /// `{key}`: any non-empty segment, captured.
     Key,
+    /// `{kind}`: an entity kind's name (lower-case letters, digits, `-`,
+    /// `_`; one of the template's kinds when it lists them), captured.
+    Kind,
 }
 
-/// A path template such as `/v1/inventory/{key}`: `/`-separated segments,
-/// exactly one of them `{key}`, the others literal.
+/// A path template such as `/v1/inventory/{key}` or `/v1/{kind}/{key}`:
+/// `/`-separated segments, exactly one of them `{key}`, at most one
+/// `{kind}`, the others literal.
 ///
 /// It matches a request path whose first segments are the template's (the
 /// `{key}` one being any non-empty segment); further segments may follow, so
 /// `/v1/inventory/show-1/holds` is about the same entity as
-/// `/v1/inventory/show-1`.
+/// `/v1/inventory/show-1`. With `{kind}`, one template routes every shared
+/// kind of the workers' generic scheme: the key is `{kind}:{key}`, which
+/// is what the workers route a shared entity by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
     segments: Box<[Segment]>,
+    /// The kinds `{kind}` may be (`None`: any).
+    kinds: Option<Box<[Box<str>]>>,
 }
 
 impl PathTemplate {
@@ -190,41 +196,101 @@ impl PathTemplate {
             .split('/')
             .map(|segment| match segment {
                 "{key}" => Segment::Key,
+                "{kind}" => Segment::Kind,
                 literal => Segment::Literal(literal.into()),
             })
             .collect();
         if segments.iter().filter(|s| **s == Segment::Key).count() != 1 {
             return invalid("must have exactly one `{key}` segment");
         }
+        if segments.iter().filter(|s| **s == Segment::Kind).count() > 1 {
+            return invalid("may have one `{kind}` segment at most");
+        }
         for segment in &segments {
             let Segment::Literal(literal) = segment else {
                 continue;
             };
             if literal.contains(['{', '}']) {
-                return invalid("may use `{` and `}` only in its one `{key}` segment");
+                return invalid("may use `{` and `}` only in its `{key}` and `{kind}` segments");
             }
             if literal.is_empty() {
                 return invalid("must not have empty segments (`//` or a trailing `/`)");
             }
         }
-        Ok(PathTemplate { segments })
+        Ok(PathTemplate {
+            segments,
+            kinds: None,
+        })
+    }
+
+    /// Whether the template has a `{kind}` segment.
+    pub fn has_kind(&self) -> bool {
+        self.segments.contains(&Segment::Kind)
+    }
+
+    /// The template matching only these kinds in its `{kind}` segment.
+    pub fn only_kinds(self, kinds: &[String]) -> Result<Self, String> {
+        if let Some(bad) = kinds.iter().find(|kind| !is_kind_name(kind)) {
+            return Err(format!(
+                "{bad:?} is not a kind name (lower-case letters, digits, '-' and '_')"
+            ));
+        }
+        Ok(PathTemplate {
+            kinds: Some(kinds.iter().map(|kind| kind.as_str().into()).collect()),
+            ..self
+        })
     }
 
     /// The raw (still percent-encoded) `{key}` segment of `path`, if `path`
     /// matches. `path` excludes the query string.
     pub fn capture<'p>(&self, path: &'p str) -> Option<&'p str> {
+        self.captures(path).map(|(_, key)| key)
+    }
+
+    /// The routing key of `path`, if it matches: `prefix` + the decoded
+    /// `{key}` segment ([`path_key`]), or with `{kind}`, `{kind}:` + the
+    /// decoded segment.
+    pub fn key(&self, path: &str, prefix: &str) -> Option<Vec<u8>> {
+        let (kind, segment) = self.captures(path)?;
+        match kind {
+            Some(kind) => prefixed_key(&[kind, ":"], segment),
+            None => path_key(segment, prefix),
+        }
+    }
+
+    /// The `{kind}` (if the template has one) and `{key}` segments of
+    /// `path`, if it matches.
+    fn captures<'p>(&self, path: &'p str) -> Option<(Option<&'p str>, &'p str)> {
         let mut segments = path.strip_prefix('/')?.split('/');
-        let mut key = None;
+        let (mut kind, mut key) = (None, None);
         for expected in &self.segments {
             let segment = segments.next()?;
             match expected {
                 Segment::Literal(literal) if segment == &**literal => {}
                 Segment::Key if !segment.is_empty() => key = Some(segment),
+                Segment::Kind if self.takes_kind(segment) => kind = Some(segment),
                 _ => return None,
             }
         }
-        key
+        Some((kind, key?))
     }
+
+    fn takes_kind(&self, segment: &str) -> bool {
+        is_kind_name(segment)
+            && self
+                .kinds
+                .as_ref()
+                .is_none_or(|kinds| kinds.iter().any(|kind| **kind == *segment))
+    }
+}
+
+/// What the workers accept as a kind's name: lower-case ASCII letters,
+/// digits, `-` and `_`, starting with a letter.
+fn is_kind_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// `prefix` + the percent-decoded `segment`: exactly the bytes the worker
@@ -234,10 +300,18 @@ impl PathTemplate {
 /// the entity) or is not [routable](is_routable) (it could not be forwarded
 /// in `x-roost-key`, a header value); the next source is tried instead.
 pub fn path_key(segment: &str, prefix: &str) -> Option<Vec<u8>> {
-    let mut key = Vec::with_capacity(prefix.len() + segment.len());
-    key.extend_from_slice(prefix.as_bytes());
+    prefixed_key(&[prefix], segment)
+}
+
+/// [`path_key`] with a prefix in parts.
+fn prefixed_key(prefix: &[&str], segment: &str) -> Option<Vec<u8>> {
+    let prefix_len = prefix.iter().map(|part| part.len()).sum::<usize>();
+    let mut key = Vec::with_capacity(prefix_len + segment.len());
+    for part in prefix {
+        key.extend_from_slice(part.as_bytes());
+    }
     key.extend(percent_decode_str(segment));
-    let decoded = std::str::from_utf8(key.get(prefix.len()..)?).ok()?;
+    let decoded = std::str::from_utf8(key.get(prefix_len..)?).ok()?;
     is_routable(decoded).then_some(key)
 }
 
@@ -403,6 +477,38 @@ mod tests {
             ("/v1//inventory/show-1", "alice"),
             ("/", "alice"),
         ]);
+    }
+
+    #[test]
+    fn a_kind_template_routes_every_shared_kind_by_kind_and_id() {
+        let any = PathTemplate::parse("/v1/{kind}/{key}").expect("valid template");
+        let key = |template: &PathTemplate, path: &str| {
+            template
+                .key(path, "")
+                .map(|key| String::from_utf8(key).expect("UTF-8"))
+        };
+        assert_eq!(
+            key(&any, "/v1/room/lobby-1").as_deref(),
+            Some("room:lobby-1")
+        );
+        assert_eq!(
+            key(&any, "/v1/room/a%20b/post").as_deref(),
+            Some("room:a b")
+        );
+        assert_eq!(key(&any, "/v1/Room/x"), None, "not a kind name");
+        assert_eq!(key(&any, "/v1/ro%6Fm/x"), None, "kinds are not decoded");
+        assert_eq!(key(&any, "/v1//x"), None);
+        let shared = any
+            .only_kinds(&["inventory".into(), "room".into()])
+            .expect("kind names");
+        assert_eq!(
+            key(&shared, "/v1/inventory/show-1").as_deref(),
+            Some("inventory:show-1")
+        );
+        assert_eq!(key(&shared, "/v1/cart/checkout"), None, "a per-user kind");
+        assert!(PathTemplate::parse("/v1/{kind}/{kind}/{key}").is_err());
+        let plain = PathTemplate::parse("/v1/{key}").expect("valid template");
+        assert!(plain.only_kinds(&["Bad".into()]).is_err());
     }
 
     #[test]
