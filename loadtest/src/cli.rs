@@ -9,9 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use crate::binaries::Binaries;
 use crate::report::RunReport;
 use crate::suite::{RunKind, RunOptions, SuiteResult};
+use roost_testkit::bins::Binaries;
 
 /// Drive `suite` on a new runtime to its end, or until SIGINT/SIGTERM;
 /// print what it found. Exit 0 when every MUST held, 1 when one broke, 2

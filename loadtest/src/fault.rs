@@ -14,11 +14,11 @@ use crate::bystanders::{Bystanders, Served};
 use crate::check::failover::CutWindow;
 use crate::check::movement::ScaleWindow;
 use crate::check::revalidation::Probed;
-use crate::fleet::Fleet;
 use crate::ledger::Ledger;
 use crate::load::user_name;
 use crate::probe::{held_by, Prober};
 use crate::scenario::{Plan, Scenario};
+use roost_testkit::fleet::Fleet;
 use roost_testkit::postgres::Cluster;
 
 /// How long after SIGKILL the worker is started again.

@@ -22,8 +22,7 @@
 //! |---|---|
 //! | [`scenario`] | the six faults and each run's plan |
 //! | [`suite`], [`run`] | the scenarios in turn; one scenario end to end |
-//! | [`fleet`], [`process`], [`binaries`] | what runs: the workers and proxy (the store is `roost_testkit::Cluster`), child processes |
-//! | [`relay`] | a TCP relay between a worker and the store that can be cut with its sockets open |
+//! | `roost_testkit::fleet` | what runs: the workers and proxy (the store is `roost_testkit::Cluster`), child processes, the store relays a fault cuts |
 //! | [`load`], [`client`] | simulated users and devices; one device's requests and retries |
 //! | [`fault`], [`probe`] | injecting each fault; requests straight to one worker after it |
 //! | [`ledger`] | the record of every request |
@@ -33,18 +32,14 @@
 //! | [`cli`] | what both binaries do around a suite |
 //! | [`tickets`] | the ticket sale |
 
-pub mod binaries;
 pub mod bystanders;
 pub mod check;
 pub mod cli;
 pub mod client;
 pub mod fault;
-pub mod fleet;
 pub mod ledger;
 pub mod load;
 pub mod probe;
-pub mod process;
-pub mod relay;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -9,18 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::binaries::Binaries;
 use crate::check::failover::{Failover, MoveBound, MOVE_MARGIN_MS};
 use crate::check::movement::{Movement, ScaleWindow};
 use crate::check::revalidation::Revalidation;
 use crate::check::Findings;
 use crate::fault::{self, FaultOutcome, HrwView, Target, HRW_SAMPLE_KEYS};
-use crate::fleet::{Fleet, FleetConfig, LEASE_MS};
 use crate::ledger::{write_jsonl, Clock, Event, Ledger, Record};
 use crate::load::{read_back, user_name, Load, SESSION_AND_CART};
 use crate::report::{RunFacts, ScenarioReport};
 use crate::scenario::{Plan, Scenario};
 use crate::stored::{read_entities, StoredEntity};
+use roost_testkit::bins::Binaries;
+use roost_testkit::fleet::{Fleet, FleetConfig, LEASE_MS};
 use roost_testkit::postgres::Cluster;
 
 /// The pause between the end of the load and the final reads: many flush

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::fleet::FleetConfig;
 use crate::load::LoadPlan;
 use crate::suite::RunKind;
+use roost_testkit::fleet::FleetConfig;
 
 /// One fault scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,10 +13,10 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::binaries::Binaries;
 use crate::report::{details, table, Outcome, RunReport, ScenarioReport};
 use crate::run::{run_scenario, write};
 use crate::scenario::{Plan, Scenario};
+use roost_testkit::bins::Binaries;
 
 /// A family of runs the suite drives, and how its summary reads.
 pub trait RunKind: Copy + Display + 'static {

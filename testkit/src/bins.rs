@@ -1,12 +1,13 @@
 //! The workspace's executables under test, where cargo put the running
 //! one: `target/<profile>/` (its parent when the runner is a test binary
 //! in `target/<profile>/deps/`), built there with the same cargo and
-//! profile when a test needs another package's binary.
+//! profile when a test needs another package's binary; and the pair a
+//! fleet runs ([`Binaries`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::process::run_checked;
 
@@ -59,4 +60,62 @@ pub fn built(package: &'static str) -> PathBuf {
         path.display()
     );
     path
+}
+
+pub const PROXY: &str = "roost-proxy";
+pub const WORKER: &str = "roost-worker";
+
+/// The two executables a scenario starts.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub proxy: PathBuf,
+    pub worker: PathBuf,
+}
+
+impl Binaries {
+    /// Both executables in `dir`; an error naming what is missing.
+    pub fn in_dir(dir: &Path) -> Result<Binaries> {
+        let binaries = Binaries {
+            proxy: dir.join(PROXY),
+            worker: dir.join(WORKER),
+        };
+        for path in [&binaries.proxy, &binaries.worker] {
+            if !path.is_file() {
+                bail!(
+                    "{} not found (build it: cargo build --release -p roost-proxy -p roost-worker)",
+                    path.display()
+                );
+            }
+        }
+        Ok(binaries)
+    }
+
+    /// The executables next to the running one.
+    pub fn beside_current_exe() -> Result<Binaries> {
+        Binaries::in_dir(&profile_dir()?)
+    }
+
+    /// The proxy and the worker beside the running test, built first
+    /// ([`built`]); `worker` names another package whose binary is a
+    /// worker (an application's, serving its own entity types).
+    pub fn built(worker: &'static str) -> Binaries {
+        Binaries {
+            proxy: built(PROXY),
+            worker: built(worker),
+        }
+    }
+}
+
+/// Build the proxy and the worker into `profile_dir` with cargo if either
+/// is missing there (`release` when the dir is `target/release`).
+pub fn build_if_missing(profile_dir: &Path) -> Result<Binaries> {
+    if let Ok(binaries) = Binaries::in_dir(profile_dir) {
+        return Ok(binaries);
+    }
+    eprintln!(
+        "building the proxy and the worker into {}",
+        profile_dir.display()
+    );
+    build(&[PROXY, WORKER], profile_dir)?;
+    Binaries::in_dir(profile_dir)
 }

@@ -6,10 +6,15 @@
 //!
 //! - [`bins`]: the workspace's binaries under test, built on demand.
 //! - [`dir`]: a fresh temp dir per test, removed on drop.
+//! - [`fleet`]: N workers on one store and a proxy in front of them,
+//!   driven by signals, restarts and store cuts ([`relay`]).
 //! - [`net`]: loopback ports no other fixture of the process was given,
 //!   and whether something listens on one.
 //! - [`postgres`]: a throwaway Postgres cluster (or `DATABASE_URL`).
-//! - [`process`]: running a command to completion, its output in the error.
+//! - [`process`]: running a command to completion, its output in the
+//!   error; child processes reaped on drop.
+//! - [`relay`]: a TCP relay to the store that can be cut with its sockets
+//!   open.
 //!
 //! Fixtures panic with a message naming what failed: they run inside tests,
 //! where a panic is the failure report.
@@ -18,9 +23,11 @@
 
 pub mod bins;
 pub mod dir;
+pub mod fleet;
 pub mod net;
 pub mod postgres;
 pub mod process;
+pub mod relay;
 
 pub use dir::{open_log, TempDir};
 pub use net::{accepts, free_port, try_free_port};

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::TicketRun;
-use crate::fleet::FleetConfig;
+use roost_testkit::fleet::FleetConfig;
 
 /// The show's SKU.
 pub const SKU: &str = "show-1";

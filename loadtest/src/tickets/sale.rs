@@ -16,12 +16,12 @@ use super::plan::{fleet_config, SalePlan, INVENTORY_KEY};
 use super::report::{FaultStart, TicketFacts, TicketReport};
 use super::stock::{put_stock, read_inventory, Sample, SoldGauge, StockWatch};
 use super::TicketRun;
-use crate::binaries::Binaries;
 use crate::fault::{kill9_and_restart, rolling_restart, FaultOutcome};
-use crate::fleet::Fleet;
 use crate::ledger::{Clock, Kind, Ledger};
 use crate::load::{read_back, user_name};
 use crate::run::{write_ledger, Stage, SETTLE};
+use roost_testkit::bins::Binaries;
+use roost_testkit::fleet::Fleet;
 
 /// What the read-back asks of every user.
 const ORDERS: &[(Kind, &str)] = &[(Kind::Cart, "/v1/orders")];

@@ -4,9 +4,9 @@
 //! kept (its path printed) when one did not — and the assertion.
 
 use anyhow::Result;
-use roost_loadtest::binaries::{build_if_missing, profile_dir};
 use roost_loadtest::report::RunReport;
 use roost_loadtest::suite::{RunOptions, SuiteResult};
+use roost_testkit::bins::{build_if_missing, profile_dir};
 use std::future::Future;
 
 /// Run `suite` short (given the binaries and its output dir) and assert

@@ -16,10 +16,11 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
-use crate::binaries::Binaries;
-use crate::process::{free_port, log_tail, Process};
+use crate::bins::Binaries;
+use crate::net::try_free_port;
+use crate::postgres::Cluster;
+use crate::process::{log_tail, Process};
 use crate::relay::Relay;
-use roost_testkit::postgres::Cluster;
 
 /// How long a worker or the proxy may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -269,7 +270,7 @@ impl Fleet {
             };
             slots.push(Slot {
                 id: format!("w{n}"),
-                addr: local(free_port()?),
+                addr: local(try_free_port().context("find a free 127.0.0.1 port")?),
                 store_url: relay
                     .as_ref()
                     .map_or_else(|| cluster.url(), |r| cluster.url_via(r.addr())),
@@ -285,8 +286,8 @@ impl Fleet {
             worker_config,
             slots,
             proxy: None,
-            proxy_addr: local(free_port()?),
-            admin_addr: local(free_port()?),
+            proxy_addr: local(try_free_port().context("find a free 127.0.0.1 port")?),
+            admin_addr: local(try_free_port().context("find a free 127.0.0.1 port")?),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(2))
