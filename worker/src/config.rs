@@ -86,6 +86,8 @@ pub struct WorkerConfig {
     /// How often the view of live workers calls are routed over is re-read
     /// (also at once when a call fails).
     pub peers_refresh_ms: u64,
+    /// How often the store is asked for entities whose alarms are due.
+    pub alarm_poll_ms: u64,
     /// The file this config was read from, for errors found after
     /// loading (`None`: built in code, or the defaults).
     #[serde(skip)]
@@ -124,6 +126,7 @@ impl Default for WorkerConfig {
             admin_token: None,
             call_timeout_ms: 2_500,
             peers_refresh_ms: 250,
+            alarm_poll_ms: 250,
             source: None,
         }
     }
@@ -229,6 +232,10 @@ impl WorkerConfig {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
+    pub fn alarm_poll(&self) -> Duration {
+        Duration::from_millis(self.alarm_poll_ms)
+    }
+
     pub fn drain_delay(&self) -> Duration {
         Duration::from_millis(self.drain_delay_ms)
     }
@@ -247,6 +254,7 @@ impl Validate for WorkerConfig {
             ("handoff_timeout_ms", self.handoff_timeout_ms),
             ("call_timeout_ms", self.call_timeout_ms),
             ("peers_refresh_ms", self.peers_refresh_ms),
+            ("alarm_poll_ms", self.alarm_poll_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(Invalid::top(field, "must be greater than zero"));

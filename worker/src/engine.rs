@@ -50,4 +50,17 @@ impl Engine {
             Engine::Stateless(engine) => engine.execute(entity, id, request, options).await,
         }
     }
+
+    /// Run entity `id`'s due alarms (the stateless baseline keeps none).
+    pub async fn wake<E: Entity>(
+        &self,
+        entity: &E,
+        id: &str,
+        calls: &dyn CallSender,
+    ) -> Result<usize, RuntimeError> {
+        match self {
+            Engine::Memory(runtime) => runtime.wake(entity, id, calls).await,
+            Engine::Stateless(_) => Ok(0),
+        }
+    }
 }

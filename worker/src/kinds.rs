@@ -223,6 +223,15 @@ pub trait Kind: Send + Sync {
     fn aliases(&self) -> Vec<Alias>;
     /// When neither the request nor the config says.
     fn durability(&self) -> Durability;
+    /// What entity `id` is routed by ([`Entity::routing_key`]).
+    fn routing_key(&self, id: &str) -> String;
+    /// Run entity `id`'s due alarms; returns how many ran.
+    async fn wake(
+        &self,
+        engine: &Engine,
+        id: &str,
+        calls: &dyn CallSender,
+    ) -> Result<usize, RuntimeError>;
     /// Parse the invocation's body as its action's request, check it, and
     /// run it on `engine`; calls the handler makes go out through `calls`.
     async fn run(
@@ -273,6 +282,19 @@ impl<E: Entity> Kind for Registered<E> {
 
     fn durability(&self) -> Durability {
         self.durability
+    }
+
+    fn routing_key(&self, id: &str) -> String {
+        E::routing_key(id)
+    }
+
+    async fn wake(
+        &self,
+        engine: &Engine,
+        id: &str,
+        calls: &dyn CallSender,
+    ) -> Result<usize, RuntimeError> {
+        engine.wake(&self.entity, id, calls).await
     }
 
     async fn run(

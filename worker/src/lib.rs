@@ -17,6 +17,8 @@
 //! - [`ownership`]: claims and epochs, and the invariants they uphold.
 //! - [`lease`]: whether this worker may serve: its lease, renewed by
 //!   heartbeat, and revalidation after a lapse.
+//! - [`alarms`]: waking the entities whose alarms are due, on whichever
+//!   worker owns them.
 //! - [`calls`]: entity-to-entity calls: routed by HRW over the live
 //!   workers, retried with the same idempotency id.
 //! - [`store`]: the `Store` and `Registry` traits; Postgres and SQLite.
@@ -29,6 +31,7 @@
 //! - `fuzzing` (with the `fuzzing` feature): entry points of the fuzz targets and their regression
 //!   tests.
 
+pub mod alarms;
 pub mod calls;
 pub mod config;
 pub mod engine;

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     pub call_attempts: IntCounterVec,
     pub calls_unfinished: IntCounter,
+    pub alarms_fired: IntCounter,
 }
 
 /// Registration only fails on a name clash inside this file.
@@ -106,6 +107,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Entities this worker flushed, forgot and released because another asked."
         )
         .expect("register handovers"),
+        alarms_fired: register_int_counter!(
+            "roost_worker_alarms_fired_total",
+            "Entity alarms whose handler ran on this worker."
+        )
+        .expect("register alarms_fired"),
         revalidation_drops: register_int_counter!(
             "roost_worker_revalidation_drops_total",
             "Entities dropped after a lease lapse because another worker claimed them meanwhile."

@@ -3,10 +3,11 @@
 //! starts everything in order, serves until `shutdown` resolves, and
 //! drains.
 //!
-//! Start-up, in order: bind the listeners (so a taken port fails before
-//! anything joins the fleet); open the store; join the fleet (the lease);
-//! start the runtime (flusher, lease renewal, hand-overs); read the live
-//! workers for calls between entities; serve. Shutdown: announce the drain
+//! Start-up, in order: check the kinds against the config; bind the
+//! listeners (so a taken port fails before anything joins the fleet); open
+//! the store; join the fleet (the lease); start the runtime (flusher, lease
+//! renewal, hand-overs); read the live workers for calls between entities;
+//! wake entities whose alarms are due ([`crate::alarms`]); serve. Shutdown: announce the drain
 //! in the workers table, fail readiness and serve on for `drain_delay_ms`,
 //! stop accepting, let requests in flight finish, flush everything dirty
 //! and release every entity ([`crate::http::serve`],
@@ -48,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
+use crate::alarms::Waker;
 use crate::calls::http::HttpCalls;
 use crate::calls::peers::Peers;
 use crate::calls::Caller;
@@ -160,7 +162,14 @@ pub async fn run(
         runtime,
         caller,
     } = started;
+    let alarm_poll = config.alarm_poll();
+    let peers = caller.as_ref().map(|caller| Arc::clone(caller.peers()));
     let api = Arc::new(Api::new(engine, config, catalog, caller));
+    let (stop_waking, waking_stopped) = tokio::sync::watch::channel(false);
+    if let (Some(runtime), Some(peers)) = (&runtime, peers) {
+        let waker = Waker::new(Arc::clone(runtime.store()), peers, Arc::clone(&api));
+        tokio::spawn(waker.run(alarm_poll, waking_stopped));
+    }
     let registry = runtime.as_ref().map(|r| Arc::clone(r.registry()));
     let announced = async move {
         shutdown.await;
@@ -171,6 +180,7 @@ pub async fn run(
         }
     };
     let finished = serve(listeners, api, announced, drain).await;
+    let _ = stop_waking.send(true);
     tracing::info!(
         in_flight_finished = finished,
         "draining: flushing everything dirty"

@@ -100,6 +100,11 @@ impl Caller {
         Caller { peers, http }
     }
 
+    /// The view of the live workers calls are routed over.
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
     /// Send `call` to its owner (this worker: `local`), retrying until a
     /// decided reply or `deadline`.
     pub async fn send(

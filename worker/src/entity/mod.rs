@@ -69,6 +69,9 @@
 //! other until the call deadline.
 
 pub mod action;
+pub mod alarm;
+
+pub use alarm::{Alarm, AlarmChange};
 
 use std::sync::Arc;
 
@@ -216,6 +219,14 @@ pub trait Entity: Send + Sync + 'static {
         false
     }
 
+    /// An alarm the entity set is due ([`alarm`]): act on it. The outcome's
+    /// reply goes nowhere; its change, alarms and calls are kept, and the
+    /// change is durable. Runs at least once per alarm: make its effect
+    /// idempotent for `alarm.id`. By default nothing happens.
+    fn on_alarm(&self, _state: &mut Self::State, _alarm: &Alarm, _ctx: &Context) -> Outcome {
+        Outcome::read(Reply::no_content())
+    }
+
     /// The replies to the calls the last outcome made, in the same order.
     /// Returns the reply to the request, or further calls.
     fn on_replies(
@@ -258,6 +269,8 @@ pub struct Outcome {
     pub next: Next,
     /// Whether the state changed (bumps the version, marks it dirty).
     pub changed: bool,
+    /// Alarms set or cancelled ([`Outcome::set_alarm`]).
+    pub alarms: Vec<AlarmChange>,
 }
 
 /// What a handler wants done after it ran.
@@ -275,6 +288,7 @@ impl Outcome {
         Outcome {
             next: Next::Reply(reply),
             changed: false,
+            alarms: Vec::new(),
         }
     }
 
@@ -283,6 +297,7 @@ impl Outcome {
         Outcome {
             next: Next::Reply(reply),
             changed: true,
+            alarms: Vec::new(),
         }
     }
 
@@ -291,6 +306,7 @@ impl Outcome {
         Outcome {
             next: Next::Calls(calls),
             changed,
+            alarms: Vec::new(),
         }
     }
 
@@ -299,7 +315,29 @@ impl Outcome {
         Outcome {
             next: Next::Reply(reply),
             changed,
+            alarms: Vec::new(),
         }
+    }
+
+    /// Also wake the entity at `at_ms` (wall-clock milliseconds) with
+    /// alarm `id`, moving it if it is set already. A change: the alarm is
+    /// stored with the state.
+    #[must_use]
+    pub fn set_alarm(mut self, id: impl Into<String>, at_ms: u64) -> Self {
+        self.alarms.push(AlarmChange::Set(Alarm {
+            id: id.into(),
+            at_ms,
+        }));
+        self.changed = true;
+        self
+    }
+
+    /// Also cancel alarm `id` if it is pending. A change.
+    #[must_use]
+    pub fn cancel_alarm(mut self, id: impl Into<String>) -> Self {
+        self.alarms.push(AlarmChange::Cancel(id.into()));
+        self.changed = true;
+        self
     }
 
     /// The reply, unless the outcome makes calls.

@@ -194,6 +194,21 @@ impl Api {
         self.draining.store(true, Ordering::Release);
     }
 
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The kinds this API serves.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Run the due alarms of entity `id` of `kind` here (its calls go out
+    /// as a request's do).
+    pub async fn wake(&self, kind: &dyn Kind, id: &str) -> Result<usize, RuntimeError> {
+        kind.wake(&self.engine, id, self).await
+    }
+
     /// Answer one request that came in on `surface`; never fails (errors
     /// become JSON replies).
     pub async fn handle(

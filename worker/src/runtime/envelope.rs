@@ -7,8 +7,10 @@
 //!
 //! Layout: `u32` little-endian length of the meta JSON, the JSON, then the
 //! state bytes exactly as the entity encoded them. The meta JSON is the list
-//! of replies when nothing is awaited (the format before calls existed, so
-//! old rows still read), else `{"replies": [...], "awaiting": {...}}`.
+//! of replies when nothing is awaited and no alarm pending (the format
+//! before calls existed, so old rows still read), else `{"replies": [...],
+//! "awaiting": {...}, "alarms": [...]}` (either of the last two may be
+//! absent).
 //! Fingerprints are optional fields, so rows written before them still read.
 
 use std::collections::VecDeque;
@@ -16,6 +18,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::idempotency::{self, Fingerprint, Idempotency};
+use crate::entity::alarm::Alarms;
 use crate::entity::{Call, Entity, Reply};
 use crate::ownership::ClaimError;
 
@@ -24,6 +27,8 @@ use crate::ownership::ClaimError;
 pub struct Meta {
     pub replies: ReplyCache,
     pub awaiting: Option<Awaiting>,
+    /// The entity's pending alarms.
+    pub alarms: Alarms,
 }
 
 /// Calls an entity made whose replies it has not had yet.
@@ -61,19 +66,26 @@ impl Awaiting {
     }
 }
 
-/// The meta JSON's object form (written only while calls are awaited).
+/// The meta JSON's object form (written only while calls are awaited or
+/// alarms pending).
 #[derive(Serialize)]
-struct WithAwaiting<'a> {
+struct Full<'a> {
     replies: &'a VecDeque<Remembered>,
-    awaiting: &'a Awaiting,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    awaiting: Option<&'a Awaiting>,
+    #[serde(skip_serializing_if = "Alarms::is_empty")]
+    alarms: &'a Alarms,
 }
 
-/// [`WithAwaiting`] as read back. (Not an untagged enum over both forms:
-/// serde buffers those, and a call's raw JSON body cannot be buffered.)
+/// [`Full`] as read back. (Not an untagged enum over both forms: serde
+/// buffers those, and a call's raw JSON body cannot be buffered.)
 #[derive(Deserialize)]
-struct ReadWithAwaiting {
+struct ReadFull {
     replies: VecDeque<Remembered>,
-    awaiting: Awaiting,
+    #[serde(default)]
+    awaiting: Option<Awaiting>,
+    #[serde(default)]
+    alarms: Alarms,
 }
 
 /// How many idempotency keys an entity remembers (oldest forgotten first).
@@ -148,9 +160,14 @@ impl ReplyCache {
 /// Wrap `state` bytes with `meta`.
 pub fn encode(state: &[u8], meta: &Meta) -> Vec<u8> {
     let replies = &meta.replies.entries;
-    let json = match &meta.awaiting {
-        None => serde_json::to_vec(replies),
-        Some(awaiting) => serde_json::to_vec(&WithAwaiting { replies, awaiting }),
+    let json = if meta.awaiting.is_none() && meta.alarms.is_empty() {
+        serde_json::to_vec(replies)
+    } else {
+        serde_json::to_vec(&Full {
+            replies,
+            awaiting: meta.awaiting.as_ref(),
+            alarms: &meta.alarms,
+        })
     }
     .unwrap_or_else(|_| b"[]".to_vec());
     let mut bytes = Vec::with_capacity(4 + json.len() + state.len());
@@ -172,12 +189,13 @@ pub fn decode(bytes: &[u8]) -> Result<(Meta, &[u8]), String> {
     let (json, state) = rest.split_at(length);
     let unreadable = |e: serde_json::Error| format!("stored meta: {e}");
     let meta = if json.first() == Some(&b'{') {
-        let read: ReadWithAwaiting = serde_json::from_slice(json).map_err(unreadable)?;
+        let read: ReadFull = serde_json::from_slice(json).map_err(unreadable)?;
         Meta {
             replies: ReplyCache {
                 entries: read.replies,
             },
-            awaiting: Some(read.awaiting),
+            awaiting: read.awaiting,
+            alarms: read.alarms,
         }
     } else {
         Meta {
@@ -185,6 +203,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Meta, &[u8]), String> {
                 entries: serde_json::from_slice(json).map_err(unreadable)?,
             },
             awaiting: None,
+            alarms: Alarms::default(),
         }
     };
     Ok((meta, state))
@@ -239,7 +258,7 @@ mod tests {
         );
         let meta = Meta {
             replies,
-            awaiting: None,
+            ..Meta::default()
         };
         let bytes = encode(b"state", &meta);
         let (decoded, state) = decode(&bytes).expect("decodes");

@@ -55,7 +55,7 @@ use self::map::EntityMap;
 use self::precondition::IfMatch;
 use crate::calls::{CallError, CallSender};
 pub use crate::entity::Durability;
-use crate::entity::{Context, Entity, Next, Outcome, Reply};
+use crate::entity::{Alarm, AlarmChange, Context, Entity, Next, Outcome, Reply};
 use crate::lease::{Lease, Revalidate};
 use crate::metrics::METRICS;
 use crate::ownership::ClaimError;
@@ -137,6 +137,8 @@ enum Step<E: Entity> {
     Call(E::Request),
     /// The replies to the calls the entity made.
     Replies(Vec<Reply>),
+    /// A due alarm.
+    Alarm(Alarm),
 }
 
 /// What applying a step left to do.
@@ -279,8 +281,69 @@ impl Runtime {
         } else {
             durability
         };
-        let (reply, gate) = loop {
-            let activation = self.entities.get_or_insert(&key, self.now_ms()).await;
+        let step = match origin {
+            Origin::Client => Step::Request(request, if_match, read),
+            Origin::Entity => Step::Call(request),
+        };
+        let (reply, gate) = self
+            .with_loaded(entity, &key, calls, async |activation, loaded| {
+                let applied =
+                    self.apply(entity, activation, loaded, step, durability, idempotency)?;
+                self.answer(entity, activation, loaded, applied, calls)
+                    .await
+            })
+            .await?;
+        if let Some(gate) = gate {
+            self.wait_at_gate(gate).await?;
+        }
+        Ok(reply)
+    }
+
+    /// Run the due alarms of entity `id` of type `E`
+    /// ([`Entity::on_alarm`]), earliest first, each as a durable change;
+    /// returns how many ran. An entity whose alarms another worker's wake
+    /// already ran (the store's index lags by a flush) runs none.
+    pub async fn wake<E: Entity>(
+        &self,
+        entity: &E,
+        id: &str,
+        calls: &dyn CallSender,
+    ) -> Result<usize, RuntimeError> {
+        let key = format!("{}/{}", E::KIND, id);
+        let (fired, gate) = self
+            .with_loaded(entity, &key, calls, async |activation, loaded| {
+                let (mut fired, mut last) = (0, None);
+                while let Some(alarm) = loaded.meta.alarms.due(wall_clock_ms()).cloned() {
+                    let step = Step::Alarm(alarm);
+                    let applied =
+                        self.apply(entity, activation, loaded, step, Durability::Durable, None)?;
+                    let (_, gate) = self
+                        .answer(entity, activation, loaded, applied, calls)
+                        .await?;
+                    (fired, last) = (fired + 1, gate);
+                }
+                Ok((fired, last))
+            })
+            .await?;
+        if let Some(gate) = gate {
+            self.wait_at_gate(gate).await?;
+        }
+        Ok(fired)
+    }
+
+    /// Run `work` on entity `key`, locked (one request at a time), claimed
+    /// from the store on first use, with this worker's lease held and the
+    /// calls an earlier request left awaited finished first. The lock is
+    /// released when `work` returns (held replies wait unlocked).
+    async fn with_loaded<E: Entity, T>(
+        &self,
+        entity: &E,
+        key: &str,
+        calls: &dyn CallSender,
+        work: impl AsyncFnOnce(&Arc<Activation>, &mut Loaded) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        loop {
+            let activation = self.entities.get_or_insert(key, self.now_ms()).await;
             let mut slot = activation.slot.lock().await;
             if activation.is_gone() {
                 continue;
@@ -305,29 +368,29 @@ impl Runtime {
                         .await?;
                 }
             }
-            let step = match origin {
-                Origin::Client => Step::Request(request, if_match, read),
-                Origin::Entity => Step::Call(request),
-            };
-            let answered =
-                match self.apply(entity, &activation, loaded, step, durability, idempotency)? {
-                    Applied::Replied(reply, gate) => (reply, gate),
-                    Applied::Calling(gate) => {
-                        if let Some(gate) = gate {
-                            self.wait_at_gate(gate).await?;
-                        }
-                        self.finish_calls(entity, &activation, loaded, calls)
-                            .await?
-                    }
-                };
-            // Held replies wait with the entity unlocked.
-            drop(slot);
-            break answered;
-        };
-        if let Some(gate) = gate {
-            self.wait_at_gate(gate).await?;
+            return work(&activation, loaded).await;
         }
-        Ok(reply)
+    }
+
+    /// The reply to a step once applied: its own, or, when it made calls,
+    /// the one after they are finished.
+    async fn answer<E: Entity>(
+        &self,
+        entity: &E,
+        activation: &Arc<Activation>,
+        loaded: &mut Loaded,
+        applied: Applied,
+        calls: &dyn CallSender,
+    ) -> Result<(EntityReply, Option<Gate>), RuntimeError> {
+        match applied {
+            Applied::Replied(reply, gate) => Ok((reply, gate)),
+            Applied::Calling(gate) => {
+                if let Some(gate) = gate {
+                    self.wait_at_gate(gate).await?;
+                }
+                self.finish_calls(entity, activation, loaded, calls).await
+            }
+        }
     }
 
     /// Send the awaited calls and run the entity's `on_replies`, round after
@@ -525,14 +588,11 @@ impl Runtime {
             Step::Request(_, _, read) => (true, *read),
             _ => (false, false),
         };
-        let outcome = match step {
-            Step::Request(request, if_match, _) => {
-                handle_request(entity, state, request, &ctx, if_match.as_ref())
-            }
-            Step::Call(request) => entity.handle(state, request, &ctx),
-            Step::Replies(replies) => entity.on_replies(state, replies, &ctx),
-        };
-        let Outcome { next, changed } = outcome;
+        let Outcome {
+            next,
+            changed,
+            alarms,
+        } = run_step(entity, state, step, &ctx);
         if read && (changed || matches!(next, Next::Calls(_))) {
             self.undo(entity, activation, state, &loaded.encoded)?;
             let reply = EntityReply {
@@ -571,10 +631,12 @@ impl Runtime {
             self.undo(entity, activation, state, &loaded.encoded)?;
             return Err(RuntimeError::UndeclaredCalls { kind: E::KIND });
         }
-        Ok(self.record_change(activation, loaded, next, idempotency, bytes, durable))
+        let kept = (next, alarms);
+        Ok(self.record_change(activation, loaded, kept, idempotency, bytes, durable))
     }
 
-    /// A change the handler made and the runtime keeps: bump the version,
+    /// A change the handler made and the runtime keeps (what comes next,
+    /// and its alarms): bump the version, set and cancel the alarms,
     /// remember the reply under its idempotency key (or the calls it
     /// awaits), and build the row to flush (with the row before it, for a
     /// durable change, to go back to if its flush fails).
@@ -582,7 +644,7 @@ impl Runtime {
         &self,
         activation: &Activation,
         loaded: &mut Loaded,
-        next: Next,
+        (next, alarms): (Next, Vec<AlarmChange>),
         idempotency: Option<Idempotency>,
         bytes: Vec<u8>,
         durable: bool,
@@ -597,6 +659,9 @@ impl Runtime {
             )
         });
         loaded.version += 1;
+        for change in alarms {
+            loaded.meta.alarms.apply(change);
+        }
         let reply = match next {
             Next::Reply(reply) => {
                 loaded.meta.awaiting = None;
@@ -826,6 +891,10 @@ fn row(
         epoch,
         version: i64::try_from(version).unwrap_or(i64::MAX),
         state: envelope::encode(state, meta),
+        alarm_at: meta
+            .alarms
+            .next()
+            .map(|alarm| i64::try_from(alarm.at_ms).unwrap_or(i64::MAX)),
     }
 }
 
@@ -869,6 +938,25 @@ pub fn handle_request<E: Entity>(
     match if_match.and_then(|condition| condition.check(ctx.version, exists)) {
         Some(refused) => Outcome::read(refused),
         None => entity.handle(state, request, ctx),
+    }
+}
+
+/// Run the handler a step is for. A fired alarm is a change whatever the
+/// handler did: the alarm is gone (cancelled before anything the handler
+/// set, so it may set the same id again).
+fn run_step<E: Entity>(entity: &E, state: &mut E::State, step: Step<E>, ctx: &Context) -> Outcome {
+    match step {
+        Step::Request(request, if_match, _) => {
+            handle_request(entity, state, request, ctx, if_match.as_ref())
+        }
+        Step::Call(request) => entity.handle(state, request, ctx),
+        Step::Replies(replies) => entity.on_replies(state, replies, ctx),
+        Step::Alarm(alarm) => {
+            let mut outcome = entity.on_alarm(state, &alarm, ctx);
+            outcome.alarms.insert(0, AlarmChange::Cancel(alarm.id));
+            outcome.changed = true;
+            outcome
+        }
     }
 }
 

@@ -12,6 +12,8 @@
 //!   was claimed with; rows whose epoch moved on are *fenced*: not written,
 //!   and reported back so their entity is dropped from memory.
 //! - [`Store::release`]: the owner gives an entity up after flushing it.
+//! - [`Store::due_alarms`]: entities whose earliest alarm is due (each
+//!   flushed row carries it), for whichever worker owns them to wake.
 //!
 //! [`Registry`] is one worker's membership: a row in the workers table with
 //! a lease renewed by heartbeat, and a liveness lock held for as long as the
@@ -60,6 +62,9 @@ pub struct FlushRow {
     pub epoch: i64,
     pub version: i64,
     pub state: Vec<u8>,
+    /// When the entity's earliest alarm is due (wall-clock milliseconds),
+    /// the store's index of entities to wake.
+    pub alarm_at: Option<i64>,
 }
 
 /// Why a store operation failed.
@@ -104,6 +109,10 @@ pub trait Store: Send + Sync + 'static {
     /// equals the row's. Returns the indices of the rows *not* written
     /// (fenced).
     async fn flush(&self, rows: Arc<[FlushRow]>) -> StoreResult<Vec<usize>>;
+
+    /// Up to `limit` keys whose earliest alarm is due at `now_ms`
+    /// (wall-clock milliseconds), earliest first.
+    async fn due_alarms(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<String>>;
 
     /// Read a key's stored `(epoch, version, state)` without claiming it (for
     /// tests and tools).

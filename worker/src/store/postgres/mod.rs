@@ -37,8 +37,12 @@ CREATE TABLE IF NOT EXISTS roost_entities (
     owner      text NOT NULL,
     version    bigint NOT NULL DEFAULT 0,
     state      bytea,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    alarm_at   bigint
 );
+ALTER TABLE roost_entities ADD COLUMN IF NOT EXISTS alarm_at bigint;
+CREATE INDEX IF NOT EXISTS roost_entities_alarms ON roost_entities (alarm_at)
+    WHERE alarm_at IS NOT NULL;
 CREATE SEQUENCE IF NOT EXISTS roost_worker_locks AS integer;
 CREATE TABLE IF NOT EXISTS roost_workers (
     id               text PRIMARY KEY,
@@ -82,16 +86,19 @@ const EPOCHS: &str = "SELECT key, epoch FROM roost_entities WHERE key = ANY($1)"
 /// Returns the 1-based positions of the fenced rows.
 const FLUSH: &str = "
 WITH u AS (
-    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])
-        WITH ORDINALITY AS u(key, epoch, version, state, position)
+    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[])
+        WITH ORDINALITY AS u(key, epoch, version, state, alarm_at, position)
 ), written AS (
     UPDATE roost_entities AS e
-    SET state = u.state, version = u.version, updated_at = now()
+    SET state = u.state, version = u.version, alarm_at = u.alarm_at, updated_at = now()
     FROM u
     WHERE e.key = u.key AND e.epoch = u.epoch
     RETURNING u.position
 )
 SELECT position FROM u WHERE position NOT IN (SELECT position FROM written)";
+
+const DUE_ALARMS: &str =
+    "SELECT key FROM roost_entities WHERE alarm_at <= $1 ORDER BY alarm_at LIMIT $2";
 
 const PEEK: &str = "SELECT epoch, version, state FROM roost_entities WHERE key = $1";
 
@@ -236,13 +243,30 @@ impl Store for PostgresStore {
         let epochs: Vec<i64> = rows.iter().map(|r| r.epoch).collect();
         let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
         let states: Vec<&[u8]> = rows.iter().map(|r| r.state.as_slice()).collect();
+        let alarms: Vec<Option<i64>> = rows.iter().map(|r| r.alarm_at).collect();
         let client = self.client().await?;
         let statement = client.prepare_cached(FLUSH).await.map_err(unavailable)?;
         let fenced = client
-            .query(&statement, &[&keys, &epochs, &versions, &states])
+            .query(&statement, &[&keys, &epochs, &versions, &states, &alarms])
             .await
             .map_err(unavailable)?;
         fenced.iter().map(fenced_position).collect()
+    }
+
+    async fn due_alarms(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<String>> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(DUE_ALARMS)
+            .await
+            .map_err(unavailable)?;
+        let rows = client
+            .query(&statement, &[&now_ms, &limit])
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
     }
 
     async fn peek(&self, key: &str) -> StoreResult<Option<Claim>> {

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS roost_entities (
     owner      TEXT NOT NULL,
     version    INTEGER NOT NULL DEFAULT 0,
     state      BLOB,
-    updated_at INTEGER NOT NULL DEFAULT (unixepoch())
+    updated_at INTEGER NOT NULL DEFAULT (unixepoch()),
+    alarm_at   INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS roost_workers (
     id               TEXT PRIMARY KEY,
@@ -67,9 +68,18 @@ INSERT INTO roost_entities (key, epoch, owner) VALUES (?1, 1, ?2)
 ON CONFLICT (key) DO UPDATE SET epoch = epoch + 1, owner = excluded.owner
 RETURNING epoch, version, state";
 
+/// Files made before alarms existed get the column (SQLite has no `ADD
+/// COLUMN IF NOT EXISTS`: [`set_up`] asks first), then the index.
+const ADD_ALARMS: &str = "ALTER TABLE roost_entities ADD COLUMN alarm_at INTEGER";
+const ALARMS_INDEX: &str = "CREATE INDEX IF NOT EXISTS roost_entities_alarms \
+     ON roost_entities (alarm_at) WHERE alarm_at IS NOT NULL";
+
 const FLUSH_ROW: &str = "
-UPDATE roost_entities SET state = ?4, version = ?3, updated_at = unixepoch()
+UPDATE roost_entities SET state = ?4, version = ?3, alarm_at = ?5, updated_at = unixepoch()
 WHERE key = ?1 AND epoch = ?2";
+
+const DUE_ALARMS: &str =
+    "SELECT key FROM roost_entities WHERE alarm_at <= ?1 ORDER BY alarm_at LIMIT ?2";
 
 const OWNER: &str = "SELECT owner FROM roost_entities WHERE key = ?1";
 
@@ -214,6 +224,15 @@ fn set_up(path: &Path) -> Result<Connection, SetupError> {
     }
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.execute_batch(SCHEMA)?;
+    let has_alarms: bool = connection.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('roost_entities') WHERE name = 'alarm_at'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_alarms {
+        connection.execute_batch(ADD_ALARMS)?;
+    }
+    connection.execute_batch(ALARMS_INDEX)?;
     Ok(connection)
 }
 
@@ -330,13 +349,29 @@ impl Store for SqliteStore {
             {
                 let mut update = transaction.prepare_cached(FLUSH_ROW)?;
                 for (i, row) in rows.iter().enumerate() {
-                    if update.execute(params![row.key, row.epoch, row.version, row.state])? == 0 {
+                    let written = update.execute(params![
+                        row.key,
+                        row.epoch,
+                        row.version,
+                        row.state,
+                        row.alarm_at
+                    ])?;
+                    if written == 0 {
                         fenced.push(i);
                     }
                 }
             }
             transaction.commit()?;
             Ok(fenced)
+        })
+        .await
+    }
+
+    async fn due_alarms(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<String>> {
+        self.with(move |c| {
+            c.prepare_cached(DUE_ALARMS)?
+                .query_map(params![now_ms, limit], |row| row.get(0))?
+                .collect()
         })
         .await
     }
