@@ -40,7 +40,7 @@ pub fn entity_request(data: &[u8]) {
         0 => drive(&Session, name, body),
         1 => drive(&cart(), name, body),
         2 => drive(&Quota, name, body),
-        _ => drive(&Inventory, name, body),
+        _ => drive(&Inventory::default(), name, body),
     }
 }
 
@@ -58,7 +58,7 @@ pub fn stored_state(data: &[u8]) {
     let _ = envelope::decode_state(&Session, "session/fuzz", Some(data));
     let _ = envelope::decode_state(&cart(), "cart/fuzz", Some(data));
     let _ = envelope::decode_state(&Quota, "quota/fuzz", Some(data));
-    let _ = envelope::decode_state(&Inventory, "inventory/fuzz", Some(data));
+    let _ = envelope::decode_state(&Inventory::default(), "inventory/fuzz", Some(data));
 }
 
 /// A cart with a limit, so the limit path runs too.

@@ -6,8 +6,9 @@
 //! # Layout
 //!
 //! - [`run`]: the entry point: start a worker (store, lease, runtime,
-//!   calls, HTTP), serve until told to stop, drain. The `roost-worker`
-//!   binary is this behind a command line.
+//!   calls, HTTP), serve until told to stop, drain; [`cli`]: the same
+//!   behind a command line and the signals, which the `roost-worker`
+//!   binary (and an application's) is.
 //! - [`entity`]: the trait every entity type implements (start here to write
 //!   your own), and how its requests are parsed from actions.
 //! - [`kinds`]: the registry of the entity types a worker serves, checked
@@ -33,6 +34,7 @@
 
 pub mod alarms;
 pub mod calls;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod entities;

@@ -29,19 +29,30 @@ use serde::{Deserialize, Serialize};
 
 use super::inventory::{Inventory, InventoryRequest};
 use super::{decode_json, encode_json};
-use crate::entity::{check_name, Access, Alias, Call, Context, Entity, ErrorBody, Outcome, Reply};
+use crate::entity::{
+    check_name, Access, Alarm, Alias, Call, Context, Entity, ErrorBody, Outcome, Reply,
+};
 
-/// The cart entity type, with the per-SKU limits from config.
+/// The cart entity type, with the per-SKU limits and the abandonment
+/// timer from config.
 #[derive(Debug, Clone, Default)]
 pub struct Cart {
     limits: HashMap<String, u64>,
+    /// Empty a cart left untouched this long (`None`: never).
+    abandon_after_ms: Option<u64>,
 }
 
 impl Cart {
     pub fn new(limits: HashMap<String, u64>) -> Self {
-        Cart { limits }
+        Cart {
+            limits,
+            abandon_after_ms: None,
+        }
     }
 }
+
+/// The alarm that empties an abandoned cart.
+const ABANDON: &str = "abandon";
 
 /// `kinds.cart.settings` in the worker's config.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -50,6 +61,9 @@ pub struct CartSettings {
     /// Per-SKU, per-user purchase limits: `{tee-limited: 1}`.
     #[serde(default)]
     pub limits: HashMap<String, NonZeroU64>,
+    /// Empty a cart whose items nobody touched for this long (an alarm
+    /// set at every change; default: never).
+    pub abandon_after_ms: Option<NonZeroU64>,
 }
 
 impl From<CartSettings> for Cart {
@@ -59,7 +73,10 @@ impl From<CartSettings> for Cart {
             .into_iter()
             .map(|(sku, limit)| (sku, limit.get()))
             .collect();
-        Cart::new(limits)
+        Cart {
+            limits,
+            abandon_after_ms: settings.abandon_after_ms.map(NonZeroU64::get),
+        }
     }
 }
 
@@ -219,7 +236,7 @@ impl Entity for Cart {
     }
 
     fn handle(&self, cart: &mut CartState, request: CartRequest, ctx: &Context) -> Outcome {
-        match request {
+        let outcome = match request {
             CartRequest::Get => Outcome::read(Reply::ok(cart.view())),
             CartRequest::Orders => Outcome::read(Reply::ok(OrdersView {
                 orders: cart.orders.iter().map(Order::view).collect(),
@@ -239,10 +256,39 @@ impl Entity for Cart {
                 Outcome::answer(Reply::ok(cart.view()), changed)
             }
             CartRequest::Checkout => start_checkout(cart, ctx),
+        };
+        self.with_abandon_alarm(cart, outcome, ctx.now_ms)
+    }
+
+    /// The cart was left untouched for `abandon_after_ms`: empty it
+    /// (unless a checkout is deciding it).
+    fn on_alarm(&self, cart: &mut CartState, _alarm: &Alarm, _ctx: &Context) -> Outcome {
+        if cart.checkout.is_none() {
+            cart.items.clear();
+        }
+        Outcome::changed(Reply::no_content())
+    }
+
+    fn on_replies(&self, cart: &mut CartState, replies: Vec<Reply>, ctx: &Context) -> Outcome {
+        let outcome = self.replied(cart, replies);
+        self.with_abandon_alarm(cart, outcome, ctx.now_ms)
+    }
+}
+
+impl Cart {
+    /// `outcome`, with the abandonment alarm set again after a change to a
+    /// cart with items, or cancelled when it is empty.
+    fn with_abandon_alarm(&self, cart: &CartState, outcome: Outcome, now_ms: u64) -> Outcome {
+        match self.abandon_after_ms {
+            Some(_) if !outcome.changed => outcome,
+            Some(_) if cart.items.is_empty() => outcome.cancel_alarm(ABANDON),
+            Some(after) => outcome.set_alarm(ABANDON, now_ms.saturating_add(after)),
+            None => outcome,
         }
     }
 
-    fn on_replies(&self, cart: &mut CartState, replies: Vec<Reply>, _ctx: &Context) -> Outcome {
+    /// The replies to a checkout's calls: the next round, or the reply.
+    fn replied(&self, cart: &mut CartState, replies: Vec<Reply>) -> Outcome {
         let Some(pending) = cart.checkout.as_mut() else {
             let message = "replies arrived for a checkout that is not pending";
             return Outcome::read(Reply::error(500, "no_checkout", message));
@@ -276,9 +322,7 @@ impl Entity for Cart {
             .collect();
         Outcome::calls(calls, true)
     }
-}
 
-impl Cart {
     fn add(&self, cart: &mut CartState, sku: String, qty: u64) -> Outcome {
         let in_cart = cart.items.get(&sku).copied().unwrap_or(0);
         if let Some(&limit) = self.limits.get(&sku) {
@@ -467,5 +511,43 @@ mod tests {
         let outcome = cart.handle(&mut state, CartRequest::Checkout, &ctx());
         assert_eq!(outcome.status(), Some(409));
         assert!(!outcome.changed);
+    }
+
+    #[test]
+    fn an_untouched_cart_is_emptied_by_its_abandonment_alarm() {
+        let cart = Cart::from(CartSettings {
+            abandon_after_ms: std::num::NonZeroU64::new(1000),
+            ..CartSettings::default()
+        });
+        let mut state = CartState::default();
+        let add = CartRequest::Add {
+            sku: "mug".into(),
+            qty: 1,
+        };
+        let added = cart.handle(&mut state, add, &ctx());
+        let due = crate::entity::AlarmChange::Set(Alarm {
+            id: ABANDON.into(),
+            at_ms: 1000,
+        });
+        assert_eq!(added.alarms, [due]);
+        let read = cart.handle(&mut state, CartRequest::Get, &ctx());
+        assert!(read.alarms.is_empty(), "a read moves no alarm");
+        let alarm = Alarm {
+            id: ABANDON.into(),
+            at_ms: 1000,
+        };
+        cart.on_alarm(&mut state, &alarm, &ctx());
+        assert!(state.items.is_empty());
+        let cleared = cart.handle(&mut state, CartRequest::Clear, &ctx());
+        assert!(cleared.alarms.is_empty(), "nothing changed");
+        let without = Cart::default().handle(
+            &mut state,
+            CartRequest::Add {
+                sku: "mug".into(),
+                qty: 1,
+            },
+            &ctx(),
+        );
+        assert!(without.alarms.is_empty(), "no timer unless configured");
     }
 }

@@ -8,6 +8,12 @@
 //! released reservation stays as a tombstone, so a reserve that arrives
 //! after its release is refused rather than applied.
 //!
+//! A reservation is settled when it is released, or confirmed by its
+//! maker (a sale that went through: the stock stays sold). A settled
+//! reservation is forgotten `forget_after_ms` later (default 10 minutes,
+//! far longer than any retry of a call lasts), by an alarm, so an
+//! inventory does not grow with every sale it ever made.
+//!
 //! `stock` is the number of units left for sale. A SKU never stocked (no
 //! admin `PUT`) is untracked: it sells without limit, and `sold` still
 //! counts. The admin `PUT {"stock": N}` sets the units left to N.
@@ -18,12 +24,40 @@ use serde::{Deserialize, Serialize};
 
 use super::{decode_json, encode_json};
 use crate::entity::{
-    check_name, Access, Context, Durability, Entity, ErrorBody, Outcome, Reply, Scope,
+    check_name, Access, Alarm, Context, Durability, Entity, ErrorBody, Outcome, Reply, Scope,
 };
 
-/// The inventory entity type.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Inventory;
+/// The inventory entity type, with how long settled reservations are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Inventory {
+    forget_after_ms: u64,
+}
+
+impl Default for Inventory {
+    fn default() -> Self {
+        Inventory::from(InventorySettings::default())
+    }
+}
+
+/// `kinds.inventory.settings` in the worker's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventorySettings {
+    /// How long a released or confirmed reservation is kept (default
+    /// 600000: 10 minutes).
+    pub forget_after_ms: Option<u64>,
+}
+
+impl From<InventorySettings> for Inventory {
+    fn from(settings: InventorySettings) -> Self {
+        Inventory {
+            forget_after_ms: settings.forget_after_ms.unwrap_or(600_000),
+        }
+    }
+}
+
+/// The alarm that forgets settled reservations.
+const FORGET: &str = "forget";
 
 /// One SKU's stock and reservations.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -42,11 +76,17 @@ pub struct Reservation {
     pub qty: u64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// Its maker confirmed the sale.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirmed: bool,
+    /// When it was released or confirmed (wall-clock ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at_ms: Option<u64>,
 }
 
 /// The inventory's actions: `GET /v1/inventory/{sku}`; with the admin
-/// token, `PUT /v1/inventory/{sku} {"stock"}`; and, from carts only, the
-/// calls `reserve` and `release`.
+/// token, `PUT /v1/inventory/{sku} {"stock"}`; and, from other entities
+/// only, the calls `reserve`, `release` and `confirm`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum InventoryRequest {
@@ -62,6 +102,11 @@ pub enum InventoryRequest {
     },
     /// Give back what `reservation` took (nothing if it took nothing).
     Release {
+        reservation: String,
+    },
+    /// The sale `reservation` held went through: keep the stock sold and
+    /// forget the reservation later.
+    Confirm {
         reservation: String,
     },
 }
@@ -119,26 +164,83 @@ impl InventoryState {
             Reservation {
                 qty,
                 released: false,
+                confirmed: false,
+                settled_at_ms: None,
             },
         );
         Outcome::changed(Reply::ok(self.view(sku)))
     }
 
-    fn release(&mut self, sku: &str, reservation: String) -> Outcome {
+    fn release(&mut self, sku: &str, reservation: String, now_ms: u64) -> Outcome {
         let held = self.reservations.entry(reservation).or_insert(Reservation {
             qty: 0,
             released: false,
+            confirmed: false,
+            settled_at_ms: None,
         });
         if held.released {
             return Outcome::read(Reply::ok(self.view(sku)));
         }
+        if held.confirmed {
+            let message = "a confirmed sale cannot be released";
+            return Outcome::read(Reply::error(409, "reservation_confirmed", message));
+        }
         held.released = true;
+        held.settled_at_ms = Some(now_ms);
         let qty = std::mem::take(&mut held.qty);
         self.sold = self.sold.saturating_sub(qty);
         if let Some(stock) = self.stock.as_mut() {
             *stock = stock.saturating_add(qty);
         }
         Outcome::changed(Reply::ok(self.view(sku)))
+    }
+
+    fn confirm(&mut self, sku: &str, reservation: &str, now_ms: u64) -> Outcome {
+        let Some(held) = self.reservations.get_mut(reservation) else {
+            let message = format!("no reservation {reservation} is held");
+            return Outcome::read(Reply::error(404, "unknown_reservation", message));
+        };
+        if held.released {
+            let message = format!("reservation {reservation} was released");
+            return Outcome::read(Reply::error(409, "reservation_released", message));
+        }
+        if held.confirmed {
+            return Outcome::read(Reply::ok(self.view(sku)));
+        }
+        held.confirmed = true;
+        held.settled_at_ms = Some(now_ms);
+        Outcome::changed(Reply::ok(self.view(sku)))
+    }
+
+    /// Forget the reservations settled `forget_after_ms` before `now_ms`.
+    fn forget_settled(&mut self, forget_after_ms: u64, now_ms: u64) {
+        self.reservations.retain(|_, held| {
+            held.settled_at_ms
+                .is_none_or(|settled| settled.saturating_add(forget_after_ms) > now_ms)
+        });
+    }
+
+    /// When the next settled reservation is to be forgotten.
+    fn next_forget_ms(&self, forget_after_ms: u64) -> Option<u64> {
+        self.reservations
+            .values()
+            .filter_map(|held| held.settled_at_ms)
+            .min()
+            .map(|settled| settled.saturating_add(forget_after_ms))
+    }
+}
+
+impl Inventory {
+    /// `outcome`, with the forget alarm moved to the next settled
+    /// reservation's time (or cancelled) when it changed the state.
+    fn with_forget_alarm(&self, state: &InventoryState, outcome: Outcome) -> Outcome {
+        if !outcome.changed {
+            return outcome;
+        }
+        match state.next_forget_ms(self.forget_after_ms) {
+            Some(at_ms) => outcome.set_alarm(FORGET, at_ms),
+            None => outcome.cancel_alarm(FORGET),
+        }
     }
 }
 
@@ -177,7 +279,8 @@ impl Entity for Inventory {
                 Err(Reply::error(400, "invalid_qty", "qty must be at least 1"))
             }
             InventoryRequest::Reserve { reservation, .. }
-            | InventoryRequest::Release { reservation } => check_name("reservation", reservation),
+            | InventoryRequest::Release { reservation }
+            | InventoryRequest::Confirm { reservation } => check_name("reservation", reservation),
             _ => Ok(()),
         }
     }
@@ -189,21 +292,36 @@ impl Entity for Inventory {
         ctx: &Context,
     ) -> Outcome {
         let sku = ctx.id();
-        match request {
-            InventoryRequest::Get => Outcome::read(Reply::ok(state.view(sku))),
+        let outcome = match request {
+            InventoryRequest::Get => return Outcome::read(Reply::ok(state.view(sku))),
             InventoryRequest::Put { stock } => {
                 state.stock = Some(stock);
-                Outcome::changed(Reply::ok(state.view(sku)))
+                return Outcome::changed(Reply::ok(state.view(sku)));
             }
-            InventoryRequest::Reserve { reservation, qty } => state.reserve(sku, reservation, qty),
-            InventoryRequest::Release { reservation } => state.release(sku, reservation),
-        }
+            InventoryRequest::Reserve { reservation, qty } => {
+                return state.reserve(sku, reservation, qty);
+            }
+            InventoryRequest::Release { reservation } => {
+                state.release(sku, reservation, ctx.now_ms)
+            }
+            InventoryRequest::Confirm { reservation } => {
+                state.confirm(sku, &reservation, ctx.now_ms)
+            }
+        };
+        self.with_forget_alarm(state, outcome)
+    }
+
+    /// Forget what was settled long enough ago.
+    fn on_alarm(&self, state: &mut InventoryState, _alarm: &Alarm, ctx: &Context) -> Outcome {
+        state.forget_settled(self.forget_after_ms, ctx.now_ms);
+        self.with_forget_alarm(state, Outcome::changed(Reply::no_content()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entity::AlarmChange;
 
     fn ctx() -> Context {
         Context {
@@ -215,7 +333,7 @@ mod tests {
     }
 
     fn run(state: &mut InventoryState, request: InventoryRequest) -> Option<u16> {
-        Inventory.handle(state, request, &ctx()).status()
+        Inventory::default().handle(state, request, &ctx()).status()
     }
 
     fn reserve(id: &str, qty: u64) -> InventoryRequest {
@@ -268,5 +386,52 @@ mod tests {
         let mut state = InventoryState::default();
         assert_eq!(run(&mut state, reserve("a", 1_000)), Some(200));
         assert_eq!((state.stock, state.sold), (None, 1_000));
+    }
+
+    #[test]
+    fn settled_reservations_are_forgotten_by_alarm_and_a_sale_stays_sold() {
+        let inventory = Inventory::from(InventorySettings {
+            forget_after_ms: Some(100),
+        });
+        let at = |now_ms| Context { now_ms, ..ctx() };
+        let mut state = InventoryState::default();
+        let put = InventoryRequest::Put { stock: 3 };
+        inventory.handle(&mut state, put, &at(0));
+        inventory.handle(&mut state, reserve("a", 1), &at(0));
+        inventory.handle(&mut state, reserve("b", 1), &at(0));
+        let confirm = InventoryRequest::Confirm {
+            reservation: "a".into(),
+        };
+        let confirmed = inventory.handle(&mut state, confirm.clone(), &at(10));
+        assert_eq!(confirmed.status(), Some(200));
+        assert_eq!(
+            confirmed.alarms,
+            [AlarmChange::Set(Alarm {
+                id: FORGET.into(),
+                at_ms: 110
+            })]
+        );
+        let released = inventory.handle(&mut state, release("b"), &at(50));
+        assert!(released.alarms.contains(&AlarmChange::Set(Alarm {
+            id: FORGET.into(),
+            at_ms: 110
+        })));
+        let release_confirmed = inventory.handle(&mut state, release("a"), &at(60));
+        assert_eq!(release_confirmed.status(), Some(409));
+        let alarm = Alarm {
+            id: FORGET.into(),
+            at_ms: 110,
+        };
+        let woken = inventory.on_alarm(&mut state, &alarm, &at(110));
+        assert_eq!(state.reservations.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(woken.alarms.contains(&AlarmChange::Set(Alarm {
+            id: FORGET.into(),
+            at_ms: 150
+        })));
+        inventory.on_alarm(&mut state, &alarm, &at(150));
+        assert!(state.reservations.is_empty());
+        assert_eq!((state.stock, state.sold), (Some(2), 1), "a's sale stays");
+        let unknown = inventory.handle(&mut state, confirm, &at(160));
+        assert_eq!(unknown.status(), Some(404));
     }
 }

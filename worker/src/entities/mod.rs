@@ -13,13 +13,16 @@ use serde::Serialize;
 use crate::kinds::Kinds;
 
 /// The four built-in types, as `roost-worker` serves them: `session`,
-/// `cart` (with `kinds.cart.settings.limits`), `quota` and `inventory`.
+/// `cart` (with `kinds.cart.settings`: `limits`, `abandon_after_ms`),
+/// `quota` and `inventory` (with `kinds.inventory.settings.forget_after_ms`).
 pub fn builtins() -> Kinds {
     Kinds::new()
         .register(session::Session)
         .register_with(|settings: cart::CartSettings| cart::Cart::from(settings))
         .register(quota::Quota)
-        .register(inventory::Inventory)
+        .register_with(|settings: inventory::InventorySettings| {
+            inventory::Inventory::from(settings)
+        })
 }
 
 /// JSON encoding shared by the built-ins (their state is small and JSON keeps

@@ -1,6 +1,8 @@
 //! `quota`: per-user concurrency limits with expiring tokens ("at most N
 //! uploads at once"). Acquiring returns a token, or 429 while `limit` tokens
-//! are live; releasing frees one; a token past its `ttl_ms` frees itself.
+//! are live; releasing frees one; a token past its `ttl_ms` frees itself,
+//! at its expiry, by an alarm (so a user's quota holds no dead tokens
+//! while nobody asks).
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{decode_json, encode_json};
-use crate::entity::{check_name, Alias, Context, Entity, ErrorBody, Outcome, Reply};
+use crate::entity::{check_name, Alarm, Alias, Context, Entity, ErrorBody, Outcome, Reply};
+
+/// The alarm that expires tokens.
+const EXPIRE: &str = "expire";
 
 /// The quota entity type.
 pub struct Quota;
@@ -92,7 +97,31 @@ impl Entity for Quota {
             QuotaRequest::Release { name, token } => release(state, &name, &token),
         };
         outcome.changed |= expired;
-        outcome
+        with_expiry_alarm(state, outcome)
+    }
+
+    /// Tokens expire at their time.
+    fn on_alarm(&self, state: &mut QuotaState, _alarm: &Alarm, ctx: &Context) -> Outcome {
+        state.expire(ctx.now_ms);
+        with_expiry_alarm(state, Outcome::changed(Reply::no_content()))
+    }
+}
+
+/// `outcome`, with the expiry alarm moved to the next token's expiry (or
+/// cancelled) when it changed the state.
+fn with_expiry_alarm(state: &QuotaState, outcome: Outcome) -> Outcome {
+    if !outcome.changed {
+        return outcome;
+    }
+    let next = state
+        .quotas
+        .values()
+        .flatten()
+        .map(|token| token.expires_at_ms)
+        .min();
+    match next {
+        Some(at_ms) => outcome.set_alarm(EXPIRE, at_ms),
+        None => outcome.cancel_alarm(EXPIRE),
     }
 }
 
@@ -203,5 +232,35 @@ mod tests {
         assert_eq!(acquire_at(&mut state, 999, 5).status(), Some(429));
         // Token 2 expires at 1000, so a slot is free at 1000.
         assert_eq!(acquire_at(&mut state, 1000, 6).status(), Some(200));
+    }
+
+    #[test]
+    fn tokens_expire_by_alarm_and_the_alarm_follows_the_next_expiry() {
+        let mut state = QuotaState::default();
+        let first = acquire_at(&mut state, 0, 1);
+        assert!(first
+            .alarms
+            .contains(&crate::entity::AlarmChange::Set(Alarm {
+                id: EXPIRE.into(),
+                at_ms: 1000
+            })));
+        acquire_at(&mut state, 500, 2);
+        let alarm = Alarm {
+            id: EXPIRE.into(),
+            at_ms: 1000,
+        };
+        let woken = Quota.on_alarm(&mut state, &alarm, &ctx(1000, 0));
+        assert_eq!(state.quotas["uploads"].len(), 1, "the first token went");
+        assert!(woken
+            .alarms
+            .contains(&crate::entity::AlarmChange::Set(Alarm {
+                id: EXPIRE.into(),
+                at_ms: 1500
+            })));
+        let last = Quota.on_alarm(&mut state, &alarm, &ctx(1500, 0));
+        assert!(state.quotas.is_empty());
+        assert!(last
+            .alarms
+            .contains(&crate::entity::AlarmChange::Cancel(EXPIRE.into())));
     }
 }
