@@ -523,6 +523,17 @@ impl Fleet {
         process.signal(signal)
     }
 
+    /// SIGKILL worker `id` without waiting for it (the fleet reaps it
+    /// later): for a test that kills while other tasks hold the fleet.
+    pub fn kill9_now(&self, id: &str) -> Result<()> {
+        self.slots
+            .iter()
+            .find(|s| s.id == id)
+            .and_then(|slot| slot.process.as_ref())
+            .with_context(|| format!("worker {id} is not running"))?
+            .signal(Signal::SIGKILL)
+    }
+
     /// SIGKILL worker `id` and reap it.
     pub fn kill9(&mut self, id: &str) -> Result<()> {
         self.take_process(id)?.kill_now();

@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //!
+//! - [`app`]: an application's worker binary in a fleet, and a JSON
+//!   client through its proxy (the examples' tests).
 //! - [`bins`]: the workspace's binaries under test, built on demand.
 //! - [`dir`]: a fresh temp dir per test, removed on drop.
 //! - [`fleet`]: N workers on one store and a proxy in front of them,
@@ -21,6 +23,7 @@
 
 #![allow(clippy::unwrap_used)] // tests' fixtures: a panic is the report
 
+pub mod app;
 pub mod bins;
 pub mod dir;
 pub mod fleet;

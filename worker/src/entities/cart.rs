@@ -28,9 +28,9 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 
 use super::inventory::{Inventory, InventoryRequest};
-use super::{decode_json, encode_json};
 use crate::entity::{
-    check_name, Access, Alarm, Alias, Call, Context, Entity, ErrorBody, Outcome, Reply,
+    check_name, decode_json, encode_json, Access, Alarm, Alias, Call, Context, Entity, ErrorBody,
+    Outcome, Reply,
 };
 
 /// The cart entity type, with the per-SKU limits and the abandonment

@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode_json, encode_json};
 use crate::entity::{
-    check_name, Access, Alarm, Context, Durability, Entity, ErrorBody, Outcome, Reply, Scope,
+    check_name, decode_json, encode_json, Access, Alarm, Context, Durability, Entity, ErrorBody,
+    Outcome, Reply, Scope,
 };
 
 /// The inventory entity type, with how long settled reservations are kept.

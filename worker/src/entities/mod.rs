@@ -7,9 +7,6 @@ pub mod inventory;
 pub mod quota;
 pub mod session;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use crate::kinds::Kinds;
 
 /// The four built-in types, as `roost-worker` serves them: `session`,
@@ -23,14 +20,4 @@ pub fn builtins() -> Kinds {
         .register_with(|settings: inventory::InventorySettings| {
             inventory::Inventory::from(settings)
         })
-}
-
-/// JSON encoding shared by the built-ins (their state is small and JSON keeps
-/// the store readable with `psql`).
-pub(crate) fn encode_json<T: Serialize>(state: &T) -> Vec<u8> {
-    serde_json::to_vec(state).unwrap_or_default()
-}
-
-pub(crate) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }

@@ -10,8 +10,9 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{decode_json, encode_json};
-use crate::entity::{check_name, Alarm, Alias, Context, Entity, ErrorBody, Outcome, Reply};
+use crate::entity::{
+    check_name, decode_json, encode_json, Alarm, Alias, Context, Entity, ErrorBody, Outcome, Reply,
+};
 
 /// The alarm that expires tokens.
 const EXPIRE: &str = "expire";

@@ -5,8 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{decode_json, encode_json};
-use crate::entity::{Context, Entity, Outcome, Reply};
+use crate::entity::{decode_json, encode_json, Context, Entity, Outcome, Reply};
 
 /// The session entity type.
 pub struct Session;

@@ -488,3 +488,16 @@ pub fn check_name(what: &str, name: &str) -> Result<(), Reply> {
     }
     Ok(())
 }
+
+/// The state as JSON: the encoding most types want ([`Entity::encode`]),
+/// and the one that keeps the store readable with `psql`. A state that
+/// does not serialize (a map with non-string keys) is a bug in the type;
+/// it is stored as nothing, which [`decode_json`] then refuses.
+pub fn encode_json<T: Serialize>(state: &T) -> Vec<u8> {
+    serde_json::to_vec(state).unwrap_or_default()
+}
+
+/// [`encode_json`]'s state back ([`Entity::decode`]).
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
