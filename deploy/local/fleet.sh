@@ -5,7 +5,11 @@
 # healthy within ROOST_START_TIMEOUT_S seconds (default 30), or exits later,
 # the fleet stops and the script exits 1 with the end of that process's log.
 # Usage: deploy/local/fleet.sh [--debug]
-# ROOST_WORKER_BIN, ROOST_PROXY_BIN: run these binaries instead of the build.
+# ROOST_WORKER_BIN, ROOST_PROXY_BIN: run these binaries instead of the build
+# (an application's own worker binary, say).
+# ROOST_WORKER_CONFIG, ROOST_PROXY_CONFIG: these config files instead of
+# deploy/config/{worker,proxy}.example.yaml (the worker example configures
+# the built-in kinds; a worker serving other kinds needs its own).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
@@ -18,7 +22,8 @@ command -v curl >/dev/null || apt_install curl
 cargo build "${flag[@]}" -p roost-proxy -p roost-worker
 worker_bin="${ROOST_WORKER_BIN:-$ROOT/target/$profile/roost-worker}"
 proxy_bin="${ROOST_PROXY_BIN:-$ROOT/target/$profile/roost-proxy}"
-config="$ROOT/deploy/config/proxy.example.yaml"
+config="${ROOST_PROXY_CONFIG:-$ROOT/deploy/config/proxy.example.yaml}"
+worker_config="${ROOST_WORKER_CONFIG:-$ROOT/deploy/config/worker.example.yaml}"
 store="sqlite://$ROOT/roost-data/roost.db"
 logs="$ROOT/roost-data/logs"
 timeout_s="${ROOST_START_TIMEOUT_S:-30}"
@@ -72,7 +77,7 @@ exited() {
 for i in 1 2 3; do
   launch "w$i" "http://127.0.0.1:900$i/readyz" '"ready"' \
     "$worker_bin" --id "w$i" --listen "127.0.0.1:900$i" --admin-listen "127.0.0.1:910$i" \
-    --store "$store" --config "$ROOT/deploy/config/worker.example.yaml"
+    --store "$store" --config "$worker_config"
 done
 launch proxy "http://127.0.0.1:9090/admin/workers" '"healthy":true' "$proxy_bin" --config "$config"
 
@@ -91,7 +96,7 @@ done
 
 cat <<MSG
 
-Roost is running (proxy config: deploy/config/proxy.example.yaml; store: $store):
+Roost is running (proxy config: $config; worker config: $worker_config; store: $store):
   proxy     http://127.0.0.1:8080/        try: curl -H 'x-user-id: alice' http://127.0.0.1:8080/v1/cart
   workers   http://127.0.0.1:9090/admin/workers
   routing   http://127.0.0.1:9090/admin/route?key=alice

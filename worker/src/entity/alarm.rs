@@ -10,6 +10,18 @@
 //! dies after running the handler but before its change was written leaves
 //! the alarm pending, and the next owner fires it again, so the handler
 //! must be idempotent for its id (record what it did under the id).
+//!
+//! ```
+//! use roost_worker::entity::{Alarm, AlarmChange, Outcome, Reply};
+//!
+//! // In a handler: answer, and wake this entity in a minute.
+//! # let now_ms = 0;
+//! let outcome = Outcome::changed(Reply::no_content()).set_alarm("remind", now_ms + 60_000);
+//! assert_eq!(
+//!     outcome.alarms,
+//!     [AlarmChange::Set(Alarm { id: "remind".into(), at_ms: 60_000 })]
+//! );
+//! ```
 
 use serde::{Deserialize, Serialize};
 

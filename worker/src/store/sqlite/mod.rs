@@ -19,8 +19,8 @@
 //! the schema in one `BEGIN IMMEDIATE` transaction) is serialised between
 //! processes by an `flock` on `<db>.lock`, as the Postgres store serialises
 //! its schema with an advisory lock; and an attempt that still finds the
-//! file busy is retried with backoff for [`SETUP_PATIENCE`]. Every
-//! statement waits up to [`BUSY_TIMEOUT`] for another process's write lock.
+//! file busy is retried with backoff for `SETUP_PATIENCE`. Every
+//! statement waits up to `BUSY_TIMEOUT` for another process's write lock.
 
 pub mod registry;
 
@@ -181,7 +181,7 @@ impl From<rusqlite::Error> for SetupError {
 }
 
 /// Open the file (and its folder) set up for use, trying again with
-/// backoff while it is busy, for at most [`SETUP_PATIENCE`].
+/// backoff while it is busy, for at most `SETUP_PATIENCE`.
 fn open_connection(path: &Path) -> StoreResult<Connection> {
     if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(folder)
