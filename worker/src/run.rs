@@ -61,7 +61,7 @@ use crate::lease::Lease;
 use crate::runtime::Runtime;
 use crate::stateless::StatelessEngine;
 use crate::store::postgres::PostgresStore;
-use crate::store::{Member, MemberStatus, StoreError};
+use crate::store::{Member, MemberStatus, Registry, StoreError};
 
 /// What differs per worker process (the binary's command line).
 #[derive(Debug, Clone)]
@@ -130,13 +130,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped, StartError> {
     let catalog = Arc::new(kinds.configure(&config)?);
-    let listeners = Listeners {
-        public: bind(options.listen).await?,
-        admin: match options.admin_listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        },
-    };
+    let listeners = bind_listeners(&options).await?;
     let drain = Drain {
         delay: config.drain_delay(),
         grace: config.drain_timeout(),
@@ -146,17 +140,7 @@ pub async fn run(
     } else {
         start_in_memory(&options, &config).await?
     };
-    if config.proxy_token.is_none() {
-        tracing::warn!("proxy_token is not set: the entity API takes requests from anyone who reaches this worker");
-    }
-    tracing::info!(
-        id = %options.id,
-        listen = %options.listen,
-        admin_listen = %options.admin_listen.map_or("off".into(), |a| a.to_string()),
-        store = %redact(&options.store),
-        stateless = options.stateless,
-        "roost-worker ready"
-    );
+    log_ready(&options, &config);
     let Started {
         engine,
         runtime,
@@ -171,14 +155,7 @@ pub async fn run(
         tokio::spawn(waker.run(alarm_poll, waking_stopped));
     }
     let registry = runtime.as_ref().map(|r| Arc::clone(r.registry()));
-    let announced = async move {
-        shutdown.await;
-        if let Some(registry) = registry {
-            if let Err(e) = registry.set_status(MemberStatus::Draining).await {
-                tracing::warn!(error = %e, "cannot announce the drain in the workers table");
-            }
-        }
-    };
+    let announced = announce_drain(shutdown, registry);
     let finished = serve(listeners, api, announced, drain).await;
     let _ = stop_waking.send(true);
     tracing::info!(
@@ -188,6 +165,42 @@ pub async fn run(
     match runtime {
         Some(runtime) => Ok(drain_runtime(&runtime, drain.grace).await),
         None => Ok(Stopped::Drained),
+    }
+}
+
+/// The public listener and the admin one (if asked for).
+async fn bind_listeners(options: &RunOptions) -> Result<Listeners, StartError> {
+    Ok(Listeners {
+        public: bind(options.listen).await?,
+        admin: match options.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        },
+    })
+}
+
+fn log_ready(options: &RunOptions, config: &WorkerConfig) {
+    if config.proxy_token.is_none() {
+        tracing::warn!("proxy_token is not set: the entity API takes requests from anyone who reaches this worker");
+    }
+    tracing::info!(
+        id = %options.id,
+        listen = %options.listen,
+        admin_listen = %options.admin_listen.map_or("off".into(), |a| a.to_string()),
+        store = %redact(&options.store),
+        stateless = options.stateless,
+        "roost-worker ready"
+    );
+}
+
+/// Resolves once `shutdown` has and the drain is announced in the workers
+/// table (so proxies stop routing here), or could not be.
+async fn announce_drain(shutdown: impl Future<Output = ()>, registry: Option<Arc<dyn Registry>>) {
+    shutdown.await;
+    if let Some(registry) = registry {
+        if let Err(e) = registry.set_status(MemberStatus::Draining).await {
+            tracing::warn!(error = %e, "cannot announce the drain in the workers table");
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 
 use crate::entity::{Context, Entity, Next, Reply};
 use crate::ownership::ClaimError;
@@ -53,11 +53,63 @@ impl StatelessEngine {
         request: E::Request,
         options: Options,
     ) -> Result<EntityReply, RuntimeError> {
-        let idempotency = options.idempotency;
         let key = format!("{}/{}", E::KIND, id);
         let mut client = self.pool.get().await.map_err(unavailable)?;
         let transaction = client.transaction().await.map_err(unavailable)?;
-        // Statements are prepared once per connection, as a tuned service would.
+        let (epoch, version, bytes) = self.lock_row(&transaction, &key).await?;
+        let (mut meta, mut state) = envelope::decode_state(entity, &key, bytes.as_deref())?;
+        let answered = |reply, version| EntityReply {
+            reply,
+            version,
+            epoch,
+        };
+        let seen = options
+            .idempotency
+            .as_ref()
+            .and_then(|i| meta.replies.answer_seen(i, version));
+        if let Some((reply, version)) = seen {
+            return Ok(answered(reply, version));
+        }
+        let ctx = Context {
+            key: key.as_str().into(),
+            now_ms: crate::runtime::wall_clock_ms(),
+            version,
+            random: rand::random(),
+        };
+        let outcome = handle_request(entity, &mut state, request, &ctx, options.if_match.as_ref());
+        // A refusal below rolls the transaction back when it is dropped.
+        if options.read && outcome.changed {
+            return Ok(answered(read_changed_state::<E>(), version));
+        }
+        let Next::Reply(reply) = outcome.next else {
+            let message = "the stateless baseline makes no calls to other entities";
+            return Ok(answered(
+                Reply::error(501, "calls_unsupported", message),
+                version,
+            ));
+        };
+        let version = version + u64::from(outcome.changed);
+        if outcome.changed {
+            if let Some(idempotency) = options.idempotency {
+                // The baseline enforces no size limits.
+                meta.replies
+                    .remember(idempotency, reply.clone(), version, usize::MAX);
+            }
+            let bytes = envelope::encode(&entity.encode(&state), &meta);
+            write_row(&transaction, &key, &bytes, version).await?;
+        }
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(answered(reply, version))
+    }
+
+    /// The entity's row, locked (`SELECT … FOR UPDATE`), made first if it
+    /// is new: its epoch, version and stored bytes. Statements are
+    /// prepared once per connection, as a tuned service would.
+    async fn lock_row(
+        &self,
+        transaction: &Transaction<'_>,
+        key: &str,
+    ) -> Result<(i64, u64, Option<Vec<u8>>), RuntimeError> {
         let lock = transaction
             .prepare_cached(LOCK)
             .await
@@ -78,69 +130,25 @@ impl StatelessEngine {
         }
         let row = row.ok_or_else(|| unavailable("the row vanished"))?;
         let (epoch, version): (i64, i64) = (row.get(0), row.get(1));
-        let bytes: Option<Vec<u8>> = row.get(2);
-        let (mut meta, mut state) = envelope::decode_state(entity, &key, bytes.as_deref())?;
-        let version = u64::try_from(version).unwrap_or(0);
-        if let Some((reply, version)) = idempotency
-            .as_ref()
-            .and_then(|i| meta.replies.answer_seen(i, version))
-        {
-            return Ok(EntityReply {
-                reply,
-                version,
-                epoch,
-            });
-        }
-        let ctx = Context {
-            key: key.as_str().into(),
-            now_ms: crate::runtime::wall_clock_ms(),
-            version,
-            random: rand::random(),
-        };
-        let outcome = handle_request(entity, &mut state, request, &ctx, options.if_match.as_ref());
-        if options.read && outcome.changed {
-            // The transaction rolls back when dropped.
-            return Ok(EntityReply {
-                reply: read_changed_state::<E>(),
-                version,
-                epoch,
-            });
-        }
-        let Next::Reply(reply) = outcome.next else {
-            // The transaction rolls back when dropped.
-            return Ok(EntityReply {
-                reply: Reply::error(
-                    501,
-                    "calls_unsupported",
-                    "the stateless baseline makes no calls to other entities",
-                ),
-                version,
-                epoch,
-            });
-        };
-        let version = version + u64::from(outcome.changed);
-        if outcome.changed {
-            if let Some(idempotency) = idempotency {
-                // The baseline enforces no size limits.
-                meta.replies
-                    .remember(idempotency, reply.clone(), version, usize::MAX);
-            }
-            let bytes = envelope::encode(&entity.encode(&state), &meta);
-            let stored_version = i64::try_from(version).unwrap_or(i64::MAX);
-            let write = transaction
-                .prepare_cached(WRITE)
-                .await
-                .map_err(unavailable)?;
-            transaction
-                .execute(&write, &[&key, &bytes, &stored_version])
-                .await
-                .map_err(unavailable)?;
-        }
-        transaction.commit().await.map_err(unavailable)?;
-        Ok(EntityReply {
-            reply,
-            version,
-            epoch,
-        })
+        Ok((epoch, u64::try_from(version).unwrap_or(0), row.get(2)))
     }
+}
+
+/// Write the entity's new bytes and version in the transaction.
+async fn write_row(
+    transaction: &Transaction<'_>,
+    key: &str,
+    bytes: &[u8],
+    version: u64,
+) -> Result<(), RuntimeError> {
+    let stored_version = i64::try_from(version).unwrap_or(i64::MAX);
+    let write = transaction
+        .prepare_cached(WRITE)
+        .await
+        .map_err(unavailable)?;
+    transaction
+        .execute(&write, &[&key, &bytes, &stored_version])
+        .await
+        .map_err(unavailable)?;
+    Ok(())
 }

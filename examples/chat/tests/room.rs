@@ -46,8 +46,14 @@ fn closing(room: &Answer) -> Option<(u64, u64)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_room_serves_many_members_one_request_at_a_time() {
     let app = chat().await;
+    behaviour(&app).await;
+    the_cap_holds_under_200_joining_at_once(&app).await;
+    two_devices_posting_at_once_get_one_order(&app).await;
+    a_passivated_room_closes_by_its_alarm(&app).await;
+}
 
-    // Behaviour: join, post, read, leave; refusals are JSON.
+/// Join, post, read, leave; refusals are JSON.
+async fn behaviour(app: &AppFleet) {
     let joined = app.post("/v1/room/lobby/join", &member("ann")).await;
     assert_eq!(joined.status, 200, "{joined:?}");
     let posted = app
@@ -82,8 +88,9 @@ async fn a_room_serves_many_members_one_request_at_a_time() {
     );
     let left = app.post("/v1/room/lobby/leave", &member("ann")).await;
     assert_eq!((left.status, &left.body["members"]), (200, &json!([])));
+}
 
-    // The cap holds under 200 members joining at once.
+async fn the_cap_holds_under_200_joining_at_once(app: &AppFleet) {
     let bodies: Vec<Value> = (0..200).map(|i| member(&format!("m{i}"))).collect();
     let joins = bodies
         .iter()
@@ -97,22 +104,21 @@ async fn a_room_serves_many_members_one_request_at_a_time() {
     assert_eq!((admitted, full), (50, 150));
     let big = app.get("/v1/room/big").await;
     assert_eq!(big.body["members"].as_array().map(Vec::len), Some(50));
+}
 
-    // Two devices of one member post at once: one order, nothing lost.
+/// Two devices of one member post at once: one order, nothing lost.
+async fn two_devices_posting_at_once_get_one_order(app: &AppFleet) {
     app.post("/v1/room/race/join", &member("ann")).await;
-    let device = |name: &'static str| {
-        let app = &app;
-        async move {
-            let mut seqs = Vec::new();
-            for i in 0..50 {
-                let text = format!("{name}-{i}");
-                let body = json!({"member": "ann", "text": text});
-                let answer = app.post("/v1/room/race/post", &body).await;
-                assert_eq!(answer.status, 201, "{answer:?}");
-                seqs.push(answer.body["seq"].as_u64().unwrap_or_default());
-            }
-            seqs
+    let device = |name: &'static str| async move {
+        let mut seqs = Vec::new();
+        for i in 0..50 {
+            let text = format!("{name}-{i}");
+            let body = json!({"member": "ann", "text": text});
+            let answer = app.post("/v1/room/race/post", &body).await;
+            assert_eq!(answer.status, 201, "{answer:?}");
+            seqs.push(answer.body["seq"].as_u64().unwrap_or_default());
         }
+        seqs
     };
     let (phone, laptop) = tokio::join!(device("phone"), device("laptop"));
     let mut all: Vec<u64> = phone.iter().chain(&laptop).copied().collect();
@@ -128,9 +134,11 @@ async fn a_room_serves_many_members_one_request_at_a_time() {
         .map(|posts| posts.iter().filter_map(|p| p["text"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(texts.len(), 100);
+}
 
-    // A quiet room is passivated (idle_ms 300) long before its idle alarm
-    // is due; the alarm still wakes it and closes it.
+/// A quiet room is passivated (idle_ms 300) long before its idle alarm is
+/// due; the alarm still wakes it and closes it.
+async fn a_passivated_room_closes_by_its_alarm(app: &AppFleet) {
     app.post("/v1/room/quiet/join", &member("ann")).await;
     tokio::time::sleep(Duration::from_millis(IDLE_CLOSE_MS + 1_000)).await;
     let quiet = app
@@ -148,9 +156,13 @@ async fn a_room_serves_many_members_one_request_at_a_time() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_loses_no_acknowledged_post_and_the_next_owner_fires_the_alarm_once() {
     let mut app = chat().await;
+    an_alarm_fires_on_the_next_owner_after_kill_9(&mut app).await;
+    durable_posts_survive_kill_9_of_the_owner(&app).await;
+}
 
-    // An alarm set just before its worker dies fires on the next owner,
-    // once, within lease_ms + 1 s of its time.
+/// An alarm set just before its worker dies fires on the next owner, once,
+/// within lease_ms + 1 s of its time.
+async fn an_alarm_fires_on_the_next_owner_after_kill_9(app: &mut AppFleet) {
     app.post("/v1/room/timer/join", &member("ann")).await;
     let owner = app.fleet.route("room:timer").await.expect("route").owner;
     let owner = owner.expect("the room has an owner");
@@ -166,15 +178,17 @@ async fn kill_9_loses_no_acknowledged_post_and_the_next_owner_fires_the_alarm_on
         "fired {} ms after its time",
         at.saturating_sub(due)
     );
+}
 
-    // Durable posts from four members while the room's owner is killed:
-    // every acknowledged post is there afterwards.
+/// Durable posts from four members while the room's owner is killed:
+/// every acknowledged post is there afterwards.
+async fn durable_posts_survive_kill_9_of_the_owner(app: &AppFleet) {
     for name in ["a", "b", "c", "d"] {
         let joined = app.post("/v1/room/ledger/join", &member(name)).await;
         assert_eq!(joined.status, 200, "{joined:?}");
     }
     let started = Instant::now();
-    let app_ref = &app;
+    let app_ref = app;
     let poster = |name: &'static str| async move {
         let mut acked = BTreeMap::new();
         for i in 0..40 {

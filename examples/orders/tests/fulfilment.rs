@@ -62,8 +62,14 @@ fn status(order: &Answer) -> &str {
 async fn an_order_is_reserved_then_confirmed_or_released_at_its_deadline() {
     let app = orders().await;
     stock(&app, "mug", 5).await;
+    paid_orders_are_confirmed(&app).await;
+    unpaid_orders_expire_and_give_the_stock_back(&app).await;
+    two_devices_place_and_pay_once(&app).await;
+    refusals_are_json(&app).await;
+}
 
-    // Reserved, paid, confirmed: the stock stays sold.
+/// Reserved, paid, confirmed: the stock stays sold.
+async fn paid_orders_are_confirmed(app: &AppFleet) {
     let placed = app
         .post("/v1/order/o1/place", &place("mug", 2, 60_000))
         .await;
@@ -74,12 +80,15 @@ async fn an_order_is_reserved_then_confirmed_or_released_at_its_deadline() {
     );
     let paid = app.post("/v1/order/o1/pay", &payment()).await;
     assert_eq!((paid.status, status(&paid)), (200, "confirmed"), "{paid:?}");
-    assert_eq!(held(&app, "mug").await, (3, 2));
+    assert_eq!(held(app, "mug").await, (3, 2));
+}
 
-    // Never paid: the deadline alarm releases the stock.
+/// Never paid: the deadline alarm releases the stock; more than there is:
+/// refused, nothing held.
+async fn unpaid_orders_expire_and_give_the_stock_back(app: &AppFleet) {
     let placed = app.post("/v1/order/o2/place", &place("mug", 1, 300)).await;
     assert_eq!(placed.status, 201, "{placed:?}");
-    assert_eq!(held(&app, "mug").await, (2, 3));
+    assert_eq!(held(app, "mug").await, (2, 3));
     let expired = app
         .wait_until("/v1/order/o2", Duration::from_secs(5), |a| {
             status(a) == "expired"
@@ -87,7 +96,7 @@ async fn an_order_is_reserved_then_confirmed_or_released_at_its_deadline() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(expired.body["sku"], "mug");
-    assert_eq!(held(&app, "mug").await, (3, 2), "the stock came back");
+    assert_eq!(held(app, "mug").await, (3, 2), "the stock came back");
     let late = app.post("/v1/order/o2/pay", &payment()).await;
     assert_eq!((late.status, late.error()), (409, Some("payment_too_late")));
 
@@ -100,10 +109,12 @@ async fn an_order_is_reserved_then_confirmed_or_released_at_its_deadline() {
         (409, Some("out_of_stock"))
     );
     assert_eq!(status(&app.get("/v1/order/o3").await), "rejected");
-    assert_eq!(held(&app, "mug").await, (3, 2));
+    assert_eq!(held(app, "mug").await, (3, 2));
+}
 
-    // Two devices place and pay the same order at once: one reservation,
-    // one confirmation.
+/// Two devices place and pay the same order at once: one reservation, one
+/// confirmation.
+async fn two_devices_place_and_pay_once(app: &AppFleet) {
     let one_mug = place("mug", 1, 60_000);
     let placing = (0..10).map(|_| app.post("/v1/order/o4/place", &one_mug));
     for answer in join_all(placing).await {
@@ -118,9 +129,11 @@ async fn an_order_is_reserved_then_confirmed_or_released_at_its_deadline() {
             "{answer:?}"
         );
     }
-    assert_eq!(held(&app, "mug").await, (2, 3));
+    assert_eq!(held(app, "mug").await, (2, 3));
+}
 
-    // Refusals are JSON, and name the field.
+/// Refusals are JSON.
+async fn refusals_are_json(app: &AppFleet) {
     let other = app
         .post("/v1/order/o4/place", &place("tee", 1, 60_000))
         .await;

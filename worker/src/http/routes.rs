@@ -97,9 +97,26 @@ impl KindRoutes {
         self.actions.iter().find(|a| a.name == name)
     }
 
-    /// The method a client asks for `action` with on the action's path.
-    fn method_of(action: &ActionRoute) -> Option<Method> {
-        match action.access {
+    /// The actions a method asks for on the entity's own path: `GET` for
+    /// a read `get`; `PUT`, `PATCH`, `DELETE` for changes of those names.
+    fn method_actions(&self) -> impl Iterator<Item = (Method, &ActionRoute)> {
+        METHOD_ACTIONS.into_iter().filter_map(|(method, name)| {
+            let action = self.action(name)?;
+            let fits = match action.access {
+                Access::Read => method == Method::GET,
+                Access::Write | Access::Admin => method != Method::GET,
+                Access::Calls => false,
+            };
+            fits.then_some((method, action))
+        })
+    }
+}
+
+impl ActionRoute {
+    /// The method a client asks for the action with on its own path:
+    /// `GET` for a read, `POST` for a change, none for a call-only action.
+    fn method(&self) -> Option<Method> {
+        match self.access {
             Access::Read => Some(Method::GET),
             Access::Write | Access::Admin => Some(Method::POST),
             Access::Calls => None,
@@ -192,11 +209,21 @@ impl Routes {
     }
 
     /// Every entity route `segments` matches, with its method: the
-    /// kind's aliases first, then the generic scheme.
+    /// kinds' aliases first, then the generic scheme.
     fn each_entity_route<'a, 'p>(
         &'a self,
         segments: &[&'p str],
         mut found: impl FnMut(Method, EntityRoute<'a, 'p>),
+    ) {
+        self.each_alias(segments, &mut found);
+        self.each_generic(segments, &mut found);
+    }
+
+    /// The aliases `segments` match.
+    fn each_alias<'a, 'p>(
+        &'a self,
+        segments: &[&'p str],
+        found: &mut impl FnMut(Method, EntityRoute<'a, 'p>),
     ) {
         for alias in &self.aliases {
             let Some(routes) = self.kinds.get(alias.kind) else {
@@ -215,6 +242,14 @@ impl Routes {
             };
             found(alias.method.clone(), route);
         }
+    }
+
+    /// The generic scheme's routes `segments` match (the module doc).
+    fn each_generic<'a, 'p>(
+        &'a self,
+        segments: &[&'p str],
+        found: &mut impl FnMut(Method, EntityRoute<'a, 'p>),
+    ) {
         let ["v1", kind, rest @ ..] = segments else {
             return;
         };
@@ -236,25 +271,14 @@ impl Routes {
         };
         match rest {
             [] => {
-                for (method, name) in METHOD_ACTIONS {
-                    let Some(action) = routes.action(name) else {
-                        continue;
-                    };
-                    let fits = match action.access {
-                        Access::Read => method == Method::GET,
-                        Access::Write | Access::Admin => method != Method::GET,
-                        Access::Calls => false,
-                    };
-                    if fits {
-                        found(method, route(action));
-                    }
+                for (method, action) in routes.method_actions() {
+                    found(method, route(action));
                 }
             }
             [name] => {
-                if let Some(action) = routes.action(name) {
-                    if let Some(method) = KindRoutes::method_of(action) {
-                        found(method, route(action));
-                    }
+                let action = routes.action(name);
+                if let Some((action, method)) = action.and_then(|a| Some((a, a.method()?))) {
+                    found(method, route(action));
                 }
             }
             _ => {}

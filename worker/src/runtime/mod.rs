@@ -593,36 +593,30 @@ impl Runtime {
             changed,
             alarms,
         } = run_step(entity, state, step, &ctx);
+        let (version, epoch) = (loaded.version, loaded.epoch);
+        let unchanged = |reply| {
+            let reply = EntityReply {
+                reply,
+                version,
+                epoch,
+            };
+            Ok((Some(reply), Effect::Read))
+        };
         if read && (changed || matches!(next, Next::Calls(_))) {
             self.undo(entity, activation, state, &loaded.encoded)?;
-            let reply = EntityReply {
-                reply: read_changed_state::<E>(),
-                version: loaded.version,
-                epoch: loaded.epoch,
-            };
-            return Ok((Some(reply), Effect::Read));
+            return unchanged(read_changed_state::<E>());
         }
-        let was_awaiting = loaded.meta.awaiting.is_some();
-        if let Next::Reply(reply) = &next {
-            if !changed && !was_awaiting {
-                let reply = EntityReply {
-                    reply: reply.clone(),
-                    version: loaded.version,
-                    epoch: loaded.epoch,
-                };
-                return Ok((Some(reply), Effect::Read));
+        match &next {
+            Next::Reply(reply) if !changed && loaded.meta.awaiting.is_none() => {
+                return unchanged(reply.clone());
             }
+            _ => {}
         }
         let bytes = entity.encode(state);
-        if capped && bytes.len() > self.config.max_state_bytes && bytes.len() > loaded.encoded.len()
-        {
+        let max = self.config.max_state_bytes;
+        if capped && bytes.len() > max && bytes.len() > loaded.encoded.len() {
             self.undo(entity, activation, state, &loaded.encoded)?;
-            let reply = EntityReply {
-                reply: too_large::<E>(bytes.len(), self.config.max_state_bytes),
-                version: loaded.version,
-                epoch: loaded.epoch,
-            };
-            return Ok((Some(reply), Effect::Read));
+            return unchanged(too_large::<E>(bytes.len(), max));
         }
         let durable = durability == Durability::Durable;
         if !durable && matches!(next, Next::Calls(_)) {
