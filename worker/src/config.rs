@@ -13,7 +13,7 @@ use roost_routing::config_file::{self, ConfigError, Invalid, Spanned, Validate};
 use roost_routing::hrw::Seed;
 
 use crate::entity::Durability;
-use crate::lease::LeaseConfig;
+use crate::ownership::lease::LeaseConfig;
 use crate::runtime::flusher::FlushConfig;
 use crate::runtime::RuntimeConfig;
 

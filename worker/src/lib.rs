@@ -15,9 +15,9 @@
 //!   against the config at start.
 //! - [`runtime`]: the entity map, per-entity serial execution, the flusher,
 //!   passivation and drain.
-//! - [`ownership`]: claims and epochs, and the invariants they uphold.
-//! - [`lease`]: whether this worker may serve: its lease, renewed by
-//!   heartbeat, and revalidation after a lapse.
+//! - [`ownership`]: claims and epochs, the lease (whether this worker may
+//!   serve), hand-overs and revalidation after a lapse, and the invariants
+//!   they uphold.
 //! - [`alarms`]: waking the entities whose alarms are due, on whichever
 //!   worker owns them.
 //! - [`calls`]: entity-to-entity calls: routed by HRW over the live
@@ -43,7 +43,6 @@ pub mod entity;
 pub mod fuzzing;
 pub mod http;
 pub mod kinds;
-pub mod lease;
 pub mod metrics;
 pub mod ownership;
 pub mod run;

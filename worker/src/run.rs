@@ -57,7 +57,7 @@ use crate::config::WorkerConfig;
 use crate::engine::Engine;
 use crate::http::{serve, Api, Drain, Listeners};
 use crate::kinds::{Kinds, KindsError};
-use crate::lease::Lease;
+use crate::ownership::lease::Lease;
 use crate::runtime::Runtime;
 use crate::stateless::StatelessEngine;
 use crate::store::postgres::PostgresStore;

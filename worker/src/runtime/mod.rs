@@ -9,7 +9,7 @@
 //!    back to the state before it;
 //! 3. claim it from the store on first use (asking a live owner to hand it
 //!    over; see [`crate::ownership`]), then make sure the lease still
-//!    holds ([`crate::lease`]; if not: 503);
+//!    holds ([`crate::ownership::lease`]; if not: 503);
 //! 4. answer a repeated `Idempotency-Key` from the remembered reply, or
 //!    refuse it (422) if it came with another request
 //!    ([`idempotency`]);
@@ -36,6 +36,7 @@
 pub mod activation;
 pub mod envelope;
 pub mod flusher;
+pub mod handover;
 pub mod idempotency;
 pub mod map;
 pub mod precondition;
@@ -44,7 +45,6 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
 use self::activation::{Activation, BuiltOnFailure, Effect, FlushFailure, Gate, Loaded};
@@ -56,10 +56,10 @@ use self::precondition::IfMatch;
 use crate::calls::{CallError, CallSender};
 pub use crate::entity::Durability;
 use crate::entity::{Alarm, AlarmChange, Context, Entity, Next, Outcome, Reply};
-use crate::lease::{Lease, Revalidate};
 use crate::metrics::METRICS;
-use crate::ownership::ClaimError;
-use crate::store::{Claim, ClaimOutcome, FlushRow, Store, StoreError};
+use crate::ownership::lease::{Lease, Revalidate};
+use crate::ownership::{claim, revalidation, ClaimError};
+use crate::store::{FlushRow, Store, StoreError};
 
 /// Who sent a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,11 +165,6 @@ pub struct RuntimeConfig {
     /// budget of the replies it remembers for idempotency keys.
     pub max_state_bytes: usize,
 }
-
-/// How long a claimer waits before asking the store again, at first; it
-/// doubles up to [`CLAIM_RETRY_MAX`].
-const CLAIM_RETRY_MIN: Duration = Duration::from_millis(2);
-const CLAIM_RETRY_MAX: Duration = Duration::from_millis(50);
 
 /// The entity runtime of one worker.
 pub struct Runtime {
@@ -465,7 +460,14 @@ impl Runtime {
         entity: &E,
         activation: &Arc<Activation>,
     ) -> Result<Loaded, RuntimeError> {
-        match self.claim_from_store(&activation.key).await {
+        let claimed = claim::claim(
+            &*self.store,
+            &activation.key,
+            &self.owner,
+            self.config.handoff_timeout,
+        )
+        .await;
+        match claimed {
             Ok(claim) => {
                 METRICS.claims.inc();
                 activation.set_epoch(claim.epoch);
@@ -476,29 +478,6 @@ impl Runtime {
                 self.entities.evict(activation);
                 Err(e.into())
             }
-        }
-    }
-
-    async fn claim_from_store(&self, key: &str) -> Result<Claim, ClaimError> {
-        let deadline = Instant::now() + self.config.handoff_timeout;
-        let mut asked = None;
-        let mut retry = CLAIM_RETRY_MIN;
-        loop {
-            let owner = match self.store.claim(key, &self.owner).await? {
-                ClaimOutcome::Claimed(claim) => return Ok(claim),
-                ClaimOutcome::Owned { owner } => owner,
-            };
-            if asked.as_ref() != Some(&owner) {
-                self.store.ask_handover(&owner, key).await?;
-                METRICS.handovers_requested.inc();
-                asked = Some(owner.clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClaimError::HandoffTimeout { owner });
-            }
-            tokio::time::sleep(retry.min(left)).await;
-            retry = (retry * 2).min(CLAIM_RETRY_MAX);
         }
     }
 
@@ -758,61 +737,6 @@ impl Runtime {
         Ok(())
     }
 
-    /// Hand entities over as other workers ask, until the registry stops.
-    async fn serve_handovers(self: Arc<Self>, mut requests: UnboundedReceiver<String>) {
-        while let Some(key) = requests.recv().await {
-            let runtime = Arc::clone(&self);
-            tokio::spawn(async move { runtime.hand_over(&key).await });
-        }
-    }
-
-    /// Hand `key` over: finish the request in progress, flush what is
-    /// unwritten, forget the entity and release it in the store. Gives up
-    /// (keeping the entity) if the flush does not complete within
-    /// `handoff_timeout`; the claimer then times out too.
-    ///
-    /// The release happens with the key's current activation locked (one
-    /// is made if there is none) and before it is evicted, so no request of
-    /// ours can claim the key between our last look and the release; and an
-    /// activation replaced while we waited for its lock (an earlier
-    /// hand-over of the same key evicted it, and a request claimed the key
-    /// back) is not the one to hand over: the current one is. Without these
-    /// checks the release could undo a claim a later request made, and that
-    /// request's writes would be fenced.
-    pub async fn hand_over(&self, key: &str) {
-        loop {
-            let activation = self.entities.get_or_insert(key, self.now_ms()).await;
-            let slot = activation.slot.lock().await;
-            if activation.is_gone() {
-                continue;
-            }
-            if let Some(flushed) = activation.await_flushed() {
-                self.flusher.schedule(&activation, true);
-                match tokio::time::timeout(self.config.handoff_timeout, flushed).await {
-                    Ok(Ok(Ok(()))) => {}
-                    _ => {
-                        tracing::warn!(key, "hand-over: could not flush the entity; keeping it");
-                        return;
-                    }
-                }
-            }
-            // Release first, evict after: a request of ours waiting on
-            // this slot must not claim the key (taking it from ourselves)
-            // before the release, which would then undo its claim.
-            match self.store.release(key, &self.owner).await {
-                Ok(()) => {
-                    self.entities.evict(&activation);
-                    METRICS.handovers.inc();
-                }
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "hand-over: cannot release the entity; keeping it");
-                }
-            }
-            drop(slot);
-            return;
-        }
-    }
-
     /// Passivate idle entities every quarter of `idle` until stopped.
     async fn passivate_forever(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let period = (self.config.idle / 4).max(Duration::from_millis(50));
@@ -981,23 +905,23 @@ impl Revalidate for Runtime {
     /// is no longer the one it was claimed under (another worker claimed it
     /// meanwhile). Returns how many were dropped.
     async fn revalidate(&self) -> Result<usize, StoreError> {
-        let held: Vec<(Arc<Activation>, i64)> = self
+        let held: Vec<Arc<Activation>> = self
             .entities
             .snapshot()
             .into_iter()
-            .filter_map(|a| a.epoch().map(|epoch| (a, epoch)))
+            .filter(|a| a.epoch().is_some())
             .collect();
-        let keys: Vec<String> = held.iter().map(|(a, _)| a.key.to_string()).collect();
-        let stored = self.store.epochs(&keys).await?;
-        let mut dropped = 0;
-        for (activation, epoch) in held {
-            if stored.get(&*activation.key) != Some(&epoch) {
-                self.entities.evict(&activation);
-                activation.fence();
-                METRICS.revalidation_drops.inc();
-                dropped += 1;
-            }
+        let epochs: Vec<(String, i64)> = held
+            .iter()
+            .filter_map(|a| Some((a.key.to_string(), a.epoch()?)))
+            .collect();
+        let stale = revalidation::stale(&*self.store, &epochs).await?;
+        for &position in &stale {
+            let activation = &held[position];
+            self.entities.evict(activation);
+            activation.fence();
+            METRICS.revalidation_drops.inc();
         }
-        Ok(dropped)
+        Ok(stale.len())
     }
 }

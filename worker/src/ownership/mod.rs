@@ -1,5 +1,14 @@
-//! Ownership: claims and epochs, the part of DESIGN.md's protocol that keeps a
-//! stale owner from overwriting a newer one.
+//! Ownership: claims, epochs, the lease, hand-overs and revalidation, the
+//! part of DESIGN.md's protocol that keeps a stale owner from overwriting a
+//! newer one and two workers from serving one entity at once.
+//!
+//! - [`claim`]: taking an entity from the store (asking a live owner to
+//!   hand it over first);
+//! - [`lease`]: whether this worker may serve at all;
+//! - [`revalidation`]: which held entities moved on during a lapse;
+//! - the hand-over itself (flush, release, forget) runs where the entities
+//!   are held, `crate::runtime::handover`, since it must hold the entity's
+//!   lock while it releases it.
 //!
 //! # Invariants and who upholds them
 //!
@@ -27,13 +36,23 @@
 //!    (the output gate, [`crate::runtime::activation`]), so an acknowledged
 //!    durable write is in the store and an unacknowledged one is nowhere.
 //!
-//! 5. **A worker serves only while its lease surely holds** ([`crate::lease`]):
+//! 5. **A worker serves only while its lease surely holds** ([`lease`]):
 //!    counted from before each renewal was sent, less a drift margin, and
 //!    ended at once when its liveness lock is lost. Others claim its entities
 //!    only after the stored lease (which runs longer) has expired, or once
 //!    the lock is free, so two workers never serve one entity at the same
 //!    instant (G2). After a lapse it serves nothing until it has renewed and
-//!    dropped every entity whose epoch moved on.
+//!    dropped every entity whose epoch moved on ([`revalidation`]).
+//! 6. **A hand-over releases only what it flushed, under the entity's
+//!    lock**: the owner asked finishes the request in progress, flushes the
+//!    entity and releases it in the store before it forgets it, so no
+//!    request of its own can claim the key back between its last look and
+//!    the release; a flush that does not complete in time keeps the entity
+//!    (the claimer times out).
+
+pub mod claim;
+pub mod lease;
+pub mod revalidation;
 
 use crate::store::StoreError;
 
