@@ -13,5 +13,5 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-cargo build --release -p roost-proxy -p roost-worker -p roost-loadtest --bin roost-proxy --bin roost-worker --bin roost-faults
+cargo build --release -p roost-proxy -p roost-builtins -p roost-loadtest --bin roost-proxy --bin roost-worker --bin roost-faults
 exec "$root/target/release/roost-faults" "$@"

@@ -19,7 +19,7 @@ profile=release
 [ "${1:-}" = "--debug" ] && profile=debug
 flag=(); [ "$profile" = release ] && flag=(--release)
 command -v curl >/dev/null || apt_install curl
-cargo build "${flag[@]}" -p roost-proxy -p roost-worker
+cargo build "${flag[@]}" -p roost-proxy -p roost-builtins
 worker_bin="${ROOST_WORKER_BIN:-$ROOT/target/$profile/roost-worker}"
 proxy_bin="${ROOST_PROXY_BIN:-$ROOT/target/$profile/roost-proxy}"
 config="${ROOST_PROXY_CONFIG:-$ROOT/deploy/config/proxy.example.yaml}"

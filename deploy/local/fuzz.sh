@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target of the workspace (proxy/fuzz, worker/fuzz)
+# Runs every cargo-fuzz target of the workspace (proxy/fuzz, builtins/fuzz)
 # for SECONDS each (default 60) and prints executions and findings per
 # target. A crashing input is copied to <crate>/fuzz/regressions/<target>/,
 # where the crate's fuzz_regressions test replays it on every `cargo test`:
@@ -25,7 +25,7 @@ trap 'rm -rf "$logs"' EXIT
 total=0
 found=0
 printf '%-28s %14s  %s\n' target executions result
-for crate in proxy worker; do
+for crate in proxy builtins; do
   dir="$ROOT/$crate/fuzz"
   [ -d "$dir" ] || continue
   for target in $(cd "$dir" && cargo fuzz list); do

@@ -9,6 +9,11 @@
 --   write-behind, durable  POST /v1/cart/items {"sku", "qty": 1} and
 --                          DELETE /v1/cart/items/{sku}, with that
 --                          roost-durability header
+--   write-behind-before    the same as write-behind (worker.sh sends it to
+--                          workers of another build)
+--   write-behind-generic   the same changes through the generic scheme:
+--                          POST /v1/cart/add {"sku", "qty": 1} and
+--                          POST /v1/cart/remove {"sku"}, write-behind
 --   stateless              the same requests as durable (the --stateless
 --                          worker commits before it answers anyway)
 --   ceiling                the write-behind requests (same methods, headers
@@ -103,6 +108,18 @@ local function device_requests(line, headers, device, skus)
     local body = string.format('{"sku":"%s%d","qty":1}', device, s)
     list[#list + 1] = wrk.format("POST", add_path, post_headers, body)
   end
+  if line == "write-behind-generic" then
+    list = {}
+    for s = 1, skus do
+      local body = string.format('{"sku":"%s%d","qty":1}', device, s)
+      list[#list + 1] = wrk.format("POST", "/v1/cart/add", post_headers, body)
+    end
+    for s = 1, skus do
+      local body = string.format('{"sku":"%s%d"}', device, s)
+      list[#list + 1] = wrk.format("POST", "/v1/cart/remove", post_headers, body)
+    end
+    return list
+  end
   for s = 1, skus do
     list[#list + 1] = wrk.format("DELETE", string.format("%s%s%d", remove_prefix, device, s), headers)
   end
@@ -127,8 +144,9 @@ function init(args)
   local skus = tonumber(args[5] or "") or 3
   assert(mode == "proxied" or mode == "direct", "mode must be proxied or direct")
   assert(line == "write-behind" or line == "durable" or line == "stateless" or line == "ceiling"
-    or line == "ceiling-get" or line == "activate",
-    "line must be write-behind, durable, stateless, ceiling, ceiling-get or activate")
+    or line == "ceiling-get" or line == "activate" or line == "write-behind-generic"
+    or line == "write-behind-before",
+    "line must be write-behind, durable, stateless, ceiling, ceiling-get, write-behind-generic, write-behind-before or activate")
   assert(users and users >= 1, "USERS must be a positive number")
   assert(prefix and prefix ~= "", "PREFIX is required")
   local part = (thread_number or 1) - 1
@@ -163,7 +181,9 @@ function init(args)
     if (i - 1) % parts == part then
       local headers = user_headers(prefix, i, mode)
       if line ~= "ceiling-get" then
-        headers["roost-durability"] = (line == "write-behind" or line == "ceiling") and "write-behind" or "durable"
+        local write_behind = line == "write-behind" or line == "ceiling"
+          or line == "write-behind-generic" or line == "write-behind-before"
+        headers["roost-durability"] = write_behind and "write-behind" or "durable"
       end
       per_device[#per_device + 1] = device_requests(line, headers, "a", skus)
       per_device[#per_device + 1] = device_requests(line, headers, "b", skus)

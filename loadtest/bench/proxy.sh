@@ -182,7 +182,7 @@ if [ "$WORKER_CPU" != "$SERVER_CPU" ]; then
 fi
 
 log "building roost-proxy and roost-worker (release)"
-(cd "$ROOT" && cargo build --release -p roost-proxy -p roost-worker) >&2
+(cd "$ROOT" && cargo build --release -p roost-proxy -p roost-builtins) >&2
 BIN="$ROOT/target/release"
 LUA="$SCRIPT_DIR/users.lua"
 [ -f "$LUA" ] || die "missing $LUA"

@@ -9,6 +9,17 @@
 #   loadtest/bench/worker.sh [-d SECONDS] [-w SECONDS] [-r REPS] [-c CONNECTIONS]
 #                            [-l "ceiling ceiling-get write-behind durable stateless"] [-m "proxy direct"]
 #
+# Two more lines compare the worker's HTTP mapping (issue 12), not asked for
+# by default: "write-behind-generic" sends the same cart changes through
+# the generic scheme (POST /v1/cart/add {"sku","qty"}, POST /v1/cart/remove
+# {"sku"}) instead of the cart's own routes; "write-behind-before" sends the
+# write-behind requests to workers built from an earlier commit
+# (BEFORE_WORKER_BIN, required for that line), e.g. the last one with
+# hand-written routes:
+#   git worktree add /tmp/roost-before d880435 && (cd /tmp/roost-before && cargo build --release -p roost-worker) # (-p roost-builtins from this commit on)
+#   BEFORE_WORKER_BIN=/tmp/roost-before/target/release/roost-worker MEM_ENTITIES=0 \
+#     loadtest/bench/worker.sh -l "write-behind write-behind-generic write-behind-before" -m direct
+#
 # Load: USERS users with two devices each (two connections sending the same
 # x-user-id), each device adding then removing its own few SKUs
 # (loadtest/bench/cart.lua). Every line runs through roost-proxy (key header
@@ -152,8 +163,11 @@ if [ "$CONNECTIONS" -lt 6 ] || [ $((CONNECTIONS % 3)) -ne 0 ]; then
 fi
 for line in $LINES $PERF_LINES; do
   case "$line" in
-    ceiling | ceiling-get | write-behind | durable | stateless) ;;
-    *) echo "unknown line '$line' (ceiling, ceiling-get, write-behind, durable, stateless)" >&2; exit 2 ;;
+    ceiling | ceiling-get | write-behind | durable | stateless | write-behind-generic) ;;
+    write-behind-before)
+      [ -x "${BEFORE_WORKER_BIN:-}" ] || { echo "write-behind-before needs BEFORE_WORKER_BIN: an earlier roost-worker binary" >&2; exit 2; }
+      ;;
+    *) echo "unknown line '$line' (ceiling, ceiling-get, write-behind, durable, stateless, write-behind-generic, write-behind-before)" >&2; exit 2 ;;
   esac
 done
 for mode in $MODES; do
@@ -229,7 +243,7 @@ wait_other_bench() {
 # The build is CPU-heavy: it must not land in someone else's measurement.
 wait_other_bench
 log "building roost-proxy and roost-worker (release)"
-(cd "$ROOT" && cargo build --release -p roost-proxy -p roost-worker) >&2
+(cd "$ROOT" && cargo build --release -p roost-proxy -p roost-builtins) >&2
 BIN="$ROOT/target/release"
 CART_LUA="$SCRIPT_DIR/cart.lua"
 SESSIONS_LUA="$SCRIPT_DIR/sessions.lua"
@@ -449,7 +463,7 @@ threads: 1
 access_log: false
 EOF
 
-WORKER_SET=""     # memory | stateless: what runs on WORKER_PORTS now
+WORKER_SET=""     # memory | stateless | before: what runs on WORKER_PORTS now
 WORKER_PIDS=()
 WORKER_STARTS=0
 
@@ -464,9 +478,10 @@ wait_healthy() {
   die "$name did not answer /healthz within 15 s"
 }
 
-# use_workers memory|stateless: make that set of 3 workers the running one.
+# use_workers memory|stateless|before: make that set of 3 workers the
+# running one ("before": BEFORE_WORKER_BIN's build, in memory).
 use_workers() {
-  local set=$1 i flags=()
+  local set=$1 i flags=() bin="$BIN/roost-worker"
   [ "$WORKER_SET" = "$set" ] && return 0
   if [ -n "$WORKER_SET" ]; then
     log "stopping the $WORKER_SET workers (SIGTERM: drain and last flush)"
@@ -475,11 +490,12 @@ use_workers() {
     done
   fi
   [ "$set" = stateless ] && flags=(--stateless)
+  [ "$set" = before ] && bin=$BEFORE_WORKER_BIN
   # Memory workers start empty: their carts must be claimed again. (The
   # stateless workers' rows stay in Postgres.)
   local key
   for key in "${!ACTIVE[@]}"; do
-    [ "${key%%:*}" = memory ] && unset "ACTIVE[$key]"
+    [ "${key%%:*}" != stateless ] && unset "ACTIVE[$key]"
   done
   WORKER_STARTS=$((WORKER_STARTS + 1))
   WORKER_PIDS=()
@@ -488,7 +504,7 @@ use_workers() {
   # duplicate key in pg_type_typname_nsp_index; the loser exits).
   for i in 1 2 3; do
     RUST_LOG=info start_server "$set worker w$i" "$RESULTS/logs/$(printf '%02d' "$WORKER_STARTS")-$set-w$i.log" TERM \
-      "$BIN/roost-worker" --id "w$i" --listen "127.0.0.1:${WORKER_PORTS[$((i - 1))]}" \
+      "$bin" --id "w$i" --listen "127.0.0.1:${WORKER_PORTS[$((i - 1))]}" \
       --admin-listen "127.0.0.1:${WORKER_ADMIN_PORTS[$((i - 1))]}" \
       --store "$PG_URL" --config "$RESULTS/worker.yaml" ${flags[@]+"${flags[@]}"}
     WORKER_PIDS+=("$SERVER_PID")
@@ -550,7 +566,7 @@ dirty_total() {
 
 # line_abbrev LINE: the line's part of the key prefix.
 is_ceiling() { [ "$1" = ceiling ] || [ "$1" = ceiling-get ]; }
-line_abbrev() { case "$1" in ceiling) echo c ;; ceiling-get) echo cg ;; write-behind) echo wb ;; durable) echo du ;; stateless) echo sl ;; esac; }
+line_abbrev() { case "$1" in ceiling) echo c ;; ceiling-get) echo cg ;; write-behind) echo wb ;; durable) echo du ;; stateless) echo sl ;; write-behind-generic) echo wg ;; write-behind-before) echo wo ;; esac; }
 
 # wrk_cmd LINE MODE: sets WRK (the command) and WRK_ENV for a run.
 wrk_cmd() {
@@ -752,10 +768,19 @@ mark_last() {
   awk -F'\t' -v OFS='\t' -v c="$1" '{ $5 = c; print }' <<<"$last" >>"$RUNS"
 }
 
+# worker_set LINE: the set of workers LINE runs on.
+worker_set() {
+  case "$1" in
+    stateless) echo stateless ;;
+    write-behind-before) echo before ;;
+    *) echo memory ;;
+  esac
+}
+
 # run_one LINE MODE REP: measure with retries when disturbed.
 run_one() {
   local line=$1 mode=$2 rep=$3 attempt
-  if [ "$line" = stateless ]; then use_workers stateless; else use_workers memory; fi
+  use_workers "$(worker_set "$line")"
   for attempt in $(seq $((RETRIES + 1))); do
     [ "$mode" = proxy ] && start_proxy "$RESULTS/logs/proxy-$line-$rep-$attempt.log"
     activate "$line" "$mode"
@@ -805,7 +830,7 @@ done
 # Call graphs by DWARF unwinding (the release build keeps line tables), at
 # 999 Hz, of everything on SERVER_CPU; the reports go to perf-LINE.txt.
 for line in $PERF_LINES; do
-  if [ "$line" = stateless ]; then use_workers stateless; else use_workers memory; fi
+  use_workers "$(worker_set "$line")"
   start_proxy "$RESULTS/logs/proxy-perf-$line.log"
   activate "$line" proxy
   wrk_cmd "$line" proxy
@@ -997,6 +1022,8 @@ line_name() {
     write-behind) echo "Roost write-behind" ;;
     durable) echo "Roost durable" ;;
     stateless) echo "stateless baseline (--stateless)" ;;
+    write-behind-generic) echo "Roost write-behind, generic scheme (\`/v1/cart/add\`, \`/v1/cart/remove\`)" ;;
+    write-behind-before) echo "Roost write-behind, workers of BEFORE_WORKER_BIN" ;;
   esac
 }
 
@@ -1049,6 +1076,19 @@ summary="$RESULTS/summary.md"
         printf "\n"
       }'
   done
+  for mode in $MODES; do
+    for other in write-behind-generic write-behind-before; do
+      awk -v mode="$mode" -v other="$(line_name "$other")" \
+        -v a="$(med "$other" "$mode" req_per_s)" -v b="$(med write-behind "$mode" req_per_s)" \
+        -v ca="$(med "$other" "$mode" worker_us_per_req)" -v cb="$(med write-behind "$mode" worker_us_per_req)" \
+        -v r="$(paired "$other" write-behind "$mode" req_per_s)" -v rc="$(paired "$other" write-behind "$mode" worker_us_per_req)" 'BEGIN {
+          if (a == "NaN" || b == "NaN") exit
+          printf "- %s, %s, against Roost write-behind: req/s %.3f× (%s), worker CPU per request %.3f× (%s); within 5%%: **%s**\n",
+            mode, other, a / b, r, ca / cb, rc, (a >= 0.95 * b && ca <= 1.05 * cb) ? "met" : "not met"
+        }'
+    done
+  done
+  echo
   [ -n "$MEM_SUMMARY" ] && printf '%s\n\n' "$MEM_SUMMARY"
   echo "- Machine: $NPROC CPUs ($CPU_MODEL), $KERNEL; $PINNING."
   echo "- Postgres: $PG_SOURCE, $PG_VERSION ($PG_SETTINGS), shared by every line; roost_entities VACUUMed before each rep."

@@ -66,11 +66,7 @@ impl AppFleet {
         let fleet = Fleet::start(&binaries, dir.path(), &cluster, &config, WORKERS, WORKERS)
             .await
             .unwrap_or_else(|e| panic!("the fleet of {worker_package} did not start: {e:#}"));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"));
+        let client = crate::http::client(Duration::from_secs(10));
         AppFleet {
             fleet,
             client,

@@ -24,15 +24,25 @@ pub fn profile_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Build the binaries of `packages` (each a workspace package with a
-/// binary of its own name) into `profile_dir`: `--release` when it is
-/// `target/release`, that target dir, the cargo running the tests. Cargo
-/// does nothing when they are fresh.
-pub fn build(packages: &[&str], profile_dir: &Path) -> Result<()> {
+/// The workspace package that builds binary `bin`: `roost-worker` is the
+/// built-in kinds' (`roost-builtins`); every other binary is its package's
+/// namesake (`roost-proxy`, an example's worker such as `roost-chat`).
+pub fn package_of(bin: &str) -> &str {
+    if bin == WORKER {
+        "roost-builtins"
+    } else {
+        bin
+    }
+}
+
+/// Build the binaries `bins` (see [`package_of`]) into `profile_dir`:
+/// `--release` when it is `target/release`, that target dir, the cargo
+/// running the tests. Cargo does nothing when they are fresh.
+pub fn build(bins: &[&str], profile_dir: &Path) -> Result<()> {
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo.args(["build", "--quiet"]);
-    for package in packages {
-        cargo.args(["-p", package, "--bin", package]);
+    for bin in bins {
+        cargo.args(["-p", package_of(bin), "--bin", bin]);
     }
     if profile_dir
         .file_name()
@@ -44,19 +54,19 @@ pub fn build(packages: &[&str], profile_dir: &Path) -> Result<()> {
         cargo.arg("--target-dir").arg(target);
     }
     cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
-    run_checked(cargo, &format!("cargo build of {}", packages.join(", ")))
+    run_checked(cargo, &format!("cargo build of {}", bins.join(", ")))
 }
 
-/// `package`'s binary beside the running test, built first (once per
-/// process; fresh builds cost cargo's check only). Panics with cargo's
-/// output if it cannot be built.
-pub fn built(package: &'static str) -> PathBuf {
+/// Binary `bin` beside the running test, built first (once per process;
+/// fresh builds cost cargo's check only). Panics with cargo's output if it
+/// cannot be built.
+pub fn built(bin: &'static str) -> PathBuf {
     let dir = profile_dir().unwrap_or_else(|e| panic!("{e:#}"));
-    build(&[package], &dir).unwrap_or_else(|e| panic!("the tests need {package}: {e:#}"));
-    let path = dir.join(package);
+    build(&[bin], &dir).unwrap_or_else(|e| panic!("the tests need {bin}: {e:#}"));
+    let path = dir.join(bin);
     assert!(
         path.is_file(),
-        "cargo built {package} but {} does not exist",
+        "cargo built {bin} but {} does not exist",
         path.display()
     );
     path
@@ -82,7 +92,7 @@ impl Binaries {
         for path in [&binaries.proxy, &binaries.worker] {
             if !path.is_file() {
                 bail!(
-                    "{} not found (build it: cargo build --release -p roost-proxy -p roost-worker)",
+                    "{} not found (build it: cargo build --release -p roost-proxy -p roost-builtins)",
                     path.display()
                 );
             }

@@ -10,8 +10,11 @@
 //! - [`dir`]: a fresh temp dir per test, removed on drop.
 //! - [`fleet`]: N workers on one store and a proxy in front of them,
 //!   driven by signals, restarts and store cuts ([`relay`]).
+//! - [`http`]: the HTTP client of the fixtures and tests.
+//! - [`metrics`]: a sample from Prometheus text.
 //! - [`net`]: loopback ports no other fixture of the process was given,
 //!   and whether something listens on one.
+//! - [`poll`]: polling until a condition holds, within a limit.
 //! - [`postgres`]: a throwaway Postgres cluster (or `DATABASE_URL`).
 //! - [`process`]: running a command to completion, its output in the
 //!   error; child processes reaped on drop.
@@ -27,7 +30,10 @@ pub mod app;
 pub mod bins;
 pub mod dir;
 pub mod fleet;
+pub mod http;
+pub mod metrics;
 pub mod net;
+pub mod poll;
 pub mod postgres;
 pub mod process;
 pub mod relay;

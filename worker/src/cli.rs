@@ -2,12 +2,16 @@
 //! own worker binary, which is this with its own kinds:
 //!
 //! ```no_run
-//! use roost_worker::entities::builtins;
+//! use roost_worker::kinds::Kinds;
 //!
 //! fn main() -> std::process::ExitCode {
-//!     roost_worker::cli::main(builtins())
+//!     // .register(YourType) for each of your entity types.
+//!     roost_worker::cli::main(Kinds::new())
 //! }
 //! ```
+//!
+//! (`roost-worker` itself is this with the built-in kinds:
+//! `roost_builtins::builtins()`.)
 //!
 //! `BINARY --id ID --listen ADDR [--admin-listen ADDR] [--store URL]
 //! [--config FILE]` runs until SIGTERM or SIGINT, then drains: `/readyz`

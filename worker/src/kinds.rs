@@ -7,11 +7,44 @@
 //! the worker:
 //!
 //! ```
-//! use roost_worker::entities::session::Session;
+//! use roost_worker::entity::{decode_json, encode_json, Context, Entity, Outcome, Reply};
 //! use roost_worker::kinds::Kinds;
 //!
-//! let kinds = Kinds::new().register(Session);
-//! assert_eq!(kinds.names(), ["session"]);
+//! struct Note;
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(rename_all = "snake_case")]
+//! enum NoteRequest {
+//!     Get,
+//!     Put(String),
+//! }
+//!
+//! impl Entity for Note {
+//!     type State = String;
+//!     type Request = NoteRequest;
+//!     const KIND: &'static str = "note";
+//!
+//!     fn encode(&self, state: &String) -> Vec<u8> {
+//!         encode_json(state)
+//!     }
+//!
+//!     fn decode(&self, bytes: &[u8]) -> Result<String, String> {
+//!         decode_json(bytes)
+//!     }
+//!
+//!     fn handle(&self, note: &mut String, request: NoteRequest, _ctx: &Context) -> Outcome {
+//!         match request {
+//!             NoteRequest::Get => Outcome::read(Reply::ok(&*note)),
+//!             NoteRequest::Put(text) => {
+//!                 *note = text;
+//!                 Outcome::changed(Reply::ok(&*note))
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! let kinds = Kinds::new().register(Note);
+//! assert_eq!(kinds.names(), ["note"]);
 //! ```
 //!
 //! A type with settings registers a constructor instead; its settings come

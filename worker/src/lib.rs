@@ -23,7 +23,6 @@
 //! - [`calls`]: entity-to-entity calls: routed by HRW over the live
 //!   workers, retried with the same idempotency id.
 //! - [`store`]: the `Store` and `Registry` traits; Postgres and SQLite.
-//! - [`entities`]: the built-in types: session, cart, quota, inventory.
 //! - [`http`]: the accept loop, the routes (the generic scheme every kind
 //!   is served by) and the HTTP API.
 //! - [`engine`], [`stateless`]: what the API executes requests with: the
@@ -37,7 +36,6 @@ pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod engine;
-pub mod entities;
 pub mod entity;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -13,14 +13,15 @@
 //! and release every entity ([`crate::http::serve`],
 //! [`crate::runtime::Runtime::drain`]).
 //!
-//! The `roost-worker` binary is this function behind a command line and
-//! the process's signals, serving the built-in kinds; an application's
+//! The `roost-worker` binary (package `roost-builtins`) is this function
+//! behind a command line and the process's signals, serving the built-in
+//! kinds; an application's
 //! own binary calls it the same way with its own [`Kinds`], and a test
 //! with a future of its own as `shutdown`:
 //!
 //! ```no_run
 //! use roost_worker::config::WorkerConfig;
-//! use roost_worker::entities::builtins;
+//! use roost_worker::kinds::Kinds;
 //! use roost_worker::run::{run, RunOptions, Stopped};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,7 +34,8 @@
 //!     stateless: false,
 //! };
 //! let config = WorkerConfig::default().with_env_secrets()?;
-//! let stopped = run(options, config, builtins(), async {
+//! let kinds = Kinds::new(); // .register(YourType) for each entity type
+//! let stopped = run(options, config, kinds, async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! })
 //! .await?;

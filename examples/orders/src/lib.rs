@@ -22,7 +22,7 @@
 //! `confirmed`; or `rejected` (no stock); or, at the deadline,
 //! `releasing` → `expired`.
 
-use roost_worker::entities::inventory::{Inventory, InventoryRequest, InventorySettings};
+use roost_builtins::inventory::{Inventory, InventoryRequest, InventorySettings};
 use roost_worker::entity::{
     check_name, decode_json, encode_json, Alarm, Call, Context, Durability, Entity, Outcome, Reply,
     Scope,

@@ -24,25 +24,31 @@ pub mod upstream;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use roost_proxy::identity::{CookieSigner, Secret};
+use roost_testkit::process::{log_tail, Process};
 use serde_json::Value;
 
 #[allow(unused_imports)] // each test binary uses a different part
-pub use roost_testkit::{accepts, free_port, open_log, TempDir};
+pub use roost_testkit::metrics::metric_value;
+pub use roost_testkit::poll::eventually;
+pub use roost_testkit::{accepts, free_port, TempDir};
 
 /// How long a fleet may take to come up (all workers healthy).
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a single HTTP request from a test may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SIGTERMed worker may take to exit: longer than its default
+/// drain (10 s), so only a worker that hangs fails the wait.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a one-shot `roost-proxy` run ([`run_proxy`]) may take.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The routing-key header every default fleet reads first.
 pub const KEY_HEADER: &str = "x-user-id";
 /// The routing-key cookie every default fleet reads second.
@@ -559,57 +565,9 @@ impl Route {
     }
 }
 
-/// A value from Prometheus text: the sample of `name` whose labels include
-/// every `(label, value)` pair given.
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels.iter().all(|(label, wanted)| {
-                label_text
-                    .split(',')
-                    .any(|pair| pair == format!("{label}=\"{wanted}\""))
-            });
-            all.then(|| value.parse().ok()).flatten()
-        })
-}
-
-/// Poll `check` every 20 ms until it returns `Some`, or panic after `limit`
-/// with `what` in the message.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// An HTTP client for tests: keep-alive, no system proxy, bounded requests.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("build a reqwest client")
+    roost_testkit::http::client(REQUEST_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------
@@ -624,7 +582,8 @@ pub struct Worker {
     /// `--admin-listen`: the worker's `/metrics`.
     pub admin_addr: SocketAddr,
     pub weight: f64,
-    child: Option<Child>,
+    /// SIGKILLed and reaped when dropped, like every child of the fleet.
+    process: Option<Process>,
 }
 
 /// The fleet's workers share one SQLite file in the fleet's temp dir.
@@ -638,9 +597,10 @@ pub struct TestFleet {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub workers: Vec<Worker>,
-    proxy: Option<Child>,
+    proxy: Option<Process>,
     client: reqwest::Client,
-    // Dropped last: the children hold files in it.
+    // Dropped last, after the workers and the proxy are reaped: the
+    // children hold files in it.
     dir: TempDir,
 }
 
@@ -675,7 +635,7 @@ impl TestFleet {
                 addr: config.fake_addr(id).unwrap_or_else(|| local(free_port())),
                 admin_addr: local(free_port()),
                 weight: *weight,
-                child: None,
+                process: None,
             })
             .collect();
         let addrs: Vec<SocketAddr> = workers.iter().map(|w| w.addr).collect();
@@ -697,46 +657,44 @@ impl TestFleet {
             if fleet.config.fake_addr(&fleet.workers[i].id).is_some() {
                 continue;
             }
-            let child = fleet.spawn_worker(i, worker_bin)?;
-            fleet.workers[i].child = Some(child);
+            let process = fleet.spawn_worker(i, worker_bin)?;
+            fleet.workers[i].process = Some(process);
         }
-        let mut proxy = Command::new(proxy_bin());
-        proxy.arg("--config").arg(&config_path);
-        if fleet.config.json_logs {
-            proxy.args(["--log-format", "json"]);
-        }
-        let log = fleet.proxy_log_path();
-        let child = proxy
-            .env("RUST_LOG", "info")
-            .envs(fleet.config.all_proxy_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(open_log(&log)?)
-            .spawn()
-            .map_err(|e| format!("cannot spawn {}: {e}", proxy_bin().display()))?;
-        fleet.proxy = Some(child);
+        fleet.proxy = Some(fleet.spawn_proxy(&config_path)?);
         fleet.wait_started().await?;
         Ok(fleet)
     }
 
-    fn spawn_worker(&self, index: usize, bin: &Path) -> Result<Child, String> {
+    /// The proxy on `config`, its stderr in [`TestFleet::proxy_log_path`].
+    fn spawn_proxy(&self, config: &Path) -> Result<Process, String> {
+        let mut command = Command::new(proxy_bin());
+        command.arg("--config").arg(config);
+        if self.config.json_logs {
+            command.args(["--log-format", "json"]);
+        }
+        command
+            .env("RUST_LOG", "info")
+            .envs(self.config.all_proxy_env());
+        Process::spawn_stderr_only("roost-proxy", command, &self.proxy_log_path())
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    fn spawn_worker(&self, index: usize, bin: &Path) -> Result<Process, String> {
         let worker = &self.workers[index];
         let log = self.dir.path().join(format!("worker-{}.log", worker.id));
         let store = store_url(&self.dir);
         let config = self.dir.path().join("worker.yaml");
-        Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["--id", &worker.id, "--listen", &worker.addr.to_string()])
             .args(["--admin-listen", &worker.admin_addr.to_string()])
             .args(["--store", &store])
             .arg("--config")
             .arg(&config)
             .envs(self.config.all_worker_env())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(open_log(&log)?)
-            .spawn()
-            .map_err(|e| format!("cannot spawn {}: {e}", bin.display()))
+            .env("RUST_LOG", "warn");
+        let name = format!("roost-worker {}", worker.id);
+        Process::spawn_stderr_only(&name, command, &log).map_err(|e| format!("{e:#}"))
     }
 
     /// Every worker accepting, the proxy listening, and `/admin/workers`
@@ -768,7 +726,7 @@ impl TestFleet {
 
     fn check_children_alive(&mut self) -> Result<(), String> {
         if let Some(proxy) = &mut self.proxy {
-            if let Ok(Some(status)) = proxy.try_wait() {
+            if let Ok(Some(status)) = proxy.exited() {
                 return Err(format!(
                     "roost-proxy exited early ({status}); its log:\n{}",
                     fs::read_to_string(self.proxy_log_path()).unwrap_or_default()
@@ -776,8 +734,8 @@ impl TestFleet {
             }
         }
         for worker in &mut self.workers {
-            if let Some(child) = &mut worker.child {
-                if let Ok(Some(status)) = child.try_wait() {
+            if let Some(process) = &mut worker.process {
+                if let Ok(Some(status)) = process.exited() {
                     return Err(format!(
                         "roost-worker {} exited early ({status})",
                         worker.id
@@ -843,7 +801,7 @@ impl TestFleet {
 
     /// The worker's pid while it runs.
     pub fn worker_pid(&self, id: &str) -> Option<u32> {
-        self.worker(id).child.as_ref().map(Child::id)
+        self.worker(id).process.as_ref().map(Process::id)
     }
 
     /// A keep-alive client shared by the fixture's helpers (clone it freely).
@@ -851,28 +809,30 @@ impl TestFleet {
         self.client.clone()
     }
 
-    /// SIGTERM the worker (it drains) and wait for it to exit.
+    /// SIGTERM the worker (it drains) and wait (bounded by
+    /// [`EXIT_TIMEOUT`]) for it to exit.
     pub fn sigterm(&mut self, id: &str) {
-        self.signal_and_reap(id, Signal::SIGTERM);
+        let mut process = self.take_process(id);
+        process
+            .signal(Signal::SIGTERM)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        process
+            .wait_exit_blocking(EXIT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// `kill -9` the worker and reap it: when this returns, the process is
     /// gone and its port refuses connections.
     pub fn kill9(&mut self, id: &str) {
-        self.signal_and_reap(id, Signal::SIGKILL);
+        self.take_process(id).kill_now();
     }
 
-    fn signal_and_reap(&mut self, id: &str, signal: Signal) {
-        let worker = self.worker_mut(id);
-        let mut child = worker
-            .child
+    /// The running worker's process, which from now on is not running.
+    fn take_process(&mut self, id: &str) -> Process {
+        self.worker_mut(id)
+            .process
             .take()
-            .unwrap_or_else(|| panic!("worker {id} is not running"));
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
-        kill(pid, signal).unwrap_or_else(|e| panic!("{signal} worker {id}: {e}"));
-        child
-            .wait()
-            .unwrap_or_else(|e| panic!("wait for worker {id} after {signal}: {e}"));
+            .unwrap_or_else(|| panic!("worker {id} is not running"))
     }
 
     /// Start the worker again with the same id and port, and wait (bounded)
@@ -884,21 +844,21 @@ impl TestFleet {
             .position(|w| w.id == id)
             .unwrap_or_else(|| panic!("no worker {id:?} in this fleet"));
         assert!(
-            self.workers[index].child.is_none(),
+            self.workers[index].process.is_none(),
             "worker {id} is still running; kill9 it first"
         );
         let addr = self.workers[index].addr;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let mut child = self
+            let mut process = self
                 .spawn_worker(index, worker_bin())
                 .unwrap_or_else(|e| panic!("restart worker {id}: {e}"));
             loop {
                 if accepts(addr) {
-                    self.workers[index].child = Some(child);
+                    self.workers[index].process = Some(process);
                     return;
                 }
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Ok(Some(status)) = process.exited() {
                     // Most likely the port is briefly unavailable: try again.
                     eprintln!("restarted worker {id} exited ({status}); retrying");
                     break;
@@ -1118,7 +1078,7 @@ impl TestFleet {
     /// `whoami`) the running workers have answered, by their own metrics.
     pub async fn worker_requests(&self, route: &str) -> u64 {
         let mut total = 0.0;
-        for worker in self.workers.iter().filter(|w| w.child.is_some()) {
+        for worker in self.workers.iter().filter(|w| w.process.is_some()) {
             let text = self.worker_metrics(&worker.id).await;
             let labels = [("route", route)];
             total +=
@@ -1129,30 +1089,18 @@ impl TestFleet {
 }
 
 impl Drop for TestFleet {
+    /// Every child is a [`Process`], SIGKILLed and reaped as it drops: the
+    /// proxy here, first, so the log tail shown for a failed test is final;
+    /// the workers and then the temp dir as the fields drop.
     fn drop(&mut self) {
-        let children = self
-            .proxy
-            .take()
-            .into_iter()
-            .chain(self.workers.iter_mut().filter_map(|w| w.child.take()));
-        for mut child in children {
-            // SIGKILL, then reap, so no process outlives the test.
-            if let Err(e) = child.kill() {
-                eprintln!("cannot kill child {}: {e}", child.id());
-            }
-            if let Err(e) = child.wait() {
-                eprintln!("cannot reap child {}: {e}", child.id());
-            }
-        }
+        drop(self.proxy.take());
         if std::thread::panicking() {
-            let log = fs::read_to_string(self.proxy_log_path()).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
+            let path = self.proxy_log_path();
+            let tail = log_tail(&path, 40);
             eprintln!(
-                "--- last {} lines of the proxy log ({}) ---\n{}",
-                tail.len(),
-                self.proxy_log_path().display(),
-                tail.join("\n")
+                "--- last {} lines of the proxy log ({}) ---\n{tail}",
+                tail.lines().count(),
+                path.display(),
             );
         }
     }
@@ -1181,31 +1129,22 @@ pub fn assert_json_error(body: &str, code: &str, context: &str) {
     );
 }
 
-/// Run `roost-proxy ARGS` to completion (bounded): exit code and stderr.
+/// Run `roost-proxy ARGS` to completion (bounded by [`RUN_TIMEOUT`]; one
+/// that hangs is killed and reaped as the panic drops it): exit code and
+/// stderr (stdout, e.g. `--check-config`'s verdict, is discarded).
 pub fn run_proxy(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
     let log_dir = TempDir::new("run");
     let stderr_path = log_dir.path().join("stderr");
-    let stderr = std::fs::File::create(&stderr_path).expect("create a stderr capture file");
-    let mut child = Command::new(proxy_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn roost-proxy");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll roost-proxy") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().expect("kill a roost-proxy that did not exit");
-            child.wait().expect("reap roost-proxy");
-            panic!("roost-proxy {args:?} did not exit within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stderr = std::fs::read_to_string(&stderr_path).expect("read roost-proxy's stderr");
+    let mut command = Command::new(proxy_bin());
+    command.args(args);
+    let name = format!("roost-proxy {args:?}");
+    let mut process = Process::spawn_stderr_only(&name, command, &stderr_path)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let status = process
+        .wait_exit_blocking(RUN_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let stderr = fs::read_to_string(&stderr_path)
+        .unwrap_or_else(|e| panic!("read roost-proxy's stderr {}: {e}", stderr_path.display()));
     (status.code(), stderr)
 }
 

@@ -72,6 +72,8 @@ pub mod action;
 pub mod alarm;
 
 pub use alarm::{Alarm, AlarmChange};
+/// The HTTP method an [`Alias`] takes.
+pub use hyper::Method;
 
 use std::sync::Arc;
 
@@ -124,13 +126,13 @@ pub enum Access {
 /// the entity's id.
 #[derive(Debug, Clone)]
 pub struct Alias {
-    pub method: hyper::Method,
+    pub method: Method,
     pub path: &'static str,
     pub action: &'static str,
 }
 
 impl Alias {
-    pub fn new(method: hyper::Method, path: &'static str, action: &'static str) -> Self {
+    pub fn new(method: Method, path: &'static str, action: &'static str) -> Self {
         Alias {
             method,
             path,

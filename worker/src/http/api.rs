@@ -56,7 +56,7 @@ use roost_routing::{headers, path};
 use serde_json::json;
 
 use super::body;
-use super::routes::{decode_segment, with_fields, EntityRoute, Miss, Route, Routes};
+use super::routes::{decode_segment, with_fields, EntityRoute, InternalCall, Miss, Route, Routes};
 use crate::calls::{CallError, CallSender, Caller, LocalReceiver, Received};
 use crate::config::WorkerConfig;
 use crate::engine::Engine;
@@ -114,7 +114,7 @@ impl Route<'_, '_> {
     fn credential(&self) -> Credential {
         match self {
             Route::Healthz | Route::Readyz | Route::Metrics => Credential::Open,
-            Route::Internal { .. } => Credential::Worker,
+            Route::Internal(_) => Credential::Worker,
             Route::WhoAmI | Route::Entity(_) => Credential::Client,
         }
     }
@@ -267,7 +267,11 @@ impl Api {
                 Ok(reply.into())
             }
             Route::Entity(entity) => self.entity(entity, request).await,
-            Route::Internal { kind, id, action } => self.internal(kind, id, action, request).await,
+            Route::Internal(Some(call)) => self.internal(call, request).await,
+            Route::Internal(None) => {
+                let path = request.uri().path();
+                Err(Reply::error(404, "not_found", format!("no route for {path}")).into())
+            }
         }
     }
 
@@ -330,9 +334,7 @@ impl Api {
     /// here.
     async fn internal(
         &self,
-        kind: &str,
-        id: &str,
-        action: &str,
+        call: InternalCall<'_>,
         request: Request<Incoming>,
     ) -> Result<Answer, Answer> {
         let idempotency_id = header_str(request.headers(), "idempotency-key").ok_or_else(|| {
@@ -345,9 +347,9 @@ impl Api {
         check_name("Idempotency-Key", idempotency_id)?;
         let idempotency_id = idempotency_id.to_owned();
         let (kind, id, action) = (
-            decode_segment(kind)?,
-            decode_segment(id)?,
-            decode_segment(action)?,
+            decode_segment(call.kind)?,
+            decode_segment(call.id)?,
+            decode_segment(call.action)?,
         );
         let body = self.body(request).await?;
         let call = Received {

@@ -52,13 +52,19 @@ pub enum Route<'a, 'p> {
     Readyz,
     Metrics,
     WhoAmI,
-    /// Another worker's call: `POST /internal/v1/{kind}/{id}/{action}`.
-    Internal {
-        kind: &'p str,
-        id: &'p str,
-        action: &'p str,
-    },
+    /// Anything under `/internal/`: the internal surface, behind the
+    /// internal token whatever the path. `Some`: another worker's call,
+    /// `POST /internal/v1/{kind}/{id}/{action}`; `None`: no such call (404,
+    /// once the credential passed).
+    Internal(Option<InternalCall<'p>>),
     Entity(EntityRoute<'a, 'p>),
+}
+
+/// A call's address on the internal route (still escaped).
+pub struct InternalCall<'p> {
+    pub kind: &'p str,
+    pub id: &'p str,
+    pub action: &'p str,
 }
 
 /// An action of an entity.
@@ -325,6 +331,16 @@ fn parse_template(path: &'static str) -> Vec<Segment> {
         .collect()
 }
 
+/// The call a path under `/internal/` names, if it names one.
+fn internal_call<'p>(rest: &[&'p str]) -> Option<InternalCall<'p>> {
+    match rest {
+        ["v1", kind, id, action] if [kind, id, action].iter().all(|s| !s.is_empty()) => {
+            Some(InternalCall { kind, id, action })
+        }
+        _ => None,
+    }
+}
+
 /// The worker's own routes, with their methods.
 fn fixed<'a, 'p>(segments: &[&'p str]) -> Option<(Route<'a, 'p>, &'static [Method])> {
     const GET: &[Method] = &[Method::GET];
@@ -334,11 +350,7 @@ fn fixed<'a, 'p>(segments: &[&'p str]) -> Option<(Route<'a, 'p>, &'static [Metho
         ["readyz"] => (Route::Readyz, GET),
         ["metrics"] => (Route::Metrics, GET),
         ["v1", "whoami"] => (Route::WhoAmI, &METHODS),
-        ["internal", "v1", kind, id, action]
-            if !kind.is_empty() && !id.is_empty() && !action.is_empty() =>
-        {
-            (Route::Internal { kind, id, action }, POST)
-        }
+        ["internal", rest @ ..] => (Route::Internal(internal_call(rest)), POST),
         _ => return None,
     })
 }
@@ -351,7 +363,7 @@ impl Route<'_, '_> {
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
             Route::WhoAmI => "whoami",
-            Route::Internal { .. } => "internal",
+            Route::Internal(_) => "internal",
             Route::Entity(entity) => &entity.action.label,
         }
     }

@@ -37,17 +37,19 @@ use std::fs;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use roost_testkit::process::{log_tail, Process};
 use serde_json::Value;
 
 #[allow(unused_imports)] // each test binary uses a different part
-pub use roost_testkit::{accepts, free_port, open_log, postgres_url, TempDir};
+pub use roost_testkit::metrics::metric_value;
+pub use roost_testkit::poll::eventually;
+pub use roost_testkit::{free_port, postgres_url, TempDir};
 
 /// How long a worker may take to answer `/healthz` after it is spawned.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -496,9 +498,10 @@ pub struct Worker {
     pub admin: SocketAddr,
     pub store: Store,
     config: Option<PathBuf>,
-    child: Option<Child>,
+    /// While it runs; SIGKILLed and reaped when dropped.
+    process: Option<Process>,
     client: reqwest::Client,
-    // Dropped last: the child writes its log here.
+    // Dropped last, after the process is reaped: it writes its log here.
     dir: TempDir,
 }
 
@@ -548,7 +551,7 @@ impl Worker {
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
             store: store.clone(),
             config,
-            child: None,
+            process: None,
             client: client(),
             dir,
         }
@@ -585,7 +588,7 @@ impl Worker {
     /// killed or exited, and wait until `/healthz` answers.
     pub async fn restart(&mut self) {
         assert!(
-            self.child.is_none(),
+            self.process.is_none(),
             "worker {} is still running; kill9 it or wait for its exit first",
             self.id
         );
@@ -641,15 +644,11 @@ impl Worker {
         if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         }
-        let log = self.log_path();
-        let child = command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(open_log(&log)?)
-            .spawn()
-            .map_err(|e| format!("cannot spawn {}: {e}", Self::bin()))?;
-        self.child = Some(child);
+        command.env("RUST_LOG", "info");
+        let name = format!("worker {}", self.id);
+        let process = Process::spawn_stderr_only(&name, command, &self.log_path())
+            .map_err(|e| format!("{e:#}"))?;
+        self.process = Some(process);
         Ok(())
     }
 
@@ -668,32 +667,31 @@ impl Worker {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
-    fn pid(&self) -> Pid {
-        let child = self
-            .child
+    fn process(&self) -> &Process {
+        self.process
             .as_ref()
-            .unwrap_or_else(|| panic!("worker {} is not running", self.id));
-        Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"))
+            .unwrap_or_else(|| panic!("worker {} is not running", self.id))
     }
 
     fn signal(&self, signal: Signal) {
-        kill(self.pid(), signal).unwrap_or_else(|e| panic!("{signal} to worker {}: {e}", self.id));
+        self.process()
+            .signal(signal)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// The running process, which from now on is not running.
+    fn take_process(&mut self) -> Process {
+        self.process
+            .take()
+            .unwrap_or_else(|| panic!("worker {} is not running", self.id))
     }
 
     /// `kill -9` and reap: when this returns, the process is gone.
     pub fn kill9(&mut self) {
-        let mut child = self
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("worker {} is not running", self.id));
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
-        kill(pid, Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 worker {}: {e}", self.id));
-        child
-            .wait()
-            .unwrap_or_else(|e| panic!("reap killed worker {}: {e}", self.id));
+        self.take_process().kill_now();
     }
 
     /// SIGTERM: the worker drains and exits (see [`Worker::wait_exit`]).
@@ -715,29 +713,22 @@ impl Worker {
         self.try_exit_status()
     }
 
+    /// The exit status if the process has exited; it is then no longer
+    /// running (and can be restarted).
     fn try_exit_status(&mut self) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        let status = child
-            .try_wait()
-            .unwrap_or_else(|e| panic!("wait for worker {}: {e}", self.id))?;
-        self.child = None;
+        let process = self.process.as_mut()?;
+        let status = process.exited().unwrap_or_else(|e| panic!("{e:#}"))?;
+        self.process = None;
         Some(status)
     }
 
-    /// Wait (bounded) for the process to exit on its own; reaps it.
+    /// Wait (bounded) for the process to exit on its own; reaps it. A
+    /// worker that does not exit in time is killed as the panic drops it.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.try_exit_status() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker {} did not exit within {limit:?}; log tail:\n{}",
-                self.id,
-                self.log_tail(20)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut process = self.take_process();
+        match process.wait_exit(limit).await {
+            Ok(status) => status,
+            Err(e) => panic!("{e:#}; log tail:\n{}", self.log_tail(20)),
         }
     }
 
@@ -751,9 +742,7 @@ impl Worker {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        log_tail(&self.log_path(), lines)
     }
 
     /// `/metrics` text, from the admin listener.
@@ -791,16 +780,10 @@ impl Worker {
 }
 
 impl Drop for Worker {
+    /// The process is a [`Process`], SIGKILLed (a stopped one too) and
+    /// reaped here, first, so the log tail shown for a failed test is final.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGKILL (works on a stopped process too), then reap.
-            if let Err(e) = child.kill() {
-                eprintln!("cannot kill worker {} ({}): {e}", self.id, child.id());
-            }
-            if let Err(e) = child.wait() {
-                eprintln!("cannot reap worker {} ({}): {e}", self.id, child.id());
-            }
-        }
+        drop(self.process.take());
         if std::thread::panicking() {
             eprintln!(
                 "--- last lines of worker {}'s log ({}) ---\n{}",
@@ -818,12 +801,7 @@ impl Drop for Worker {
 
 /// An HTTP client for tests: keep-alive, no system proxy, bounded requests.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("build a reqwest client")
+    roost_testkit::http::client(REQUEST_TIMEOUT)
 }
 
 /// Requests to one worker, with their own connection pool.
@@ -1117,46 +1095,3 @@ pub fn cart_of(body: &Value) -> (Items, Orders) {
 // ---------------------------------------------------------------------------
 // Polling and metrics
 // ---------------------------------------------------------------------------
-
-/// Poll `check` every 20 ms until it returns `Some`, or panic after `limit`
-/// with `what` in the message.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A value from Prometheus text: the sample of `name` whose labels include
-/// every `(label, value)` pair given.
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels.iter().all(|(label, wanted)| {
-                label_text
-                    .split(',')
-                    .any(|pair| pair == format!("{label}=\"{wanted}\""))
-            });
-            all.then(|| value.parse().ok()).flatten()
-        })
-}

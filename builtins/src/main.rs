@@ -1,5 +1,5 @@
 //! `roost-worker`: a worker serving the built-in entity types (session,
-//! cart, quota, inventory). See [`roost_worker::cli`] for the command line;
+//! cart, quota, inventory). See `roost_worker::cli` for the command line;
 //! an application's worker binary is the same few lines with its own kinds.
 
 use std::process::ExitCode;
@@ -11,5 +11,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    roost_worker::cli::main(roost_worker::entities::builtins())
+    roost_worker::cli::main(roost_builtins::builtins())
 }

@@ -1,13 +1,19 @@
-//! The built-in entity types. They are written against the same
-//! [`crate::entity::Entity`] trait as any user's type, and registered the
-//! same way ([`builtins`]).
+//! `roost-builtins`: the entity types the `roost-worker` binary serves —
+//! `session`, `cart`, `quota` and `inventory` — written only against
+//! `roost_worker`'s public API, as any application's types are (see
+//! `examples/`), and registered the same way ([`builtins`]).
+//!
+//! The binary (`src/main.rs`) is `roost_worker::cli::main(builtins())`.
 
 pub mod cart;
 pub mod inventory;
 pub mod quota;
 pub mod session;
 
-use crate::kinds::Kinds;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
+use roost_worker::kinds::Kinds;
 
 /// The four built-in types, as `roost-worker` serves them: `session`,
 /// `cart` (with `kinds.cart.settings`: `limits`, `abandon_after_ms`),

@@ -912,7 +912,7 @@ fn metrics_are_on_the_admin_listener_only() {
         let status = worker.wait_exit(Duration::from_secs(10)).await;
         assert!(status.success(), "the drain finished: {status}");
         assert!(
-            !support::accepts(worker.admin),
+            !roost_testkit::accepts(worker.admin),
             "the admin listener is closed"
         );
     });

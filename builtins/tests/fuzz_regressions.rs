@@ -1,5 +1,5 @@
-//! Replays every input under `worker/fuzz/seeds/<target>/` and
-//! `worker/fuzz/regressions/<target>/` (crashing inputs the fuzzer found,
+//! Replays every input under `builtins/fuzz/seeds/<target>/` and
+//! `builtins/fuzz/regressions/<target>/` (crashing inputs the fuzzer found,
 //! kept after the fix) through the fuzz targets' entry points, so each
 //! stays fixed without a fuzzer in CI. `deploy/local/fuzz.sh` runs the
 //! fuzzer itself.
@@ -7,12 +7,10 @@
 use std::path::Path;
 
 use roost_routing::fuzzing::{replay_kept_inputs, Entry};
-use roost_worker::fuzzing;
-
 const TARGETS: [(&str, Entry); 3] = [
-    ("entity_request", fuzzing::entity_request),
-    ("worker_config", fuzzing::worker_config),
-    ("stored_state", fuzzing::stored_state),
+    ("entity_request", roost_builtins::fuzzing::entity_request),
+    ("worker_config", roost_worker::fuzzing::worker_config),
+    ("stored_state", roost_builtins::fuzzing::stored_state),
 ];
 
 #[test]

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::entity::{decode_json, encode_json, Context, Entity, Outcome, Reply};
+use roost_worker::entity::{decode_json, encode_json, Context, Entity, Outcome, Reply};
 
 /// The session entity type.
 pub struct Session;

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::entity::{
+use roost_worker::entity::{
     check_name, decode_json, encode_json, Access, Alarm, Context, Durability, Entity, ErrorBody,
     Outcome, Reply, Scope,
 };
@@ -321,7 +321,7 @@ impl Entity for Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entity::AlarmChange;
+    use roost_worker::entity::AlarmChange;
 
     fn ctx() -> Context {
         Context {

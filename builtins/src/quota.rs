@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use hyper::Method;
+use roost_worker::entity::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::entity::{
+use roost_worker::entity::{
     check_name, decode_json, encode_json, Alarm, Alias, Context, Entity, ErrorBody, Outcome, Reply,
 };
 
@@ -241,7 +241,7 @@ mod tests {
         let first = acquire_at(&mut state, 0, 1);
         assert!(first
             .alarms
-            .contains(&crate::entity::AlarmChange::Set(Alarm {
+            .contains(&roost_worker::entity::AlarmChange::Set(Alarm {
                 id: EXPIRE.into(),
                 at_ms: 1000
             })));
@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(state.quotas["uploads"].len(), 1, "the first token went");
         assert!(woken
             .alarms
-            .contains(&crate::entity::AlarmChange::Set(Alarm {
+            .contains(&roost_worker::entity::AlarmChange::Set(Alarm {
                 id: EXPIRE.into(),
                 at_ms: 1500
             })));
@@ -262,6 +262,6 @@ mod tests {
         assert!(state.quotas.is_empty());
         assert!(last
             .alarms
-            .contains(&crate::entity::AlarmChange::Cancel(EXPIRE.into())));
+            .contains(&roost_worker::entity::AlarmChange::Cancel(EXPIRE.into())));
     }
 }

@@ -24,11 +24,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 
-use hyper::Method;
+use roost_worker::entity::Method;
 use serde::{Deserialize, Serialize};
 
 use super::inventory::{Inventory, InventoryRequest};
-use crate::entity::{
+use roost_worker::entity::{
     check_name, decode_json, encode_json, Access, Alarm, Alias, Call, Context, Entity, ErrorBody,
     Outcome, Reply,
 };
@@ -406,7 +406,7 @@ fn refuse_checkout(cart: &mut CartState) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entity::Next;
+    use roost_worker::entity::Next;
 
     fn ctx() -> Context {
         Context {
@@ -525,7 +525,7 @@ mod tests {
             qty: 1,
         };
         let added = cart.handle(&mut state, add, &ctx());
-        let due = crate::entity::AlarmChange::Set(Alarm {
+        let due = roost_worker::entity::AlarmChange::Set(Alarm {
             id: ABANDON.into(),
             at_ms: 1000,
         });
