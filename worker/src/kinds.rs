@@ -379,3 +379,108 @@ impl fmt::Debug for dyn Kind {
 
 /// `kinds:` in the config file: a section per kind.
 pub type KindSections = BTreeMap<String, Spanned<KindConfig>>;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use roost_routing::config_file;
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::entity::{Context, Outcome};
+
+    /// A type with settings, for the checks.
+    struct Shelf {
+        capacity: u64,
+    }
+
+    #[derive(Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ShelfSettings {
+        capacity: Option<std::num::NonZeroU64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum ShelfRequest {
+        Get,
+    }
+
+    impl Entity for Shelf {
+        type State = u64;
+        type Request = ShelfRequest;
+        const KIND: &'static str = "shelf";
+
+        fn encode(&self, state: &u64) -> Vec<u8> {
+            state.to_le_bytes().to_vec()
+        }
+
+        fn decode(&self, _bytes: &[u8]) -> Result<u64, String> {
+            Ok(self.capacity)
+        }
+
+        fn handle(&self, _state: &mut u64, _request: ShelfRequest, _ctx: &Context) -> Outcome {
+            Outcome::read(Reply::no_content())
+        }
+    }
+
+    fn shelves() -> Kinds {
+        Kinds::new().register_with(|settings: ShelfSettings| Shelf {
+            capacity: settings.capacity.map_or(10, std::num::NonZeroU64::get),
+        })
+    }
+
+    /// The error configuring `shelves()` with `text` as worker.yaml.
+    fn refused(text: &str) -> String {
+        let mut config: WorkerConfig =
+            config_file::parse(Path::new("worker.yaml"), text).expect("the file parses");
+        config.source = Some("worker.yaml".into());
+        shelves()
+            .configure(&config)
+            .map(|_| ())
+            .expect_err("the kinds do not fit")
+            .to_string()
+    }
+
+    #[test]
+    fn sections_name_registered_kinds_and_fit_their_settings() {
+        let unknown = refused("flush_interval_ms: 50\nkinds:\n  ledger: {durability: durable}\n");
+        assert!(
+            unknown.starts_with("worker.yaml:3:") && unknown.contains("`kinds.ledger`"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("this worker serves shelf"), "{unknown}");
+        let zero = refused("kinds:\n  shelf:\n    settings: {capacity: 0}\n");
+        assert!(
+            zero.starts_with("worker.yaml:3:") && zero.contains("`kinds.shelf.settings`"),
+            "{zero}"
+        );
+        assert!(zero.contains("capacity: "), "names the setting: {zero}");
+        let stray = refused("kinds:\n  shelf: {settings: {colour: red}}\n");
+        assert!(stray.contains("colour"), "{stray}");
+        let config: WorkerConfig = config_file::parse(
+            Path::new("worker.yaml"),
+            "kinds: {shelf: {durability: durable, settings: {capacity: 3}}}\n",
+        )
+        .expect("the file parses");
+        let catalog = shelves().configure(&config).expect("the kinds fit");
+        let shelf = catalog.get("shelf").expect("registered");
+        assert_eq!(shelf.durability(), Durability::Durable);
+        assert_eq!(shelf.actions(), ["get"]);
+        assert_eq!(shelf.routing_key("s1"), "s1");
+    }
+
+    #[test]
+    fn a_kind_registered_twice_or_with_an_unusable_name_is_refused() {
+        let twice = shelves().register(Shelf { capacity: 1 });
+        let error = twice
+            .configure(&WorkerConfig::default())
+            .map(|_| ())
+            .expect_err("two shelves");
+        assert!(error.to_string().contains("registered twice"), "{error}");
+        assert!(check_kind_name("Shelf").is_err());
+        assert!(check_kind_name("whoami").is_err());
+        assert!(check_kind_name("order-line_2").is_ok());
+    }
+}
