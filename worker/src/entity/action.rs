@@ -45,13 +45,23 @@ impl de::Error for ActionError {
     }
 }
 
-/// Parse `body` as the request for `action` of request type `R`.
+/// Parse `body` as the request for `action` of request type `R`. A body
+/// of the wrong shape is parsed again with the path to the offending
+/// field tracked, for the message (tracking costs an allocation per field,
+/// so a good body does not pay for it).
 pub fn parse<R: DeserializeOwned>(action: &str, body: &[u8]) -> Result<R, ActionError> {
-    R::deserialize(Action {
-        name: action,
-        body,
-        variants: &[],
-    })
+    let parsed = |tracked| {
+        R::deserialize(Action {
+            name: action,
+            body,
+            variants: &[],
+            tracked,
+        })
+    };
+    match parsed(false) {
+        Err(ActionError::Invalid(_)) => parsed(true),
+        answer => answer,
+    }
 }
 
 /// The action names of request type `R` (its variants, as serde names
@@ -87,6 +97,8 @@ struct Action<'de> {
     body: &'de [u8],
     /// The enum's variants, once serde has said them.
     variants: &'static [&'static str],
+    /// Whether to track the path to a field in error.
+    tracked: bool,
 }
 
 impl<'de> de::Deserializer<'de> for Action<'de> {
@@ -127,18 +139,48 @@ impl<'de> de::EnumAccess<'de> for Action<'de> {
             action: self.name.to_owned(),
             actions: self.variants,
         })?;
-        Ok((variant, Body(self.body)))
+        let body = Body {
+            bytes: self.body,
+            tracked: self.tracked,
+        };
+        Ok((variant, body))
     }
 }
 
 /// An action's body, as its variant's content.
-struct Body<'de>(&'de [u8]);
+struct Body<'de> {
+    bytes: &'de [u8],
+    tracked: bool,
+}
+
+/// `$deserialize`, an expression of `$de`, run over `$body`'s bytes as JSON
+/// (with the path to a field in error tracked when the body asks), then a
+/// check that nothing follows the value. A macro rather than a function:
+/// the plain and the tracking deserializers are different types, and the
+/// seed or visitor `$deserialize` consumes is used in one branch only.
+macro_rules! over_json {
+    ($body:expr, |$de:ident| $deserialize:expr) => {{
+        let body: Body<'_> = $body;
+        let mut json = serde_json::Deserializer::from_slice(body.bytes);
+        let value = if body.tracked {
+            let mut track = serde_path_to_error::Track::new();
+            let $de = serde_path_to_error::Deserializer::new(&mut json, &mut track);
+            $deserialize.map_err(|e| body_error(&e, Some(track.path())))
+        } else {
+            let $de = &mut json;
+            $deserialize.map_err(|e| body_error(&e, None))
+        }?;
+        json.end()
+            .map_err(|e| ActionError::NotJson(e.to_string()))?;
+        Ok(value)
+    }};
+}
 
 impl<'de> de::VariantAccess<'de> for Body<'de> {
     type Error = ActionError;
 
     fn unit_variant(self) -> Result<(), ActionError> {
-        let text = std::str::from_utf8(self.0).unwrap_or("?").trim();
+        let text = std::str::from_utf8(self.bytes).unwrap_or("?").trim();
         if matches!(text, "" | "{}" | "null") {
             Ok(())
         } else {
@@ -150,7 +192,7 @@ impl<'de> de::VariantAccess<'de> for Body<'de> {
         self,
         seed: S,
     ) -> Result<S::Value, ActionError> {
-        self.json(|de| seed.deserialize(de))
+        over_json!(self, |de| seed.deserialize(de))
     }
 
     fn tuple_variant<V: Visitor<'de>>(
@@ -158,7 +200,9 @@ impl<'de> de::VariantAccess<'de> for Body<'de> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, ActionError> {
-        self.json(|de| de::Deserializer::deserialize_tuple(de, len, visitor))
+        over_json!(self, |de| de::Deserializer::deserialize_tuple(
+            de, len, visitor
+        ))
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -166,48 +210,24 @@ impl<'de> de::VariantAccess<'de> for Body<'de> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, ActionError> {
-        if self.0.trim_ascii_start().starts_with(b"[") {
+        if self.bytes.trim_ascii_start().starts_with(b"[") {
             return Err(ActionError::Invalid(
                 "the body must be a JSON object, not an array".into(),
             ));
         }
-        self.json(|de| de::Deserializer::deserialize_struct(de, "", fields, visitor))
-    }
-}
-
-impl<'de> Body<'de> {
-    /// Run `deserialize` over the body as JSON, tracking the path to the
-    /// offending field, and check nothing follows the value.
-    fn json<T>(
-        self,
-        deserialize: impl for<'j> FnOnce(
-            serde_path_to_error::Deserializer<
-                '_,
-                '_,
-                &'j mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
-            >,
-        ) -> Result<T, serde_json::Error>,
-    ) -> Result<T, ActionError> {
-        let mut json = serde_json::Deserializer::from_slice(self.0);
-        let mut track = serde_path_to_error::Track::new();
-        let tracked = serde_path_to_error::Deserializer::new(&mut json, &mut track);
-        let value = match deserialize(tracked) {
-            Ok(value) => value,
-            Err(e) => return Err(body_error(&e, &track.path())),
-        };
-        json.end()
-            .map_err(|e| ActionError::NotJson(e.to_string()))?;
-        Ok(value)
+        over_json!(self, |de| de::Deserializer::deserialize_struct(
+            de, "", fields, visitor
+        ))
     }
 }
 
 /// A body error as the client should read it: syntax apart from content,
 /// and the content's error prefixed with the field it is about.
-fn body_error(error: &serde_json::Error, path: &serde_path_to_error::Path) -> ActionError {
+fn body_error(error: &serde_json::Error, path: Option<serde_path_to_error::Path>) -> ActionError {
     if error.is_syntax() || error.is_eof() {
         return ActionError::NotJson(error.to_string());
     }
-    let field = path.to_string();
+    let field = path.map(|path| path.to_string()).unwrap_or_default();
     if field.is_empty() || field == "." {
         ActionError::Invalid(error.to_string())
     } else {

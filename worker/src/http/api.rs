@@ -237,13 +237,13 @@ impl Api {
                 return self.respond(Answer::Plain(reply), Some(&allow));
             }
         };
-        let label = route.label().to_owned();
+        let label = route.label();
         let answer = match self.dispatch(route, request).await {
             Ok(answer) | Err(answer) => answer,
         };
         METRICS
             .request_seconds
-            .with_label_values(&[label.as_str()])
+            .with_label_values(&[label])
             .observe(started.elapsed().as_secs_f64());
         self.respond(answer, None)
     }

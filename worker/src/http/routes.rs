@@ -38,6 +38,20 @@ const METHODS: [Method; 5] = [
     Method::DELETE,
 ];
 
+/// More segments than any route has: such a path is not found.
+const MAX_SEGMENTS: usize = 8;
+
+/// `path`'s segments in `parts` (no allocation per request); `None` when
+/// it does not start with `/` or has more than [`MAX_SEGMENTS`].
+fn split<'p, 's>(path: &'p str, parts: &'s mut [&'p str; MAX_SEGMENTS]) -> Option<&'s [&'p str]> {
+    let mut count = 0;
+    for segment in path.strip_prefix('/')?.split('/') {
+        *parts.get_mut(count)? = segment;
+        count += 1;
+    }
+    Some(&parts[..count])
+}
+
 /// The action a method asks for on an entity's own path.
 const METHOD_ACTIONS: [(Method, &str); 4] = [
     (Method::GET, "get"),
@@ -182,13 +196,11 @@ impl Routes {
 
     /// The route of `method` on a normal `path`.
     pub fn find<'a, 'p>(&'a self, method: &Method, path: &'p str) -> Result<Route<'a, 'p>, Miss> {
-        let Some(segments) = path
-            .strip_prefix('/')
-            .map(|p| p.split('/').collect::<Vec<_>>())
-        else {
+        let mut parts = [""; MAX_SEGMENTS];
+        let Some(segments) = split(path, &mut parts) else {
             return Err(Miss::NotFound);
         };
-        if let Some((route, allowed)) = fixed(&segments) {
+        if let Some((route, allowed)) = fixed(segments) {
             return if allowed.contains(method) {
                 Ok(route)
             } else {
@@ -197,7 +209,7 @@ impl Routes {
         }
         let mut allowed = Vec::new();
         let mut found = None;
-        self.each_entity_route(&segments, |route_method, route| {
+        self.each_entity_route(segments, |route_method, route| {
             if route_method == *method && found.is_none() {
                 found = Some(route);
             } else if !allowed.contains(&route_method) {
@@ -355,16 +367,16 @@ fn fixed<'a, 'p>(segments: &[&'p str]) -> Option<(Route<'a, 'p>, &'static [Metho
     })
 }
 
-impl Route<'_, '_> {
-    /// The metric label.
-    pub fn label(&self) -> &str {
+impl<'a> Route<'a, '_> {
+    /// The metric label (it lives as long as the routes).
+    pub fn label(&self) -> &'a str {
         match self {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
             Route::WhoAmI => "whoami",
             Route::Internal(_) => "internal",
-            Route::Entity(entity) => &entity.action.label,
+            Route::Entity(entity) => entity.action.label.as_str(),
         }
     }
 }
