@@ -51,6 +51,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Request, Response};
 use roost_routing::{headers, path};
 use serde_json::json;
@@ -217,18 +218,20 @@ impl Api {
         surface: Surface,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let path = request.uri().path().to_owned();
-        if let Err(reply) = check_normal(&path) {
+        // Everything below borrows the head; only the body is consumed.
+        let (head, body) = request.into_parts();
+        let path = head.uri.path();
+        if let Err(reply) = check_normal(path) {
             return self.respond(Answer::Plain(reply), None);
         }
-        let route = match self.routes.find(request.method(), &path) {
+        let route = match self.routes.find(&head.method, path) {
             Ok(route) if route.served_on(surface) => route,
             Ok(_) | Err(Miss::NotFound) => {
                 let reply = Reply::error(404, "not_found", format!("no route for {path}"));
                 return self.respond(Answer::Plain(reply), None);
             }
             Err(Miss::MethodNotAllowed(allow)) => {
-                let method = request.method();
+                let method = &head.method;
                 let reply = Reply::error(
                     405,
                     "method_not_allowed",
@@ -238,7 +241,7 @@ impl Api {
             }
         };
         let label = route.label();
-        let answer = match self.dispatch(route, request).await {
+        let answer = match self.dispatch(route, &head, body).await {
             Ok(answer) | Err(answer) => answer,
         };
         METRICS
@@ -251,9 +254,10 @@ impl Api {
     async fn dispatch(
         &self,
         route: Route<'_, '_>,
-        request: Request<Incoming>,
+        head: &Parts,
+        body: Incoming,
     ) -> Result<Answer, Answer> {
-        self.check_credential(route.credential(), request.headers())?;
+        self.check_credential(route.credential(), &head.headers)?;
         match route {
             Route::Healthz => Ok(Reply::ok(json!({"status": "ok"})).into()),
             Route::Readyz => Ok(self.readiness().into()),
@@ -262,14 +266,14 @@ impl Api {
                 body: crate::metrics::render().into(),
             }),
             Route::WhoAmI => {
-                let reply = self.whoami(user_key(request.headers())?.as_deref());
-                self.body(request).await?;
+                let reply = self.whoami(user_key(&head.headers)?);
+                self.body(head, body).await?;
                 Ok(reply.into())
             }
-            Route::Entity(entity) => self.entity(entity, request).await,
-            Route::Internal(Some(call)) => self.internal(call, request).await,
+            Route::Entity(entity) => self.entity(entity, head, body).await,
+            Route::Internal(Some(call)) => self.internal(call, head, body).await,
             Route::Internal(None) => {
-                let path = request.uri().path();
+                let path = head.uri.path();
                 Err(Reply::error(404, "not_found", format!("no route for {path}")).into())
             }
         }
@@ -302,26 +306,31 @@ impl Api {
     async fn entity(
         &self,
         route: EntityRoute<'_, '_>,
-        request: Request<Incoming>,
+        head: &Parts,
+        body: Incoming,
     ) -> Result<Answer, Answer> {
         if route.action.access == Access::Admin {
-            check_bearer(request.headers(), self.config.admin_token.as_deref())?;
+            check_bearer(&head.headers, self.config.admin_token.as_deref())?;
         }
+        let shared;
         let id = match (route.kind.scope(), route.id) {
-            (Scope::Shared, Some(id)) => decode_segment(id)?,
-            _ => user_key(request.headers())?.ok_or_else(|| {
+            (Scope::Shared, Some(id)) => {
+                shared = decode_segment(id)?;
+                shared.as_str()
+            }
+            _ => user_key(&head.headers)?.ok_or_else(|| {
                 Reply::error(401, "missing_key", "the request carries no x-roost-key")
             })?,
         };
         let read = route.action.access == Access::Read;
-        let (options, body) = self.read(request, route.kind, read).await?;
+        let (options, body) = self.read(head, body, route.kind, read).await?;
         let body = if route.fields.is_empty() {
             body
         } else {
             with_fields(&body, &route.fields)?.into()
         };
         let invocation = Invocation {
-            id: &id,
+            id,
             action: route.action.name,
             body: &body,
             options,
@@ -335,9 +344,10 @@ impl Api {
     async fn internal(
         &self,
         call: InternalCall<'_>,
-        request: Request<Incoming>,
+        head: &Parts,
+        body: Incoming,
     ) -> Result<Answer, Answer> {
-        let idempotency_id = header_str(request.headers(), "idempotency-key").ok_or_else(|| {
+        let idempotency_id = header_str(&head.headers, "idempotency-key").ok_or_else(|| {
             Reply::error(
                 400,
                 "missing_idempotency_key",
@@ -351,7 +361,7 @@ impl Api {
             decode_segment(call.id)?,
             decode_segment(call.action)?,
         );
-        let body = self.body(request).await?;
+        let body = self.body(head, body).await?;
         let call = Received {
             kind: &kind,
             id: &id,
@@ -371,8 +381,8 @@ impl Api {
         }
     }
 
-    async fn body(&self, request: Request<Incoming>) -> Result<Bytes, Answer> {
-        Ok(body::read(request, self.config.max_body_bytes).await?)
+    async fn body(&self, head: &Parts, body: Incoming) -> Result<Bytes, Answer> {
+        Ok(body::read(&head.headers, body, self.config.max_body_bytes).await?)
     }
 
     /// A client's request to an entity of `kind`, besides its route: its
@@ -384,11 +394,12 @@ impl Api {
     /// once.
     async fn read(
         &self,
-        request: Request<Incoming>,
+        head: &Parts,
+        body: Incoming,
         kind: &dyn Kind,
         read: bool,
     ) -> Result<(Options, Bytes), Answer> {
-        let headers = request.headers();
+        let headers = &head.headers;
         let durability = match header_str(headers, DURABILITY) {
             None => kind.durability(),
             Some("durable") => Durability::Durable,
@@ -405,15 +416,16 @@ impl Api {
         let if_match = header_str(headers, hyper::header::IF_MATCH)
             .filter(|_| !read)
             .map(IfMatch::parse);
-        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-        let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
-            self.body(request).await?
+        let method = &head.method;
+        let body = if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            self.body(head, body).await?
         } else {
             Bytes::new()
         };
-        let idempotency = idempotency_key
-            .filter(|_| !read)
-            .map(|key| Idempotency::new(key, Fingerprint::of(method.as_str(), &path, &body)));
+        let idempotency = idempotency_key.filter(|_| !read).map(|key| {
+            let request = Fingerprint::of(method.as_str(), head.uri.path(), &body);
+            Idempotency::new(key, request)
+        });
         let options = Options {
             durability,
             idempotency,
@@ -688,13 +700,13 @@ fn header_str<K: hyper::header::AsHeaderName>(headers: &HeaderMap, name: K) -> O
 
 /// The proxy-set user key, if present and non-empty.
 /// Not UTF-8: 400, since lossy decoding would make distinct keys collide.
-fn user_key(headers: &HeaderMap) -> Result<Option<String>, Reply> {
+fn user_key(headers: &HeaderMap) -> Result<Option<&str>, Reply> {
     let Some(key) = headers.get(headers::KEY) else {
         return Ok(None);
     };
     let key = std::str::from_utf8(key.as_bytes())
         .map_err(|_| Reply::error(400, "invalid_key", "x-roost-key is not UTF-8"))?;
-    Ok((!key.is_empty()).then(|| key.to_owned()))
+    Ok((!key.is_empty()).then_some(key))
 }
 
 fn runtime_error(error: &RuntimeError) -> Reply {

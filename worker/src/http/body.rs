@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::HeaderMap;
 
 use crate::entity::Reply;
 
@@ -25,7 +25,7 @@ pub const DISCARD_TIME: Duration = Duration::from_secs(2);
 pub const DISCARD_BYTES: usize = 4 << 20;
 
 /// Read the whole body, or 413 when it is (or claims to be) larger than `max`.
-pub async fn read(request: Request<Incoming>, max: usize) -> Result<Bytes, Reply> {
+pub async fn read(headers: &HeaderMap, mut body: Incoming, max: usize) -> Result<Bytes, Reply> {
     let too_large = || {
         Reply::error(
             413,
@@ -33,17 +33,14 @@ pub async fn read(request: Request<Incoming>, max: usize) -> Result<Bytes, Reply
             format!("the body is larger than {max} bytes"),
         )
     };
-    let declared = request
-        .headers()
+    let declared = headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     // Such a client sends no body until told to go on, and the 413 says no.
-    let waits_to_send = request
-        .headers()
+    let waits_to_send = headers
         .get(hyper::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut body = request.into_body();
     if declared.is_some_and(|length| length > max as u64) {
         if !waits_to_send {
             discard(body);
