@@ -365,7 +365,11 @@ pub struct Call {
     pub id: String,
     /// What HRW routes the call by ([`Entity::routing_key`]).
     pub routing_key: String,
-    /// The receiving type's action.
+    /// The receiving type's action. (Empty in a call stored by a worker
+    /// from before actions: the receiver refuses it with 404, a decided
+    /// reply, so the caller's round ends instead of the whole state
+    /// failing to decode.)
+    #[serde(default)]
     pub action: String,
     /// The action's body (JSON; `null` for an action without one).
     pub body: Box<RawValue>,
