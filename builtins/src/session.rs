@@ -1,8 +1,14 @@
 //! `session`: one JSON document per user, replaced with `PUT`, merged with
 //! `PATCH` (RFC 7386 JSON merge patch), removed with `DELETE`, guarded by
 //! `If-Match` on the entity version.
+//!
+//! The document is held as its compact JSON text, not as a tree of
+//! `Value`s: a `GET` sends the text as it is, and a session in memory costs
+//! about its size (a parsed object costs several times that: a B-tree node
+//! of eleven slots, a heap string per key). Only a `PATCH` parses it.
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use roost_worker::entity::{decode_json, encode_json, Context, Entity, Outcome, Reply};
@@ -21,47 +27,45 @@ pub enum SessionRequest {
     Delete,
 }
 
+/// The document's compact JSON text (`None` until the first `PUT` or
+/// `PATCH`).
+pub type Document = Option<Box<RawValue>>;
+
 impl Entity for Session {
-    /// `None` until the first `PUT` or `PATCH`.
-    type State = Option<Value>;
+    type State = Document;
     type Request = SessionRequest;
     const KIND: &'static str = "session";
 
-    fn encode(&self, state: &Option<Value>) -> Vec<u8> {
+    fn encode(&self, state: &Document) -> Vec<u8> {
         encode_json(state)
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Option<Value>, String> {
+    fn decode(&self, bytes: &[u8]) -> Result<Document, String> {
         decode_json(bytes)
     }
 
     /// `If-Match: *` matches a session that has a document.
-    fn exists(&self, state: &Option<Value>) -> bool {
+    fn exists(&self, state: &Document) -> bool {
         state.is_some()
     }
 
-    fn handle(
-        &self,
-        state: &mut Option<Value>,
-        request: SessionRequest,
-        _ctx: &Context,
-    ) -> Outcome {
+    fn handle(&self, state: &mut Document, request: SessionRequest, _ctx: &Context) -> Outcome {
         match request {
             SessionRequest::Get => Outcome::read(match state {
                 Some(document) => Reply::ok(document),
                 None => Reply::error(404, "not_found", "this user has no session yet"),
             }),
-            SessionRequest::Put(document) => {
-                let reply = Reply::ok(&document);
-                *state = Some(document);
-                Outcome::changed(reply)
-            }
+            SessionRequest::Put(document) => replace(state, &document),
             SessionRequest::Patch(patch) => {
-                let mut document = state.take().unwrap_or(Value::Null);
+                let mut document = match state.as_deref() {
+                    Some(text) => match serde_json::from_str(text.get()) {
+                        Ok(document) => document,
+                        Err(e) => return unreadable(&e),
+                    },
+                    None => Value::Null,
+                };
                 merge_patch(&mut document, patch);
-                let reply = Reply::ok(&document);
-                *state = Some(document);
-                Outcome::changed(reply)
+                replace(state, &document)
             }
             SessionRequest::Delete => {
                 let existed = state.take().is_some();
@@ -69,6 +73,24 @@ impl Entity for Session {
             }
         }
     }
+}
+
+/// Hold `document` as the session's text, and answer with it.
+fn replace(state: &mut Document, document: &Value) -> Outcome {
+    match serde_json::value::to_raw_value(document) {
+        Ok(text) => {
+            let reply = Reply::ok(&text);
+            *state = Some(text);
+            Outcome::changed(reply)
+        }
+        Err(e) => unreadable(&e),
+    }
+}
+
+/// A document that cannot be turned into text, or the held text back into
+/// a document: a bug, not the client's doing.
+fn unreadable(error: &serde_json::Error) -> Outcome {
+    Outcome::read(Reply::error(500, "unreadable_session", error.to_string()))
 }
 
 /// RFC 7386: objects merge key by key, `null` removes a key, anything else

@@ -88,8 +88,9 @@ pub struct Loaded {
     /// request did not declare) goes back to, and what a durable change's
     /// row of the state before it is built from. Kept, since every change
     /// encodes the state for its row anyway: neither costs an encode or a
-    /// clone of the state, only these bytes of memory per entity held.
-    pub encoded: Vec<u8>,
+    /// clone of the state, only these bytes of memory per entity held
+    /// (boxed: exactly their length, none of a `Vec`'s spare capacity).
+    pub encoded: Box<[u8]>,
     pub meta: Meta,
     /// Bumped on every change; persisted with the state.
     pub version: u64,
@@ -122,11 +123,11 @@ impl Loaded {
             None => {
                 let state = E::State::default();
                 let encoded = entity.encode(&state);
-                (Meta::default(), state, encoded)
+                (Meta::default(), state, encoded.into_boxed_slice())
             }
             Some(bytes) => {
                 let (meta, state, encoded) = envelope::decode_stored(entity, key, bytes)?;
-                (meta, state, encoded.to_vec())
+                (meta, state, encoded.into())
             }
         };
         Ok(Loaded {
@@ -150,7 +151,9 @@ struct Pending {
     waiters: Vec<Waiter>,
     /// After a durable change failed to commit: the state to go back to.
     /// The next request to lock the entity restores it.
-    revert: Option<FlushRow>,
+    /// Boxed: rarely there, and a row is large to carry inline in every
+    /// entity.
+    revert: Option<Box<FlushRow>>,
     /// Durable flush failures so far: a request that read the state under
     /// an older count was built on a change that failed.
     failures: u64,
@@ -235,7 +238,7 @@ impl Activation {
     /// request. Called with the entity locked.
     pub fn revert_point(&self) -> (u64, Option<FlushRow>) {
         let mut pending = self.pending();
-        (pending.failures, pending.revert.take())
+        (pending.failures, pending.revert.take().map(|row| *row))
     }
 
     /// Record what a request did, through the output gate: a durable change
@@ -334,7 +337,7 @@ impl Activation {
             pending.written = pending.written.min(before.version - 1);
         }
         pending.row.clone_from(&before);
-        pending.revert = before;
+        pending.revert = before.map(Box::new);
         pending.failures += 1;
         let failed = std::mem::take(&mut pending.waiters);
         drop(pending);

@@ -26,7 +26,8 @@ use crate::ownership::ClaimError;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Meta {
     pub replies: ReplyCache,
-    pub awaiting: Option<Awaiting>,
+    /// Boxed: rarely there, and large to carry inline in every entity.
+    pub awaiting: Option<Box<Awaiting>>,
     /// The entity's pending alarms.
     pub alarms: Alarms,
 }
@@ -165,7 +166,7 @@ pub fn encode(state: &[u8], meta: &Meta) -> Vec<u8> {
     } else {
         serde_json::to_vec(&Full {
             replies,
-            awaiting: meta.awaiting.as_ref(),
+            awaiting: meta.awaiting.as_deref(),
             alarms: &meta.alarms,
         })
     }
@@ -194,7 +195,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Meta, &[u8]), String> {
             replies: ReplyCache {
                 entries: read.replies,
             },
-            awaiting: read.awaiting,
+            awaiting: read.awaiting.map(Box::new),
             alarms: read.alarms,
         }
     } else {
@@ -312,7 +313,7 @@ mod tests {
         let mut meta = Meta::default();
         meta.replies
             .remember(key("k"), Reply::no_content(), 3, 1024);
-        meta.awaiting = Some(Awaiting {
+        meta.awaiting = Some(Box::new(Awaiting {
             idempotency_key: Some("checkout-1".into()),
             request: Some(Fingerprint::of("POST", "/v1/cart/checkout", b"")),
             calls: vec![Call {
@@ -324,7 +325,7 @@ mod tests {
                     .expect("serializes"),
                 idempotency_id: "u/order-1/release".into(),
             }],
-        });
+        }));
         let bytes = encode(b"{}", &meta);
         let (decoded, state) = decode(&bytes).expect("decodes");
         assert_eq!(decoded, meta);

@@ -653,7 +653,7 @@ impl Runtime {
                 })
             }
             Next::Calls(calls) => {
-                loaded.meta.awaiting = Some(Awaiting::new(idempotency, calls));
+                loaded.meta.awaiting = Some(Box::new(Awaiting::new(idempotency, calls)));
                 None
             }
         };
@@ -664,7 +664,7 @@ impl Runtime {
             &loaded.meta,
             &bytes,
         );
-        loaded.encoded = bytes;
+        loaded.encoded = bytes.into_boxed_slice();
         let effect = match before {
             Some(before) => Effect::Durable { row, before },
             None => Effect::WriteBehind(row),
