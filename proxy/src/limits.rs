@@ -173,6 +173,14 @@ impl Limits {
             );
             return Err(refuse(Limit::Headers, 431, "headers_too_large", message));
         }
+        if let Err(message) = only_chunked(&request.headers) {
+            return Err(refuse(
+                Limit::Framing,
+                501,
+                "unsupported_transfer_coding",
+                message,
+            ));
+        }
         match declared_length(&request.headers) {
             Err(message) => Err(refuse(
                 Limit::Framing,
@@ -317,6 +325,29 @@ fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, String> {
         }
     }
     Ok(declared)
+}
+
+/// A request's `Transfer-Encoding` may name `chunked` alone: a coding
+/// before it (`gzip, chunked`) would reach the worker as plain `chunked`
+/// and its body be read as if it were not coded. RFC 9112 §6.1: 501, as
+/// nginx answers. (Codings after `chunked`, and unknown ones alone, are
+/// refused by Pingora's parser already.)
+fn only_chunked(headers: &http::HeaderMap) -> Result<(), String> {
+    let codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    for coding in codings {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Err(format!(
+                "the transfer coding {:?} is not implemented; send the body chunked only",
+                String::from_utf8_lossy(coding)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Count the rejection and build its reply.

@@ -195,6 +195,16 @@ impl Conn {
     /// How long until the peer closes the connection (EOF or reset),
     /// reading and discarding anything it sends; panics after `limit`.
     pub async fn closed_after(&mut self, since: Instant, limit: Duration) -> Duration {
+        assert!(
+            self.closes_within(limit).await,
+            "the peer kept the connection open for {limit:?}"
+        );
+        since.elapsed()
+    }
+
+    /// Whether the peer closes the connection (EOF or reset) within
+    /// `limit`, reading and discarding anything it sends meanwhile.
+    pub async fn closes_within(&mut self, limit: Duration) -> bool {
         let wait = async {
             let mut chunk = [0u8; 4096];
             while let Ok(n) = self.stream.read(&mut chunk).await {
@@ -203,10 +213,23 @@ impl Conn {
                 }
             }
         };
-        tokio::time::timeout(limit, wait)
-            .await
-            .unwrap_or_else(|_| panic!("the peer kept the connection open for {limit:?}"));
-        since.elapsed()
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// The next response, an interim (1xx) one included, if it starts to
+    /// arrive within `limit` (`None`: nothing did); once it has started,
+    /// reading the rest is bounded by [`RAW_TIMEOUT`]. `Err` as for
+    /// [`Conn::try_reply`].
+    pub async fn next_response_within(&mut self, limit: Duration) -> Option<Result<Reply, String>> {
+        if self.unread.is_empty() {
+            match tokio::time::timeout(limit, self.fill()).await {
+                Err(_) => return None,
+                Ok(Err(e)) => return Some(Err(e)),
+                Ok(Ok(_)) => {}
+            }
+        }
+        let rest = tokio::time::timeout(RAW_TIMEOUT, self.read_reply()).await;
+        Some(rest.unwrap_or_else(|_| Err(format!("no whole response within {RAW_TIMEOUT:?}"))))
     }
 
     /// Read more bytes into `unread`: how many (0 at EOF).
@@ -309,7 +332,8 @@ impl Conn {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `haystack`.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
