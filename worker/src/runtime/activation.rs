@@ -145,15 +145,10 @@ impl Loaded {
 #[derive(Default)]
 struct Pending {
     row: Option<FlushRow>,
-    /// Durable changes not yet committed, oldest first.
-    unconfirmed: VecDeque<Unconfirmed>,
-    /// Replies held by the output gate.
-    waiters: Vec<Waiter>,
-    /// After a durable change failed to commit: the state to go back to.
-    /// The next request to lock the entity restores it.
-    /// Boxed: rarely there, and a row is large to carry inline in every
-    /// entity.
-    revert: Option<Box<FlushRow>>,
+    /// What is in flight besides the newest row; made only while there is
+    /// some (most entities have none most of the time, and it is large to
+    /// carry inline in every entity).
+    flight: Option<Box<InFlight>>,
     /// Durable flush failures so far: a request that read the state under
     /// an older count was built on a change that failed.
     failures: u64,
@@ -161,6 +156,40 @@ struct Pending {
     newest: i64,
     /// Version of the newest row known written.
     written: i64,
+}
+
+/// Durable changes not yet committed, the replies held for them, and the
+/// state to go back to after one failed.
+#[derive(Default)]
+struct InFlight {
+    /// Durable changes not yet committed, oldest first.
+    unconfirmed: VecDeque<Unconfirmed>,
+    /// Replies held by the output gate.
+    waiters: Vec<Waiter>,
+    /// After a durable change failed to commit: the state to go back to.
+    /// The next request to lock the entity restores it.
+    revert: Option<FlushRow>,
+}
+
+impl Pending {
+    fn flight(&mut self) -> &mut InFlight {
+        self.flight.get_or_insert_with(Box::default)
+    }
+
+    /// The newest durable change not yet committed.
+    fn newest_unconfirmed(&self) -> Option<i64> {
+        self.flight.as_ref()?.unconfirmed.back().map(|u| u.version)
+    }
+
+    /// Give the in-flight part back once nothing is in it.
+    fn tidy(&mut self) {
+        let empty = self.flight.as_ref().is_some_and(|f| {
+            f.unconfirmed.is_empty() && f.waiters.is_empty() && f.revert.is_none()
+        });
+        if empty {
+            self.flight = None;
+        }
+    }
 }
 
 /// A durable change and the row of the state just before it.
@@ -238,7 +267,9 @@ impl Activation {
     /// request. Called with the entity locked.
     pub fn revert_point(&self) -> (u64, Option<FlushRow>) {
         let mut pending = self.pending();
-        (pending.failures, pending.revert.take().map(|row| *row))
+        let revert = pending.flight.as_mut().and_then(|f| f.revert.take());
+        pending.tidy();
+        (pending.failures, revert)
     }
 
     /// Record what a request did, through the output gate: a durable change
@@ -263,18 +294,18 @@ impl Activation {
             }
             Effect::Durable { row, before } => {
                 pending.newest = row.version;
-                pending.unconfirmed.push_back(Unconfirmed {
+                pending.flight().unconfirmed.push_back(Unconfirmed {
                     version: row.version,
                     before,
                 });
                 pending.row = Some(row);
             }
         }
-        let Some(version) = pending.unconfirmed.back().map(|u| u.version) else {
+        let Some(version) = pending.newest_unconfirmed() else {
             return Ok(None);
         };
         let (reply, wait) = oneshot::channel();
-        pending.waiters.push(Waiter { version, reply });
+        pending.flight().waiters.push(Waiter { version, reply });
         Ok(Some(wait))
     }
 
@@ -287,7 +318,7 @@ impl Activation {
         }
         let (reply, wait) = oneshot::channel();
         let version = pending.newest;
-        pending.waiters.push(Waiter { version, reply });
+        pending.flight().waiters.push(Waiter { version, reply });
         Some(wait)
     }
 
@@ -300,17 +331,21 @@ impl Activation {
     pub fn confirm(&self, version: i64) {
         let mut pending = self.pending();
         pending.written = pending.written.max(version);
-        while pending
+        let Some(flight) = pending.flight.as_mut() else {
+            return;
+        };
+        while flight
             .unconfirmed
             .front()
             .is_some_and(|u| u.version <= version)
         {
-            pending.unconfirmed.pop_front();
+            flight.unconfirmed.pop_front();
         }
-        let (released, held) = std::mem::take(&mut pending.waiters)
+        let (released, held) = std::mem::take(&mut flight.waiters)
             .into_iter()
             .partition(|w| w.version <= version);
-        pending.waiters = held;
+        flight.waiters = held;
+        pending.tidy();
         drop(pending);
         release(released, &Ok(()));
     }
@@ -324,22 +359,25 @@ impl Activation {
     pub fn fail(&self, row: FlushRow, failure: &FlushFailure) {
         let mut pending = self.pending();
         let durable_failed = pending
-            .unconfirmed
-            .front()
+            .flight
+            .as_ref()
+            .and_then(|f| f.unconfirmed.front())
             .is_some_and(|u| u.version <= row.version);
         if !durable_failed {
             pending.row.get_or_insert(row);
             return;
         }
-        let before = pending.unconfirmed.drain(..).next().map(|u| u.before);
+        let flight = pending.flight();
+        let before = flight.unconfirmed.drain(..).next().map(|u| u.before);
+        let failed = std::mem::take(&mut flight.waiters);
+        flight.revert.clone_from(&before);
         if let Some(before) = &before {
             pending.newest = before.version;
             pending.written = pending.written.min(before.version - 1);
         }
-        pending.row.clone_from(&before);
-        pending.revert = before.map(Box::new);
+        pending.row = before;
         pending.failures += 1;
-        let failed = std::mem::take(&mut pending.waiters);
+        pending.tidy();
         drop(pending);
         release(failed, &Err(failure.clone()));
     }
@@ -349,8 +387,14 @@ impl Activation {
     pub fn fence(&self) {
         let mut pending = self.pending();
         pending.row = None;
-        pending.unconfirmed.clear();
-        let fenced = std::mem::take(&mut pending.waiters);
+        let fenced = match pending.flight.as_mut() {
+            Some(flight) => {
+                flight.unconfirmed.clear();
+                std::mem::take(&mut flight.waiters)
+            }
+            None => Vec::new(),
+        };
+        pending.tidy();
         drop(pending);
         release(fenced, &Err(FlushFailure::Fenced));
     }

@@ -805,7 +805,7 @@ fn row(
     state: &[u8],
 ) -> FlushRow {
     FlushRow {
-        key: activation.key.to_string(),
+        key: Arc::clone(&activation.key),
         epoch,
         version: i64::try_from(version).unwrap_or(i64::MAX),
         state: envelope::encode(state, meta),

@@ -57,7 +57,8 @@ pub enum ClaimOutcome {
 /// One entity's state to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlushRow {
-    pub key: String,
+    /// The entity's key, shared with its activation (no copy per change).
+    pub key: std::sync::Arc<str>,
     /// The epoch of the claim the state was built under.
     pub epoch: i64,
     pub version: i64,

@@ -239,7 +239,7 @@ impl Store for PostgresStore {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        let keys: Vec<&str> = rows.iter().map(|r| &*r.key).collect();
         let epochs: Vec<i64> = rows.iter().map(|r| r.epoch).collect();
         let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
         let states: Vec<&[u8]> = rows.iter().map(|r| r.state.as_slice()).collect();

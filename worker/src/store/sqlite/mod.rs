@@ -350,7 +350,7 @@ impl Store for SqliteStore {
                 let mut update = transaction.prepare_cached(FLUSH_ROW)?;
                 for (i, row) in rows.iter().enumerate() {
                     let written = update.execute(params![
-                        row.key,
+                        &*row.key,
                         row.epoch,
                         row.version,
                         row.state,
