@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
+use pingora::protocols::{GetSocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
@@ -55,7 +55,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerAddressLimit<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // A connection without an IP peer (a Unix socket) is not limited.
-        let Some(address) = client_address(&stream) else {
+        let Some(address) = client_address(&*stream) else {
             return self.app.process_new(stream, shutdown).await;
         };
         match OpenConnections::admit(&self.open, address) {
@@ -118,7 +118,8 @@ impl Drop for Slot {
     }
 }
 
-fn client_address(stream: &Stream) -> Option<IpAddr> {
+/// The client's IP address, when it connected over IP.
+pub fn client_address<S: GetSocketDigest + ?Sized>(stream: &S) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
     Some(digest.peer_addr()?.as_inet()?.ip())
 }
@@ -131,14 +132,8 @@ async fn refuse(mut stream: Stream, max: u32) {
         "too_many_connections",
         format!("this client address already holds {max} connections"),
     );
-    let body = reply.body();
-    let head = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
     let written = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
+        stream.write_all(&reply.to_http1()).await?;
         stream.flush().await
     };
     if let Err(e) = written.await {

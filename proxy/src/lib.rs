@@ -16,7 +16,11 @@
 //! - [`fleet`]: the roster of workers (selection, health, metrics), swapped
 //!   whole when the live set changes; shared by everything below.
 //! - [`discovery`]: the live workers read from the store's workers table.
-//! - [`proxy`]: the request path (`ProxyHttp`), hooks in phase order.
+//! - [`policy`]: what every request goes through, whichever engine
+//!   carries it: admission, the choice of worker, retries, errors, logs.
+//! - [`lean`]: the engine for plain HTTP/1.1 keep-alive requests, the
+//!   common case; it hands any other connection to
+//! - [`proxy`]: Pingora's generic path (`ProxyHttp`), hooks in phase order.
 //! - [`limits`]: what one request may carry (header, key, body), answered
 //!   before any worker sees it; [`rate`]: the per-key token bucket.
 //! - [`timeouts`]: the clock on every client connection (header read,
@@ -40,10 +44,12 @@ pub mod fuzzing;
 pub mod health;
 pub mod identity;
 pub mod key;
+pub mod lean;
 pub mod limits;
 pub mod linger;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod rate;
 pub mod reply;
@@ -64,10 +70,10 @@ use crate::connections::PerAddressLimit;
 use crate::discovery::Discovery;
 use crate::fleet::Fleet;
 use crate::health::HealthChecker;
-use crate::key::KeyExtractor;
-use crate::limits::Limits;
+use crate::lean::LeanPath;
+use crate::policy::Policy;
 use crate::proxy::RoostProxy;
-use crate::timeouts::{ClientClock, ClientTimeouts};
+use crate::timeouts::ClientTimeouts;
 
 /// Build the Pingora server for `config` and run it until it is told to stop
 /// (SIGINT: fast; SIGTERM: graceful). Never returns on success.
@@ -82,23 +88,8 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let conf = Arc::clone(&server.configuration);
     let timeouts = ClientTimeouts::new(&config.timeouts);
 
-    // `ProxyConfig::load` has checked the sources and the hop token; these
-    // only fail for a config built some other way.
-    let sources = config
-        .key
-        .to_sources()
-        .map_err(|invalid| anyhow::anyhow!("field `{}`: {}", invalid.field, invalid.message))?;
-    let hop_token = config.trusted_hop.as_ref().map(hop_token).transpose()?;
-    let proxy = RoostProxy::new(
-        Arc::clone(&fleet),
-        KeyExtractor::new(sources),
-        config.key.missing,
-        config.access_log,
-        std::time::Duration::from_millis(config.upstream_timeout_ms),
-        Limits::new(&config.limits, timeouts, &config.hash_seed),
-        hop_token,
-    );
-    let proxy_service = proxy_service(&conf, proxy, timeouts, &config)?;
+    let policy = Arc::new(Policy::from_config(Arc::clone(&fleet), &config, timeouts)?);
+    let proxy_service = proxy_service(&conf, policy, timeouts, &config)?;
 
     let mut admin = Service::new(
         "roost-admin".to_owned(),
@@ -126,14 +117,15 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
 /// TLS listener too (same proxy, same limits). Its layers, outermost first:
 fn proxy_service(
     conf: &Arc<ServerConf>,
-    proxy: RoostProxy,
+    policy: Arc<Policy>,
     timeouts: ClientTimeouts,
     config: &ProxyConfig,
 ) -> anyhow::Result<Service<ClientApp>> {
-    // Pingora's HTTP proxy running Roost's request path,
-    let app = pingora::proxy::http_proxy(conf, proxy);
-    // behind the client clock (every connection timed, see [`timeouts`]),
-    let app = ClientClock::new(app, timeouts);
+    // Pingora's HTTP proxy running Roost's request path for what is not
+    // plain HTTP/1.1,
+    let generic = pingora::proxy::http_proxy(conf, RoostProxy::new(Arc::clone(&policy)));
+    // behind the lean path (every connection timed, see [`timeouts`]),
+    let app = LeanPath::new(generic, policy, timeouts);
     // admitted only within its address's connection limit.
     let per_address = config.limits.max_connections_per_address.value;
     let app = PerAddressLimit::new(app, per_address);
@@ -147,7 +139,7 @@ fn proxy_service(
 }
 
 /// The client-facing app, as [`proxy_service`] layers it.
-type ClientApp = PerAddressLimit<ClientClock<HttpProxy<RoostProxy>>>;
+type ClientApp = PerAddressLimit<LeanPath<HttpProxy<RoostProxy>>>;
 
 fn server_conf(config: &ProxyConfig) -> ServerConf {
     ServerConf {
@@ -158,16 +150,4 @@ fn server_conf(config: &ProxyConfig) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     }
-}
-
-/// The trusted-hop token as the header value sent to the workers.
-fn hop_token(hop: &config::TrustedHopConfig) -> anyhow::Result<http::HeaderValue> {
-    let token = hop
-        .token()
-        .map_err(|invalid| anyhow::anyhow!("field `{}`: {}", invalid.field, invalid.message))?;
-    let mut value = http::HeaderValue::from_str(&token).map_err(|_| {
-        anyhow::anyhow!("field `trusted_hop`: the token is not a valid header value")
-    })?;
-    value.set_sensitive(true);
-    Ok(value)
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_prometheus::prometheus::{register_int_counter_vec, IntCounter};
 
@@ -157,12 +157,15 @@ impl Limits {
         &self.timeouts
     }
 
-    /// The header and declared body size of a request just read: the reply
+    /// The header (`bytes` as sent, request line included) and declared
+    /// body size of a request just read: the reply
     /// refusing it, if a limit is passed; otherwise the body length it
     /// declares (`None`: chunked or no body).
-    pub fn check_request(&self, session: &Session) -> Result<Option<u64>, ErrorReply> {
-        let request = session.req_header();
-        let bytes = header_bytes(session);
+    pub fn check_request(
+        &self,
+        request: &RequestHeader,
+        bytes: usize,
+    ) -> Result<Option<u64>, ErrorReply> {
         let fields = request.headers.len() + ADDED_HEADERS;
         if bytes > self.max_header_bytes || fields > self.max_headers {
             let message = format!(
@@ -359,22 +362,6 @@ fn refuse(
 ) -> ErrorReply {
     count(limit);
     ErrorReply::new(status, error, message)
-}
-
-/// The request line and header fields as the client sent them (HTTP/1,
-/// the only protocol the proxy serves); for any other session, the parsed
-/// fields' sizes.
-fn header_bytes(session: &Session) -> usize {
-    if let Some(h1) = session.as_downstream().as_http1() {
-        return h1.get_headers_raw_bytes().len();
-    }
-    let request = session.req_header();
-    let fields: usize = request
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    fields + request.raw_path().len()
 }
 
 /// `Retry-After` for a wait: whole seconds, rounded up, at least 1.

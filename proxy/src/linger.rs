@@ -17,9 +17,8 @@
 
 use std::time::Duration;
 
-use pingora::protocols::Stream;
 use pingora::proxy::Session;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
 /// The longest the proxy lingers on one connection.
@@ -47,7 +46,7 @@ pub async fn drain_request(session: &mut Session) {
 
 /// Stop writing to a raw connection, then read and discard until the
 /// client closes its side, within the bounds above.
-pub async fn close_politely(stream: &mut Stream) {
+pub async fn close_politely<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     if stream.shutdown().await.is_err() {
         return;
     }

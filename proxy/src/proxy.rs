@@ -1,11 +1,15 @@
-//! The request path: Roost's [`ProxyHttp`] implementation, hooks in the order
-//! Pingora calls them.
+//! The generic path: Roost's [`ProxyHttp`] implementation, hooks in the
+//! order Pingora calls them. It carries every connection the lean path
+//! ([`crate::lean`]) hands it: HTTP/2, HTTP/1.0, streamed (chunked or
+//! large) bodies, `Expect: 100-continue`, anything malformed or
+//! ambiguous. Both apply the same [`Policy`]; this module maps it onto
+//! Pingora's phases.
 //!
 //! 0. `early_request_filter`: the header is in: stop the connection's
 //!    header clock, set the body and write timeouts ([`crate::timeouts`]);
 //!    answer pipelined requests in order, and a client that half-closed
 //!    after its request still gets its response.
-//! 1. `request_filter`: refuse a request over the header or declared body
+//! 1. `request_filter` ([`Policy::admit`]): refuse a request over the header or declared body
 //!    limits (431, 413, 400; [`crate::limits`]); normalise the path once
 //!    ([`roost_routing::path`]: 400 when it has no single meaning, 404
 //!    under the fleet's internal prefix), so the key, the limits and the
@@ -34,12 +38,14 @@
 //!    worker's health untouched. A worker silent after the whole request
 //!    was sent is taken down.
 //! 8. `fail_to_proxy`: errors as JSON, logged at the level of whose fault
-//!    they were ([`log_failure`]); Pingora's own error line is suppressed.
+//!    they were ([`policy::failure_reply`]); Pingora's own error line is
+//!    suppressed.
 //! 9. `logging`: metrics and the access-log line.
 //!
 //! A request that already reached a worker over a reused connection follows
 //! Pingora's default (and nginx's) policy: it is retried only when idempotent.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -49,180 +55,56 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use roost_routing::headers;
-use std::sync::Arc;
 
-use crate::config::MissingKey;
-use crate::fleet::{Fleet, Pick, Roster};
-use crate::identity::{self, Minted};
-use crate::key::KeyExtractor;
-use crate::limits::{self, Limits};
+use crate::limits;
 use crate::linger;
-use crate::metrics::{Benign, RequestCounters, NO_WORKER};
+use crate::policy::{self, Admitted, Client, Finished, Policy, Route};
 use crate::reply::ErrorReply;
 
 /// How long to wait for a worker to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an idle upstream connection stays in the pool.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The header that makes a non-idempotent request safe to replay: the
-/// worker keeps each key's first reply with the entity's state, so a replay
-/// on the entity's next owner applies the change at most once.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A declared body up to this size is read whole before a worker is
 /// chosen (as nginx buffers request bodies): Pingora's retry buffer holds
 /// it for a replay on the next candidate. Larger and chunked bodies stream.
 pub const PREREAD_MAX_BYTES: u64 = 64 * 1024;
 
-/// Roost's sticky proxy.
+/// Roost's sticky proxy on Pingora's generic path.
 pub struct RoostProxy {
-    fleet: Arc<Fleet>,
-    keys: KeyExtractor,
-    missing: MissingKey,
-    access_log: bool,
-    upstream_timeout: Duration,
-    /// Request limits, the per-key rate and the client timeouts.
-    limits: Limits,
-    /// The trusted-hop token sent to the workers (`trusted_hop`).
-    hop_token: Option<http::HeaderValue>,
-    /// Requests that never reached a worker (rejected, or no live worker).
-    unrouted: RequestCounters,
+    policy: Arc<Policy>,
 }
 
 /// Per-request state.
 pub struct RequestCtx {
-    /// The routing key, extracted once in `request_filter`.
-    key: Option<Vec<u8>>,
-    /// `Set-Cookie` for an id minted in `request_filter`, sent with the
-    /// response (taken by `response_filter`).
-    set_cookie: Option<String>,
-    /// The roster this request routes by, across its retries.
-    roster: Option<Arc<Roster>>,
-    /// Roster index of the worker of the current attempt.
-    worker: Option<usize>,
-    /// Workers whose connection failed during this request.
-    tried: Vec<usize>,
-    /// When the current upstream attempt chose its worker.
-    upstream_started: Option<Instant>,
-    upstream_latency: Option<Duration>,
+    /// The routing key, a minted id's cookie (taken by `response_filter`)
+    /// and the declared body length, from `request_filter`.
+    admitted: Admitted,
+    /// The workers this request tried and is trying.
+    route: Route,
     started: Instant,
     /// Request body bytes received so far (against `max_body_bytes`).
     body_bytes: u64,
-    /// The body length the request declares (`Content-Length`, checked
-    /// once in `request_filter`); `None` when chunked or bodiless.
-    declared_body: Option<u64>,
     /// Set by `upstream_response_filter` when the worker answered that it
     /// cannot serve this key now and the request moves on.
     unavailable: bool,
 }
 
-impl RequestCtx {
-    /// The current attempt's worker failed: take it down, count the retry,
-    /// and do not try it again for this request.
-    fn abandon_worker(&mut self) {
-        if let (Some(worker), Some(roster)) = (self.worker, &self.roster) {
-            roster.mark_down(worker);
-        }
-        self.move_on();
-    }
-
-    /// Count a retry of the current attempt's worker and do not try it
-    /// again for this request.
-    fn move_on(&mut self) {
-        if let (Some(worker), Some(roster)) = (self.worker.take(), &self.roster) {
-            if let Some(metrics) = roster.metrics(worker) {
-                metrics.retries.inc();
-            }
-            self.tried.push(worker);
-        }
-    }
-}
-
 impl RoostProxy {
-    pub fn new(
-        fleet: Arc<Fleet>,
-        keys: KeyExtractor,
-        missing: MissingKey,
-        access_log: bool,
-        upstream_timeout: Duration,
-        limits: Limits,
-        hop_token: Option<http::HeaderValue>,
-    ) -> Self {
-        RoostProxy {
-            fleet,
-            keys,
-            missing,
-            access_log,
-            upstream_timeout,
-            limits,
-            hop_token,
-            unrouted: RequestCounters::for_worker(NO_WORKER),
-        }
+    pub fn new(policy: Arc<Policy>) -> Self {
+        RoostProxy { policy }
     }
 
-    /// Every check a request passes before a worker is chosen, in order;
-    /// the reply refusing it otherwise. Leaves the routing key (and a
-    /// minted id's cookie) in `ctx`.
-    fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorReply> {
-        ctx.declared_body = self.limits.check_request(session)?;
-        if let Some(normal) = self.limits.check_path(session.req_header().uri.path())? {
-            set_path(session.req_header_mut(), &normal)?;
-        }
-        let now = identity::unix_now();
-        match self.keys.extract(session.req_header(), now) {
-            Ok(Some(key)) => {
-                if let Some(refusal) = self.limits.check_key(&key) {
-                    return Err(refusal);
-                }
-                ctx.key = Some(key);
-                Ok(())
-            }
-            Err(rejection) => {
-                rejection.count();
-                Err(ErrorReply::new(
-                    401,
-                    "invalid_identity",
-                    rejection.to_string(),
-                ))
-            }
-            Ok(None) => self.admit_keyless(session, ctx, now),
-        }
-    }
-
-    /// A request without a key: rejected, sent anywhere or minted an id, as
-    /// `key.missing` says; limited by its client address.
-    fn admit_keyless(
-        &self,
-        session: &Session,
-        ctx: &mut RequestCtx,
-        now: u64,
-    ) -> Result<(), ErrorReply> {
-        let minter = match (self.missing, self.keys.minter()) {
-            (MissingKey::Any, _) => None,
-            (MissingKey::Mint, Some(cookie)) => Some(cookie),
-            _ => {
-                let message = "the request carries no user key";
-                return Err(ErrorReply::new(401, "missing_key", message));
-            }
+    /// Every check a request passes before a worker is chosen
+    /// ([`Policy::admit`]).
+    fn admit(&self, session: &mut Session) -> Result<Admitted, ErrorReply> {
+        let header_bytes = header_bytes(session);
+        let client = Client {
+            ip: client_ip(session),
+            tls: client_tls(session),
         };
-        if let Some(refusal) = self.limits.check_keyless(client_ip(session)) {
-            return Err(refusal);
-        }
-        if let Some(cookie) = minter {
-            let minted = Minted::new(cookie, now, client_tls(session)).map_err(|e| {
-                tracing::error!(error = %e, "cannot mint an id: the OS gave no randomness");
-                ErrorReply::new(500, "mint_failed", "the proxy could not mint an id")
-            })?;
-            ctx.key = Some(minted.id.into_bytes());
-            ctx.set_cookie = Some(minted.set_cookie);
-        }
-        Ok(())
-    }
-
-    fn pick<'r>(&self, roster: &'r Roster, ctx: &RequestCtx) -> Option<Pick<'r>> {
-        match &ctx.key {
-            Some(key) => roster.pick(key, &ctx.tried),
-            None => self.fleet.pick_any(roster, &ctx.tried),
-        }
+        self.policy
+            .admit(session.req_header_mut(), header_bytes, client)
     }
 }
 
@@ -237,16 +119,10 @@ impl ProxyHttp for RoostProxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            key: None,
-            set_cookie: None,
-            roster: None,
-            worker: None,
-            tried: Vec::new(),
-            upstream_started: None,
-            upstream_latency: None,
+            admitted: Admitted::default(),
+            route: Route::default(),
             started: Instant::now(),
             body_bytes: 0,
-            declared_body: None,
             unavailable: false,
         }
     }
@@ -256,7 +132,7 @@ impl ProxyHttp for RoostProxy {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.limits.timeouts().request_started(session);
+        self.policy.limits().timeouts().request_started(session);
         let downstream = session.as_downstream_mut();
         // Requests pipelined on one connection are answered in order
         // (RFC 9112 §9.3.2) rather than the first alone.
@@ -268,9 +144,10 @@ impl ProxyHttp for RoostProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let refusal = match self.admit(session, ctx) {
-            Ok(()) => {
-                preread_small_body(session, ctx.declared_body).await?;
+        let refusal = match self.admit(session) {
+            Ok(admitted) => {
+                ctx.admitted = admitted;
+                preread_small_body(session, ctx.admitted.declared_body).await?;
                 return Ok(false);
             }
             Err(refusal) => refusal,
@@ -285,25 +162,15 @@ impl ProxyHttp for RoostProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let roster = Arc::clone(ctx.roster.get_or_insert_with(|| self.fleet.roster()));
-        let Some(pick) = self.pick(&roster, ctx) else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                "no live worker for the request",
-            ));
+        let key = ctx.admitted.key.as_deref();
+        let Some(addr) = ctx.route.next_worker(self.policy.fleet(), key) else {
+            return Err(policy::no_live_worker());
         };
-        if let Some(owner) = pick.failed_over_from {
-            if let Some(metrics) = roster.metrics(owner.index) {
-                metrics.failovers.inc();
-            }
-        }
-        ctx.worker = Some(pick.worker.index);
-        ctx.upstream_started = Some(Instant::now());
-        let mut peer = HttpPeer::new(pick.worker.addr, false, String::new());
+        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        peer.options.read_timeout = Some(self.upstream_timeout);
-        peer.options.write_timeout = Some(self.upstream_timeout);
+        peer.options.read_timeout = Some(self.policy.upstream_timeout());
+        peer.options.write_timeout = Some(self.policy.upstream_timeout());
         Ok(Box::new(peer))
     }
 
@@ -314,7 +181,7 @@ impl ProxyHttp for RoostProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.abandon_worker();
+        ctx.route.abandon_worker();
         // Nothing reached the worker, so any method may go to the next candidate.
         e.set_retry(true);
         e
@@ -340,7 +207,7 @@ impl ProxyHttp for RoostProxy {
         let mut e = e.more_context(format!("Peer: {peer}"));
         if std::mem::take(&mut ctx.unavailable) {
             // `upstream_response_filter` checked that a replay is safe.
-            ctx.move_on();
+            ctx.route.move_on();
             e.set_retry(true);
             return e;
         }
@@ -361,18 +228,16 @@ impl ProxyHttp for RoostProxy {
             return limits::body_stalled(e);
         }
         if timed_out {
-            ctx.abandon_worker();
+            ctx.route.abandon_worker();
             e.set_retry(replayable);
-        } else if replayable && is_connection_lost(&e) {
+        } else if replayable && policy::is_connection_lost(&e) {
             // The worker closed or reset the connection mid-request: it may
             // have been killed. A reused connection may just have been
             // closed as idle, so try the worker again; a fresh one means the
             // worker is likely gone, so try the next candidate (connecting
             // to a dead worker would fail and take it down anyway).
             if !client_reused {
-                if let Some(worker) = ctx.worker.take() {
-                    ctx.tried.push(worker);
-                }
+                ctx.route.skip_worker();
             }
             e.set_retry(true);
         } else if replayable {
@@ -390,10 +255,10 @@ impl ProxyHttp for RoostProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_reserved_headers(upstream);
-        if let Some(key) = &ctx.key {
+        if let Some(key) = &ctx.admitted.key {
             upstream.insert_header(headers::KEY, key.as_slice())?;
         }
-        if let Some(token) = &self.hop_token {
+        if let Some(token) = self.policy.hop_token() {
             upstream.insert_header(headers::HOP_TOKEN, token.clone())?;
         }
         Ok(())
@@ -405,13 +270,12 @@ impl ProxyHttp for RoostProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.upstream_latency = ctx.upstream_started.map(|t| t.elapsed());
-        if !is_unavailable(upstream_response) {
+        ctx.route.answered();
+        let status = upstream_response.status.as_u16();
+        if !policy::is_unavailable(status, &upstream_response.headers) {
             return Ok(());
         }
-        if let (Some(worker), Some(roster)) = (ctx.worker, &ctx.roster) {
-            roster.record_check(worker, false);
-        }
+        ctx.route.worker_unavailable();
         if !is_replay_safe(session) {
             return Ok(());
         }
@@ -431,7 +295,8 @@ impl ProxyHttp for RoostProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.limits.count_body(&mut ctx.body_bytes, body.as_ref())
+        let limits = self.policy.limits();
+        limits.count_body(&mut ctx.body_bytes, body.as_ref())
     }
 
     /// Hands a minted id to the client with the worker's answer.
@@ -441,7 +306,7 @@ impl ProxyHttp for RoostProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(cookie) = ctx.set_cookie.take() {
+        if let Some(cookie) = ctx.admitted.set_cookie.take() {
             response.append_header(http::header::SET_COOKIE, cookie)?;
         }
         Ok(())
@@ -453,16 +318,10 @@ impl ProxyHttp for RoostProxy {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let limited = self.limits.reply_to(e);
-        let status = limited
-            .as_ref()
-            .map_or_else(|| error_status(e), |reply| reply.status);
-        log_failure(e, status, session);
-        if status > 0 {
-            let mut reply = limited.unwrap_or_else(|| ErrorReply::for_status(status));
-            if status == 503 {
-                reply = reply.retry_after(1);
-            }
+        let path = session.req_header().uri.path().to_owned();
+        let reply = policy::failure_reply(self.policy.limits(), e, &path);
+        let status = reply.as_ref().map_or(0, |reply| reply.status);
+        if let Some(reply) = reply {
             match write_reply(session, &reply).await {
                 // A stalled client sends nothing more to linger for.
                 Ok(()) if status != 408 => linger::drain_request(session).await,
@@ -478,57 +337,47 @@ impl ProxyHttp for RoostProxy {
         }
     }
 
-    /// `fail_to_proxy` has logged the failure at its level ([`log_failure`]).
+    /// `fail_to_proxy` has logged the failure at its level
+    /// ([`policy::failure_reply`]).
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
         true
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        self.limits.timeouts().request_finished(session);
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let roster = ctx.roster.as_deref();
-        let worker = ctx
-            .worker
-            .and_then(|i| roster.and_then(|r| r.workers().get(i)));
-        match worker.and_then(|w| roster.and_then(|r| r.metrics(w.index))) {
-            Some(metrics) => {
-                metrics.requests.count(status);
-                if let Some(latency) = ctx.upstream_latency {
-                    metrics.upstream_latency.observe(latency.as_secs_f64());
-                }
-            }
-            None => self.unrouted.count(status),
-        }
-        if self.access_log {
-            let request = session.req_header();
-            tracing::info!(
-                target: "roost::access",
-                method = %request.method,
-                path = %request.uri.path(),
-                key = %ctx.key.as_deref().map_or_else(|| "-".to_owned(), |k| self.fleet.key_hash(k)),
-                worker = worker.map_or(NO_WORKER, |w| &*w.id),
-                status,
-                latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-                retries = ctx.tried.len(),
-            );
-        }
+        self.policy.limits().timeouts().request_finished(session);
+        let request = session.req_header();
+        self.policy.finish(&Finished {
+            method: &request.method,
+            path: request.uri.path(),
+            key: ctx.admitted.key.as_deref(),
+            route: &ctx.route,
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            started: ctx.started,
+        });
     }
 }
 
-/// Whether the request may be sent again after a worker may have seen it:
-/// an idempotent method, or an `Idempotency-Key`, with the whole body still
-/// buffered for the replay.
+/// Whether the request may be sent again after a worker may have seen it
+/// ([`policy::is_replay_safe`]), with the whole body still buffered for
+/// the replay.
 fn is_replay_safe(session: &Session) -> bool {
-    let request = session.req_header();
-    (request.method.is_idempotent() || request.headers.contains_key(IDEMPOTENCY_KEY))
-        && !session.as_ref().retry_buffer_truncated()
+    policy::is_replay_safe(session.req_header()) && !session.as_ref().retry_buffer_truncated()
 }
 
-/// A worker's 503 that says it cannot serve this key now (lease lost,
-/// draining, hand-over timed out), rather than that the request failed.
-fn is_unavailable(response: &ResponseHeader) -> bool {
-    response.status == http::StatusCode::SERVICE_UNAVAILABLE
-        && response.headers.contains_key(headers::UNAVAILABLE)
+/// The request line and header fields as the client sent them (HTTP/1,
+/// the only protocol the proxy serves); for any other session, the parsed
+/// fields' sizes.
+fn header_bytes(session: &Session) -> usize {
+    if let Some(h1) = session.as_downstream().as_http1() {
+        return h1.get_headers_raw_bytes().len();
+    }
+    let request = session.req_header();
+    let fields: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    fields + request.raw_path().len()
 }
 
 /// Read a small declared body whole into Pingora's retry buffer (see
@@ -555,52 +404,9 @@ async fn preread_small_body(session: &mut Session, declared: Option<u64>) -> Res
     Ok(())
 }
 
-/// Replace the request's path (keeping its query) with its normal form.
-fn set_path(request: &mut RequestHeader, normal: &str) -> Result<(), ErrorReply> {
-    let target = match request.uri.query() {
-        Some(query) => format!("{normal}?{query}"),
-        None => normal.to_owned(),
-    };
-    request.set_raw_path(target.as_bytes()).map_err(|e| {
-        ErrorReply::new(
-            400,
-            "invalid_path",
-            format!("the path cannot be forwarded: {e}"),
-        )
-    })
-}
-
 /// The client's IP address, when it connected over IP.
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
     Some(session.client_addr()?.as_inet()?.ip())
-}
-
-/// Log a failed request at the level of whose fault it was: the client's
-/// (gone, stalled, malformed) at debug and counted; a worker's at warn (the
-/// health checks and retries act on it); the proxy's own at error, the
-/// one level an operator must act on.
-fn log_failure(e: &Error, status: u16, session: &Session) {
-    let path = session.req_header().uri.path();
-    match e.esource() {
-        ErrorSource::Downstream => {
-            if status == 0 {
-                crate::metrics::count(Benign::ClientDisconnect);
-            }
-            tracing::debug!(error = %e, status, path, "client failed the request");
-        }
-        ErrorSource::Upstream => {
-            tracing::warn!(error = %e, status, path, "worker failed the request")
-        }
-        ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
-            ErrorType::HTTPStatus(code) if *code < 500 => {
-                tracing::debug!(error = %e, status, path, "request refused");
-            }
-            ErrorType::HTTPStatus(_) => {
-                tracing::warn!(error = %e, status, path, "no worker could take the request")
-            }
-            _ => tracing::error!(error = %e, status, path, "the proxy failed the request"),
-        },
-    }
 }
 
 /// Whether the client connection is TLS (a minted cookie is then `Secure`).
@@ -608,16 +414,6 @@ fn client_tls(session: &Session) -> bool {
     session
         .digest()
         .is_some_and(|digest| digest.ssl_digest.is_some())
-}
-
-/// The connection to the worker broke (closed, reset) rather than the
-/// worker answering badly.
-fn is_connection_lost(e: &Error) -> bool {
-    *e.esource() == ErrorSource::Upstream
-        && matches!(
-            e.etype(),
-            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-        )
 }
 
 /// Remove every client-sent `x-roost-*` header: only the proxy sets those.
@@ -630,26 +426,6 @@ fn strip_reserved_headers(request: &mut RequestHeader) {
         .collect();
     for name in reserved {
         request.remove_header(&name);
-    }
-}
-
-/// The status to answer an error with; 0 when the client is already gone.
-fn error_status(e: &Error) -> u16 {
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            if *e.esource() == ErrorSource::Upstream =>
-        {
-            504
-        }
-        _ => match e.esource() {
-            ErrorSource::Upstream => 502,
-            ErrorSource::Downstream => match e.etype() {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                _ => 400,
-            },
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
     }
 }
 

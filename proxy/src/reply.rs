@@ -48,6 +48,28 @@ impl ErrorReply {
         Ok(header)
     }
 
+    /// The whole reply as HTTP/1.1 bytes, for a connection written to
+    /// directly; the connection closes after it.
+    pub fn to_http1(&self) -> Vec<u8> {
+        let body = self.body();
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|status| status.canonical_reason())
+            .unwrap_or("");
+        let mut wire = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\n",
+            self.status,
+            body.len()
+        );
+        if let Some(seconds) = self.retry_after_s {
+            wire.push_str(&format!("retry-after: {seconds}\r\n"));
+        }
+        wire.push_str("connection: close\r\n\r\n");
+        let mut wire = wire.into_bytes();
+        wire.extend_from_slice(&body);
+        wire
+    }
+
     /// The standard short code for a status we pass through as an error.
     pub fn for_status(status: u16) -> Self {
         let (error, message) = match status {

@@ -14,11 +14,12 @@
 //! `src/protocols/http/v1/server.rs`), not the whole header, so a client
 //! sending one byte just inside every timeout keeps its connection forever.
 //! Its keep-alive timeout is also in whole seconds. So every accepted
-//! connection is wrapped in a [`ClockedStream`] (by [`ClientClock`], the
-//! server app around Pingora's proxy) whose reads fail once the header
-//! deadline or the idle deadline passes. The request path tells the stream
-//! where a request starts and ends ([`ClientTimeouts::request_started`] in
-//! `early_request_filter`, [`ClientTimeouts::request_finished`] in
+//! connection is wrapped in a [`ClockedStream`] (by [`crate::lean::LeanPath`],
+//! the server app in front of Pingora's proxy) whose reads fail once the
+//! header deadline or the idle deadline passes. The request path tells the
+//! stream where a request starts and ends (the lean path directly; the
+//! generic one with [`ClientTimeouts::request_started`] in
+//! `early_request_filter` and [`ClientTimeouts::request_finished`] in
 //! `logging`); in between, reads are not timed here.
 //!
 //! Two Pingora bounds stay as they are: a TLS handshake may take 60 s
@@ -35,7 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use bytes::Bytes;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::tls::TlsRef;
@@ -44,7 +45,6 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN, IO,
 };
 use pingora::proxy::Session;
-use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -76,7 +76,7 @@ impl ClientTimeouts {
     /// per-write timeouts.
     pub fn request_started(&self, session: &mut Session) {
         if let Some(stream) = clocked(session) {
-            stream.hooked.store(REQUEST, Ordering::Relaxed);
+            stream.started();
         }
         session.set_read_timeout(Some(self.body_idle));
         session.set_write_timeout(Some(self.write));
@@ -93,47 +93,25 @@ impl ClientTimeouts {
     /// with its next read.
     pub fn request_finished(&self, session: &Session) {
         if let Some(stream) = clocked(session) {
-            stream.hooked.store(FINISHED, Ordering::Relaxed);
+            stream.finished();
         }
+    }
+
+    /// How long a request body may pause between two reads.
+    pub fn body_idle(&self) -> Duration {
+        self.body_idle
+    }
+
+    /// How long one write to the client may take.
+    pub fn write(&self) -> Duration {
+        self.write
     }
 }
 
-/// The request's connection as the [`ClientClock`] wrapped it.
+/// The request's connection as [`crate::lean::LeanPath`] wrapped it.
 fn clocked(session: &Session) -> Option<&ClockedStream> {
     let stream: &dyn IO = session.as_downstream().stream()?.as_ref();
     stream.as_any().downcast_ref::<ClockedStream>()
-}
-
-/// A server app that wraps every accepted connection of `app` (Pingora's
-/// HTTP proxy) in a [`ClockedStream`].
-pub struct ClientClock<A> {
-    app: Arc<A>,
-    timeouts: ClientTimeouts,
-}
-
-impl<A> ClientClock<A> {
-    pub fn new(app: A, timeouts: ClientTimeouts) -> Self {
-        ClientClock {
-            app: Arc::new(app),
-            timeouts,
-        }
-    }
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientClock<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let stream = ClockedStream::new(stream, &self.timeouts);
-        self.app.process_new(Box::new(stream), shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.app.cleanup().await;
-    }
 }
 
 // Phases of a connection. The hooks store REQUEST and FINISHED; the
@@ -165,12 +143,14 @@ pub struct ClockedStream {
     timer: Pin<Box<Sleep>>,
     header_read: Duration,
     keepalive_idle: Duration,
+    /// Bytes read before and handed back ([`Self::replay`]), read first.
+    replay: Bytes,
 }
 
 impl ClockedStream {
     /// A new connection: its first request header is due `header_read`
     /// from now.
-    fn new(inner: Stream, timeouts: &ClientTimeouts) -> Self {
+    pub fn new(inner: Stream, timeouts: &ClientTimeouts) -> Self {
         let deadline = Instant::now() + timeouts.header_read;
         ClockedStream {
             inner,
@@ -180,7 +160,26 @@ impl ClockedStream {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             header_read: timeouts.header_read,
             keepalive_idle: timeouts.keepalive_idle,
+            replay: Bytes::new(),
         }
+    }
+
+    /// The request header is in: reads are not timed here until
+    /// [`Self::finished`].
+    pub fn started(&self) {
+        self.hooked.store(REQUEST, Ordering::Relaxed);
+    }
+
+    /// The request is done: the next read starts the idle clock.
+    pub fn finished(&self) {
+        self.hooked.store(FINISHED, Ordering::Relaxed);
+    }
+
+    /// Give these bytes, already read from the connection, to the next
+    /// reads again: the lean path read a request head that it hands, with
+    /// the connection, to Pingora's generic path.
+    pub fn replay(&mut self, bytes: Bytes) {
+        self.replay = bytes;
     }
 
     fn enter(&mut self, phase: u8) {
@@ -246,6 +245,11 @@ impl AsyncRead for ClockedStream {
         // Checked before reading, so a client trickling bytes is cut off too.
         if this.poll_deadline(cx).is_ready() {
             return Poll::Ready(Err(this.expire()));
+        }
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            return Poll::Ready(Ok(()));
         }
         let filled = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
