@@ -1,38 +1,65 @@
 #!/usr/bin/env bash
-# Proxy benchmark (issue 2): roost-proxy vs nginx vs HAProxy in front of the
-# same 3 roost-workers, with a direct-to-one-worker baseline.
+# Proxy benchmark: roost-proxy vs nginx vs HAProxy in front of the same three
+# backends, in two layouts, with direct-to-one-backend baselines.
 #
-#   loadtest/bench/proxy.sh [-d SECONDS] [-w SECONDS] [-r REPS] [-c CONNECTIONS]
-#                           [-t "direct roost nginx haproxy"]
+#   loadtest/bench/proxy.sh [-b "light workers"] [-d SECONDS] [-w SECONDS]
+#                           [-r REPS] [-c CONNECTIONS]
+#                           [-t "direct direct-light roost nginx haproxy"]
+#
+# Layouts (-b), each measured in turn with its own summary table:
+#   light    three roost-fixed-reply backends (a bare hyper server answering
+#            every request with a fixed 200 JSON, loadtest/src/fixed_reply.rs):
+#            the proxies' own CPU per request, not diluted by the workers'.
+#            Target: roost-proxy's CPU per request at most nginx's.
+#   workers  three roost-workers (the worker's no-state route by default).
+#            Target: the worker's CPU per request (direct) at most 1.3x a
+#            bare hyper server's (direct-light), printed as a ratio.
+# Both run the backends on the same ports and CPU, and every proxy fronts
+# them identically.
+#
+# Targets (-t), in each layout:
+#   direct        wrk straight to backend 1 (a worker, or a fixed-reply
+#                 backend in the light layout); CPU: the backends'
+#   direct-light  wrk straight to one roost-fixed-reply (the bare-hyper peer
+#                 of direct; beside the workers it is a fourth backend of its
+#                 own, on the backends' CPU; in the light layout it is
+#                 direct, and is measured once, as direct, if both are asked)
+#   roost, nginx, haproxy   the proxy in front of the three; CPU: the proxy's
+#   roost-alt     roost-proxy built elsewhere, from ROOST_ALT_BIN (label
+#                 ROOST_ALT_LABEL), to A/B a change against the same rivals
 #
 # Everything listens on 127.0.0.1 only and every process it starts is stopped
 # on exit (also on Ctrl-C and on failure). wrk runs pinned to CPU 0; the proxy
-# under test and the 3 workers run pinned to CPU 1; every proxy gets one
-# thread/process. Repetitions are interleaved: rep 1 of every target, then
-# rep 2, ... Raw results go to loadtest/results/proxy-<UTC time>/, the Markdown
-# summary to stdout (and summary.md there). Progress goes to stderr.
+# under test and the 3 backends run pinned to CPU 1; every proxy gets one
+# thread/process. Repetitions are interleaved within a layout: rep 1 of every
+# target, then rep 2, ... Raw results go to loadtest/results/proxy-<UTC
+# time>/<layout>/ (runs.tsv for all), the Markdown summary to stdout (and
+# summary.md there). Progress goes to stderr.
 #
 # Settings (flag, or environment variable of the same meaning):
+#   -b BACKENDS     layouts, in order                    (default "light workers")
 #   -d DURATION     measured seconds per run             (default 10)
 #   -w WARMUP       unmeasured warm-up seconds per run   (default 3)
 #   -r REPS         repetitions of every target          (default 3)
 #   -c CONNECTIONS  wrk connections (1 wrk thread)       (default 64)
-#   -t TARGETS      subset/order of targets              (default all four)
-#                   (also: roost-alt, roost-proxy built elsewhere, from
-#                   ROOST_ALT_BIN, to A/B a change against the same rivals)
+#   -t TARGETS      subset/order of targets    (default all but roost-alt)
 #   USERS           distinct x-user-id values            (default 10000)
 #   BENCH_PATH      path every request GETs (default /v1/whoami: the
-#                   worker's stateless answer, 200 and a short JSON body)
+#                   worker's stateless answer, 200 and a short JSON body;
+#                   a fixed-reply backend gives its one answer to any path)
 #   PORT_BASE       first of the 127.0.0.1 ports used    (default 18100)
 #   LOADGEN_CPU / SERVER_CPU                             (default 0 / 1)
 #   BENCH_REV       label for the code measured outside a git checkout
-#   WORKER_CPU      CPU of the 3 workers (default SERVER_CPU; set it to
-#                   LOADGEN_CPU to see a proxy without workers on its core)
+#   WORKER_CPU      CPU of the 3 backends (default SERVER_CPU; set it to
+#                   LOADGEN_CPU to see a proxy without backends on its core)
 #   FOREIGN_LIMIT   % of a pinned CPU that other processes or steal may take
 #                   before a measurement is repeated      (default 10)
 #   RETRIES         repeats of a disturbed measurement    (default 3)
 #   QUIET_LIMIT / QUIET_WAIT  before each measurement, wait up to QUIET_WAIT s
 #                   for both CPUs to be under QUIET_LIMIT % busy (10 / 300)
+#   CARGO_TARGET_DIR, CARGO_BUILD_JOBS  cargo's own: where the release build
+#                   goes (and the binaries are run from; default ./target)
+#                   and how many jobs it runs
 #
 # Needs nginx, haproxy, wrk, curl, taskset/setsid and cargo; as root it
 # installs the missing Debian packages, otherwise it names them and stops.
@@ -48,9 +75,9 @@ ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 
 # The exact command, with any settings given through the environment.
 COMMAND=""
-for var in DURATION WARMUP REPS CONNECTIONS TARGETS USERS BENCH_PATH BENCH_REV ROOST_ALT_BIN ROOST_ALT_LABEL \
+for var in BACKENDS DURATION WARMUP REPS CONNECTIONS TARGETS USERS BENCH_PATH BENCH_REV ROOST_ALT_BIN ROOST_ALT_LABEL \
   PORT_BASE LOADGEN_CPU SERVER_CPU WORKER_CPU \
-  FOREIGN_LIMIT RETRIES QUIET_LIMIT QUIET_WAIT; do
+  FOREIGN_LIMIT RETRIES QUIET_LIMIT QUIET_WAIT CARGO_TARGET_DIR CARGO_BUILD_JOBS; do
   if [ -n "${!var:-}" ]; then
     COMMAND+="$var=$(printf '%q' "${!var}") "
   fi
@@ -60,11 +87,12 @@ for arg in "$@"; do
   COMMAND+=" $(printf '%q' "$arg")"
 done
 
+BACKENDS=${BACKENDS:-light workers}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 REPS=${REPS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
-TARGETS=${TARGETS:-direct roost nginx haproxy}
+TARGETS=${TARGETS:-direct direct-light roost nginx haproxy}
 USERS=${USERS:-10000}
 BENCH_PATH=${BENCH_PATH:-/v1/whoami}
 PORT_BASE=${PORT_BASE:-18100}
@@ -89,6 +117,7 @@ while [ $# -gt 0 ]; do
     -d | --duration) DURATION=${2:?}; shift 2 ;;
     -w | --warmup) WARMUP=${2:?}; shift 2 ;;
     -r | --reps) REPS=${2:?}; shift 2 ;;
+    -b | --backends) BACKENDS=${2:?}; shift 2 ;;
     -c | --connections) CONNECTIONS=${2:?}; shift 2 ;;
     -t | --targets) TARGETS=${2:?}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -110,13 +139,24 @@ case "$BENCH_PATH" in
   /*) ;;
   *) echo "BENCH_PATH must start with /" >&2; exit 2 ;;
 esac
+[ -n "${BACKENDS// /}" ] || { echo "BACKENDS must name at least one layout (light, workers)" >&2; exit 2; }
+seen=" "
+for layout in $BACKENDS; do
+  case "$layout" in
+    light | workers) ;;
+    *) echo "unknown layout '$layout' (light, workers)" >&2; exit 2 ;;
+  esac
+  [[ "$seen" != *" $layout "* ]] || { echo "layout '$layout' named twice" >&2; exit 2; }
+  seen+="$layout "
+done
+[ -n "${TARGETS// /}" ] || { echo "TARGETS must name at least one target" >&2; exit 2; }
 for target in $TARGETS; do
   case "$target" in
-    direct | roost | nginx | haproxy) ;;
+    direct | direct-light | roost | nginx | haproxy) ;;
     roost-alt)
       [ -x "${ROOST_ALT_BIN:-}" ] || { echo "roost-alt needs ROOST_ALT_BIN=path/to/roost-proxy" >&2; exit 2; }
       ;;
-    *) echo "unknown target '$target' (direct, roost, nginx, haproxy, roost-alt)" >&2; exit 2 ;;
+    *) echo "unknown target '$target' (direct, direct-light, roost, nginx, haproxy, roost-alt)" >&2; exit 2 ;;
   esac
 done
 
@@ -165,7 +205,7 @@ ensure_packages
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup)"
 
 NPROC=$(nproc)
-PINNING="wrk on CPU $LOADGEN_CPU; proxy under test and the 3 workers on CPU $SERVER_CPU"
+PINNING="wrk on CPU $LOADGEN_CPU; proxy under test and the 3 backends on CPU $SERVER_CPU"
 if [ "$NPROC" -lt 2 ]; then
   log "WARNING: nproc is $NPROC: the load generator and the servers cannot get"
   log "WARNING: separate CPUs, so everything shares CPU 0 and the figures are not comparable"
@@ -178,12 +218,25 @@ taskset -c "$LOADGEN_CPU" true 2>/dev/null || die "cannot pin to CPU $LOADGEN_CP
 taskset -c "$SERVER_CPU" true 2>/dev/null || die "cannot pin to CPU $SERVER_CPU (set SERVER_CPU)"
 taskset -c "$WORKER_CPU" true 2>/dev/null || die "cannot pin to CPU $WORKER_CPU (set WORKER_CPU)"
 if [ "$WORKER_CPU" != "$SERVER_CPU" ]; then
-  PINNING="wrk on CPU $LOADGEN_CPU; proxy under test on CPU $SERVER_CPU; the 3 workers on CPU $WORKER_CPU"
+  PINNING="wrk on CPU $LOADGEN_CPU; proxy under test on CPU $SERVER_CPU; the 3 backends on CPU $WORKER_CPU"
 fi
 
+# The light layout and direct-light need roost-fixed-reply too.
+NEED_FIXED_REPLY=0
+if [[ " $BACKENDS " == *" light "* || " $TARGETS " == *" direct-light "* ]]; then
+  NEED_FIXED_REPLY=1
+fi
 log "building roost-proxy and roost-worker (release)"
 (cd "$ROOT" && cargo build --release -p roost-proxy -p roost-builtins) >&2
-BIN="$ROOT/target/release"
+if [ "$NEED_FIXED_REPLY" -eq 1 ]; then
+  log "building roost-fixed-reply (release)"
+  (cd "$ROOT" && cargo build --release -p roost-loadtest --bin roost-fixed-reply) >&2
+fi
+# Where cargo put them: CARGO_TARGET_DIR (relative to the root, where cargo
+# ran) or ./target.
+BIN=${CARGO_TARGET_DIR:-target}
+[[ "$BIN" == /* ]] || BIN="$ROOT/$BIN"
+BIN="$BIN/release"
 LUA="$SCRIPT_DIR/users.lua"
 [ -f "$LUA" ] || die "missing $LUA"
 CLK_TCK=$(getconf CLK_TCK)
@@ -274,7 +327,8 @@ wait_quiet() {
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # wait_ready NAME PID URL EXPECTED_WORKERS: until 30 keys in a row get a 200
-# and the answers come from EXPECTED_WORKERS distinct workers.
+# and the answers come from EXPECTED_WORKERS distinct backends (by their
+# x-roost-worker header, which roost-fixed-reply sends too).
 wait_ready() {
   local name=$1 pid=$2 url=$3 expected=$4 attempt key headers workers ok
   for attempt in $(seq 150); do
@@ -299,11 +353,12 @@ wait_ready() {
 }
 
 # ---------------------------------------------------------------------------
-# Configs. Every proxy: one thread/process, no access log, the 3 workers,
+# Configs. Every proxy: one thread/process, no access log, the 3 backends,
 # consistent hashing on x-user-id, upstream keep-alive, and it forwards the
 # key as x-roost-key as roost-proxy does (so the workers' work is the same).
 
-WORKER_PORTS=("$((PORT_BASE + 1))" "$((PORT_BASE + 2))" "$((PORT_BASE + 3))")
+BACKEND_PORTS=("$((PORT_BASE + 1))" "$((PORT_BASE + 2))" "$((PORT_BASE + 3))")
+LIGHT_PORT=$((PORT_BASE + 4)) # direct-light's fixed-reply beside the workers
 ROOST_PORT=$((PORT_BASE + 10))
 ROOST_ADMIN_PORT=$((PORT_BASE + 11))
 NGINX_PORT=$((PORT_BASE + 20))
@@ -319,9 +374,9 @@ key:
   sources: [{header: x-user-id}]
   missing: reject
 workers:
-  - {id: w1, addr: 127.0.0.1:${WORKER_PORTS[0]}, weight: 1}
-  - {id: w2, addr: 127.0.0.1:${WORKER_PORTS[1]}, weight: 1}
-  - {id: w3, addr: 127.0.0.1:${WORKER_PORTS[2]}, weight: 1}
+  - {id: w1, addr: 127.0.0.1:${BACKEND_PORTS[0]}, weight: 1}
+  - {id: w2, addr: 127.0.0.1:${BACKEND_PORTS[1]}, weight: 1}
+  - {id: w3, addr: 127.0.0.1:${BACKEND_PORTS[2]}, weight: 1}
 threads: 1
 access_log: false
 EOF
@@ -349,9 +404,9 @@ http {
 
     upstream roost_workers {
         hash \$http_x_user_id consistent;
-        server 127.0.0.1:${WORKER_PORTS[0]};
-        server 127.0.0.1:${WORKER_PORTS[1]};
-        server 127.0.0.1:${WORKER_PORTS[2]};
+        server 127.0.0.1:${BACKEND_PORTS[0]};
+        server 127.0.0.1:${BACKEND_PORTS[1]};
+        server 127.0.0.1:${BACKEND_PORTS[2]};
         keepalive 64;
     }
     server {
@@ -389,22 +444,34 @@ backend roost_workers
     balance hdr(x-user-id)
     hash-type consistent
     http-request set-header x-roost-key %[req.hdr(x-user-id)]
-    server w1 127.0.0.1:${WORKER_PORTS[0]}
-    server w2 127.0.0.1:${WORKER_PORTS[1]}
-    server w3 127.0.0.1:${WORKER_PORTS[2]}
+    server w1 127.0.0.1:${BACKEND_PORTS[0]}
+    server w2 127.0.0.1:${BACKEND_PORTS[1]}
+    server w3 127.0.0.1:${BACKEND_PORTS[2]}
 EOF
 }
 
-# start_target TARGET: start it (not for direct); sets TARGET_PID, TARGET_URL,
-# TARGET_WORKERS (how many workers should answer) and TARGET_CPU_LABEL.
+# start_target TARGET RUN_DIR: start it (not for direct, direct-light); sets
+# TARGET_PID, TARGET_URL, TARGET_WORKERS (how many backends should answer),
+# TARGET_CPU_LABEL (whose CPU cpu_ticks is) and TARGET_CPU_ON: "proxy" (the
+# target's own processes, on SERVER_CPU), "pool" (one of the three backends:
+# its CPU is in the backends' ticks) or "own" (a backend of its own, on
+# WORKER_CPU).
 start_target() {
   local target=$1 run_dir=$2
+  TARGET_WORKERS=1
   case "$target" in
-    direct)
-      TARGET_PID=${WORKER_PIDS[0]}
-      TARGET_URL="http://127.0.0.1:${WORKER_PORTS[0]}$BENCH_PATH"
-      TARGET_WORKERS=1
-      TARGET_CPU_LABEL=worker
+    direct | direct-light)
+      if [ "$target" = direct ] || [ -z "$LIGHT_PID" ]; then
+        TARGET_PID=${BACKEND_PIDS[0]}
+        TARGET_URL="http://127.0.0.1:${BACKEND_PORTS[0]}$BENCH_PATH"
+        TARGET_CPU_ON=pool
+        TARGET_CPU_LABEL=$BACKEND_KIND
+      else
+        TARGET_PID=$LIGHT_PID
+        TARGET_URL="http://127.0.0.1:$LIGHT_PORT$BENCH_PATH"
+        TARGET_CPU_ON=own
+        TARGET_CPU_LABEL=fixed-reply
+      fi
       return 0
       ;;
     roost | roost-alt)
@@ -434,24 +501,92 @@ start_target() {
   esac
   TARGET_PID=$SERVER_PID
   TARGET_WORKERS=3
+  TARGET_CPU_ON=proxy
   TARGET_CPU_LABEL=proxy
 }
 
 stop_target() {
   local target=$1 run_dir=$2
-  [ "$target" = direct ] && return 0
+  [[ "$target" == direct* ]] && return 0
   stop_server "$TARGET_PID" "$([[ "$target" == roost* ]] && echo INT || echo TERM)"
   if [ "$target" = nginx ] && [ -f "$WORK/nginx/error.log" ]; then
     cp "$WORK/nginx/error.log" "$run_dir/nginx-error.log"
   fi
 }
 
+# layout_targets LAYOUT: the targets measured in LAYOUT. In the light layout
+# direct already is wrk straight to a fixed-reply backend, so direct-light
+# is measured once, as direct, when both are asked for.
+layout_targets() {
+  local target out=""
+  for target in $TARGETS; do
+    if [ "$1" = light ] && [ "$target" = direct-light ] && [[ " $TARGETS " == *" direct "* ]]; then
+      continue
+    fi
+    out+="$target "
+  done
+  echo "${out% }"
+}
 
+# start_backends LAYOUT: LAYOUT's three backends on BACKEND_PORTS, pinned to
+# WORKER_CPU (sets BACKEND_PIDS and BACKEND_KIND, the cpu_of label of
+# direct), and beside the workers the fixed-reply backend of direct-light
+# when it is measured (LIGHT_PID, else empty); waits until each answers.
+start_backends() {
+  local layout=$1 dir="$RESULTS/$1" i store
+  BACKEND_PIDS=()
+  LIGHT_PID=""
+  BACKEND_KIND=worker
+  [ "$layout" = light ] && BACKEND_KIND=fixed-reply
+  for i in 1 2 3; do
+    local addr="127.0.0.1:${BACKEND_PORTS[$((i - 1))]}"
+    if [ "$layout" = workers ]; then
+      # A worker with a state store gets a private SQLite file in the temp dir.
+      store=()
+      [ "$WORKER_STORE" -eq 1 ] && store=(--store "sqlite://$WORK/worker-w$i.db")
+      PIN_CPU=$WORKER_CPU RUST_LOG=warn start_server "worker w$i" "$dir/worker-w$i.log" TERM \
+        "$BIN/roost-worker" --id "w$i" --listen "$addr" ${store[@]+"${store[@]}"}
+    else
+      PIN_CPU=$WORKER_CPU start_server "fixed-reply w$i" "$dir/fixed-reply-w$i.log" TERM \
+        "$BIN/roost-fixed-reply" --id "w$i" --listen "$addr"
+    fi
+    BACKEND_PIDS+=("$SERVER_PID")
+  done
+  local pids=("${BACKEND_PIDS[@]}") ports=("${BACKEND_PORTS[@]}")
+  if [ "$layout" = workers ] && [[ " $(layout_targets workers) " == *" direct-light "* ]]; then
+    PIN_CPU=$WORKER_CPU start_server "fixed-reply (direct-light)" "$dir/fixed-reply-direct-light.log" TERM \
+      "$BIN/roost-fixed-reply" --id bare-hyper --listen "127.0.0.1:$LIGHT_PORT"
+    LIGHT_PID=$SERVER_PID
+    pids+=("$LIGHT_PID")
+    ports+=("$LIGHT_PORT")
+  fi
+  for i in "${!pids[@]}"; do
+    for _ in $(seq 100); do
+      curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:${ports[$i]}/healthz" 2>/dev/null && break
+      group_alive "${pids[$i]}" || die "the backend on port ${ports[$i]} exited; see its log in ${dir#"$ROOT"/}"
+      sleep 0.1
+    done
+  done
+}
+
+# stop_backends: signal every backend at once (a worker drains), then wait
+# for each.
+stop_backends() {
+  local pid
+  for pid in $LIGHT_PID "${BACKEND_PIDS[@]}"; do
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  for pid in $LIGHT_PID "${BACKEND_PIDS[@]}"; do
+    stop_server "$pid" TERM
+  done
+  BACKEND_PIDS=()
+  LIGHT_PID=""
+}
 
 # ---------------------------------------------------------------------------
-# 2. Start the workers.
+# 2. Ports, the results dir, the machine and versions.
 
-for port in "${WORKER_PORTS[@]}" "$ROOST_PORT" "$ROOST_ADMIN_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
+for port in "${BACKEND_PORTS[@]}" "$LIGHT_PORT" "$ROOST_PORT" "$ROOST_ADMIN_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
   ! port_in_use "$port" || die "127.0.0.1:$port is in use; pick other ports with PORT_BASE=..."
 done
 
@@ -461,28 +596,12 @@ mkdir -p "$RESULTS"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/roost-bench.XXXXXX")
 chmod 755 "$WORK" # nginx's worker runs as nobody when started as root
 
-
-# A worker with a state store gets a private SQLite file in the temp dir.
 WORKER_STORE=0
 worker_help=$("$BIN/roost-worker" --help 2>&1 || true)
 [[ "$worker_help" == *--store* ]] && WORKER_STORE=1
-WORKER_PIDS=()
-for i in 1 2 3; do
-  store=()
-  [ "$WORKER_STORE" -eq 1 ] && store=(--store "sqlite://$WORK/worker-w$i.db")
-  PIN_CPU=$WORKER_CPU RUST_LOG=warn start_server "worker w$i" "$RESULTS/worker-w$i.log" TERM \
-    "$BIN/roost-worker" --id "w$i" --listen "127.0.0.1:${WORKER_PORTS[$((i - 1))]}" ${store[@]+"${store[@]}"}
-  WORKER_PIDS+=("$SERVER_PID")
-done
-for i in 0 1 2; do
-  for _ in $(seq 100); do
-    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:${WORKER_PORTS[$i]}/healthz" 2>/dev/null && break
-    group_alive "${WORKER_PIDS[$i]}" || die "worker w$((i + 1)) exited; see $RESULTS/worker-w$((i + 1)).log"
-    sleep 0.1
-  done
-done
+BACKEND_PIDS=()
+LIGHT_PID=""
 
-# Machine and versions, for the report.
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 NGINX_VERSION=$(nginx -v 2>&1 | sed 's/^nginx version: //')
 HAPROXY_VERSION=$(first_line haproxy -v)
@@ -490,6 +609,8 @@ HAPROXY_VERSION=${HAPROXY_VERSION%% - https*}
 WRK_VERSION=$(first_line wrk -v)
 WRK_VERSION=${WRK_VERSION%% Copyright*}
 ROOST_VERSION=$(first_line "$BIN/roost-proxy" --version)
+FIXED_REPLY_VERSION=unused
+[ "$NEED_FIXED_REPLY" -eq 1 ] && FIXED_REPLY_VERSION=$(first_line "$BIN/roost-fixed-reply" --version)
 RUSTC_VERSION=$(rustc --version 2>/dev/null || echo unknown)
 KERNEL=$(uname -sr)
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -499,9 +620,10 @@ else
   IN_GIT=0
   GIT_REV=${BENCH_REV:-unknown}
 fi
-if [ "$IN_GIT" -eq 1 ] && ! git -C "$ROOT" diff --quiet HEAD -- proxy worker routing Cargo.toml Cargo.lock; then
+MEASURED_CODE=(proxy worker routing loadtest/src loadtest/Cargo.toml Cargo.toml Cargo.lock)
+if [ "$IN_GIT" -eq 1 ] && ! git -C "$ROOT" diff --quiet HEAD -- "${MEASURED_CODE[@]}"; then
   GIT_REV+=" (with local changes: local-changes.diff)"
-  git -C "$ROOT" diff HEAD -- proxy worker routing Cargo.toml Cargo.lock >"$RESULTS/local-changes.diff" || true
+  git -C "$ROOT" diff HEAD -- "${MEASURED_CODE[@]}" >"$RESULTS/local-changes.diff" || true
 fi
 {
   echo "date: $DATE"
@@ -511,10 +633,12 @@ fi
   echo "cpu: $CPU_MODEL"
   echo "kernel: $KERNEL"
   echo "pinning: $PINNING"
+  echo "layouts: $BACKENDS"
   echo "nginx: $NGINX_VERSION"
   echo "haproxy: $HAPROXY_VERSION"
   echo "wrk: $WRK_VERSION"
   echo "roost-proxy: $ROOST_VERSION"
+  echo "roost-fixed-reply: $FIXED_REPLY_VERSION"
   echo "rustc: $RUSTC_VERSION"
   echo "loadavg at start: $(cat /proc/loadavg)"
   echo "settings: duration=${DURATION}s warmup=${WARMUP}s reps=$REPS connections=$CONNECTIONS wrk_threads=1 users=$USERS path=$BENCH_PATH clk_tck=$CLK_TCK"
@@ -522,19 +646,22 @@ fi
 } >"$RESULTS/env.txt"
 
 # ---------------------------------------------------------------------------
-# 3-5. Interleaved runs.
+# 3-5. Per layout: start its backends, run the interleaved reps, stop them.
 
 RUNS="$RESULTS/runs.tsv"
-printf '%s\n' "rep	target	attempt	counted	req_per_s	p50_ms	p99_ms	requests	non_2xx	socket_errors	cpu_of	cpu_ticks	cpu_us_per_req	workers_cpu_ticks	workers_cpu_us_per_req	wall_s	wrk_cpu_pct	loadgen_cpu_busy_pct	loadgen_foreign_pct	loadgen_steal_pct	ours_on_server_cpu_pct	server_cpu_busy_pct	server_foreign_pct	server_steal_pct" >"$RUNS"
+# workers_cpu_*: the layout's three backends (workers or fixed-reply);
+# summary_cpu_us_per_req: the figure the summary shows (the proxy's; for
+# direct the backends', for direct-light the fixed-reply backend's).
+printf '%s\n' "layout	rep	target	attempt	counted	req_per_s	p50_ms	p99_ms	requests	non_2xx	socket_errors	cpu_of	cpu_ticks	cpu_us_per_req	workers_cpu_ticks	workers_cpu_us_per_req	wall_s	wrk_cpu_pct	loadgen_cpu_busy_pct	loadgen_foreign_pct	loadgen_steal_pct	ours_on_server_cpu_pct	server_cpu_busy_pct	server_foreign_pct	server_steal_pct	summary_cpu_us_per_req" >"$RUNS"
 ERRORS_SEEN=0
 DISTURBED_KEPT=0
 
-# measure TARGET REP ATTEMPT RUN_DIR: one warm-up and one measured wrk run
-# against the started target; appends a row to runs.tsv (counted column left
-# as "?") and sets DISTURBED=1 when other load took either CPU.
+# measure LAYOUT TARGET REP ATTEMPT RUN_DIR: one warm-up and one measured wrk
+# run against the started target; appends a row to runs.tsv (counted column
+# left as "?") and sets DISTURBED=1 when other load took either CPU.
 measure() {
-  local target=$1 rep=$2 attempt=$3 run_dir=$4 mode=proxied
-  [ "$target" = direct ] && mode=direct
+  local layout=$1 target=$2 rep=$3 attempt=$4 run_dir=$5 mode=proxied
+  [[ "$target" == direct* ]] && mode=direct
   local wrk_cmd=(taskset -c "$LOADGEN_CPU" wrk -t1 "-c$CONNECTIONS" --latency -s "$LUA")
   local tag="$rep"
   [ "$attempt" -gt 1 ] && tag="$rep-try$attempt"
@@ -553,7 +680,7 @@ measure() {
   lg0=$(cpu_stat "$LOADGEN_CPU")
   sv0=$(cpu_stat "$SERVER_CPU")
   cpu_before=$(cpu_ticks "${target_pids[@]}")
-  workers_before=$(cpu_ticks "${WORKER_PIDS[@]}")
+  workers_before=$(cpu_ticks "${BACKEND_PIDS[@]}")
   wrk_before=$(children_ticks)
   t0=$EPOCHREALTIME
   "${wrk_cmd[@]}" "-d${DURATION}s" "$TARGET_URL" -- "$mode" "$USERS" "$BENCH_PATH" >"$out" 2>&1 ||
@@ -561,7 +688,7 @@ measure() {
   t1=$EPOCHREALTIME
   wrk_after=$(children_ticks)
   cpu_after=$(cpu_ticks "${target_pids[@]}")
-  workers_after=$(cpu_ticks "${WORKER_PIDS[@]}")
+  workers_after=$(cpu_ticks "${BACKEND_PIDS[@]}")
   lg1=$(cpu_stat "$LOADGEN_CPU")
   sv1=$(cpu_stat "$SERVER_CPU")
   group_alive "$TARGET_PID" || die "$target died during the run"
@@ -580,18 +707,19 @@ measure() {
   fi
 
   local cpu=$((cpu_after - cpu_before)) workers_cpu=$((workers_after - workers_before))
-  # Our ticks on each pinned CPU: wrk on LOADGEN_CPU, the proxy on
-  # SERVER_CPU, the workers on WORKER_CPU (for direct, the proxy is a worker).
-  local wrk_t=$((wrk_after - wrk_before)) proxy_t=$cpu direct=0
-  if [ "$target" = direct ]; then
-    direct=1
-    proxy_t=0
-  fi
+  # Our ticks on each pinned CPU: wrk on LOADGEN_CPU, a proxy on SERVER_CPU,
+  # the backends on WORKER_CPU (a direct target is one of them, or, for
+  # direct-light beside the workers, a backend of its own on that CPU).
+  local wrk_t=$((wrk_after - wrk_before)) proxy_t=$cpu backends_t=$workers_cpu
+  case "$TARGET_CPU_ON" in
+    pool) proxy_t=0 ;;
+    own) proxy_t=0; backends_t=$((backends_t + cpu)) ;;
+  esac
   local lg_ours=$wrk_t sv_ours=$proxy_t
   if [ "$WORKER_CPU" = "$LOADGEN_CPU" ]; then
-    lg_ours=$((lg_ours + workers_cpu))
+    lg_ours=$((lg_ours + backends_t))
   else
-    sv_ours=$((sv_ours + workers_cpu))
+    sv_ours=$((sv_ours + backends_t))
   fi
   if [ "$SERVER_CPU" = "$LOADGEN_CPU" ]; then
     lg_ours=$((lg_ours + sv_ours))
@@ -615,20 +743,20 @@ measure() {
         ours_pct, sv_busy, sv_foreign, sv_steal, disturbed }')
   DISTURBED=${stats##* }
   stats=${stats% *}
-  local cpu_us workers_us
+  local cpu_us workers_us shown_us
   cpu_us=$(cut -f1 <<<"$stats")
   workers_us=$(cut -f2 <<<"$stats")
-  printf '%s\t%s\t%s\t?\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-    "$rep" "$target" "$attempt" "$rps" "$p50" "$p99" "$requests" "$non2xx" "$socket_errors" \
-    "$TARGET_CPU_LABEL" "$cpu" "$cpu_us" "$workers_cpu" "$workers_us" "$(cut -f3- <<<"$stats")" >>"$RUNS"
-  local direct_cpu=$cpu_us
-  [ "$direct" -eq 1 ] && direct_cpu=$workers_us
-  log "rep $rep $target (try $attempt): $rps req/s, p50 $p50 ms, p99 $p99 ms, $direct_cpu µs CPU/req ($TARGET_CPU_LABEL)"
+  shown_us=$cpu_us
+  [ "$TARGET_CPU_ON" = pool ] && shown_us=$workers_us
+  printf '%s\t%s\t%s\t%s\t?\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$layout" "$rep" "$target" "$attempt" "$rps" "$p50" "$p99" "$requests" "$non2xx" "$socket_errors" \
+    "$TARGET_CPU_LABEL" "$cpu" "$cpu_us" "$workers_cpu" "$workers_us" "$(cut -f3- <<<"$stats")" "$shown_us" >>"$RUNS"
+  log "$layout rep $rep $target (try $attempt): $rps req/s, p50 $p50 ms, p99 $p99 ms, $shown_us µs CPU/req ($TARGET_CPU_LABEL)"
   log "  CPU $LOADGEN_CPU: wrk $(cut -f4 <<<"$stats")%, other $(cut -f6 <<<"$stats")%, steal $(cut -f7 <<<"$stats")%;" \
     "CPU $SERVER_CPU: ours $(cut -f8 <<<"$stats")%, other $(cut -f10 <<<"$stats")%, steal $(cut -f11 <<<"$stats")%"
   if [ "$non2xx" != 0 ] || [ "$socket_errors" != 0 ]; then
     ERRORS_SEEN=1
-    log "WARNING: rep $rep $target: $non2xx non-2xx responses, $socket_errors socket errors (see $out)"
+    log "WARNING: $layout rep $rep $target: $non2xx non-2xx responses, $socket_errors socket errors (see $out)"
   fi
 }
 
@@ -637,108 +765,161 @@ mark_last() {
   local last
   last=$(tail -n1 "$RUNS")
   sed -i '$d' "$RUNS"
-  awk -F'\t' -v OFS='\t' -v c="$1" '{ $4 = c; print }' <<<"$last" >>"$RUNS"
+  awk -F'\t' -v OFS='\t' -v c="$1" '{ $5 = c; print }' <<<"$last" >>"$RUNS"
 }
 
-log "results: ${RESULTS#"$ROOT"/}; $REPS reps x ($TARGETS), ${WARMUP}s warm-up + ${DURATION}s each, $CONNECTIONS connections"
-for rep in $(seq "$REPS"); do
-  for target in $TARGETS; do
-    run_dir="$RESULTS/$target"
-    mkdir -p "$run_dir"
-    for attempt in $(seq $((RETRIES + 1))); do
-      start_target "$target" "$run_dir"
-      wait_ready "$target" "$TARGET_PID" "$TARGET_URL" "$TARGET_WORKERS"
-      measure "$target" "$rep" "$attempt" "$run_dir"
-      stop_target "$target" "$run_dir"
-      if [ "$DISTURBED" -eq 0 ]; then
-        mark_last 1
-        break
-      fi
-      if [ "$attempt" -le "$RETRIES" ]; then
-        mark_last 0
-        log "WARNING: rep $rep $target was disturbed by other load (over ${FOREIGN_LIMIT}% of a CPU); measuring again"
-      else
-        mark_last 1
-        DISTURBED_KEPT=$((DISTURBED_KEPT + 1))
-        log "WARNING: rep $rep $target was still disturbed after $RETRIES retries; keeping it, flagged"
-      fi
+for layout in $BACKENDS; do
+  targets=$(layout_targets "$layout")
+  mkdir -p "$RESULTS/$layout"
+  log "layout $layout: results in ${RESULTS#"$ROOT"/}/$layout; $REPS reps x ($targets), ${WARMUP}s warm-up + ${DURATION}s each, $CONNECTIONS connections"
+  start_backends "$layout"
+  for rep in $(seq "$REPS"); do
+    for target in $targets; do
+      run_dir="$RESULTS/$layout/$target"
+      mkdir -p "$run_dir"
+      for attempt in $(seq $((RETRIES + 1))); do
+        start_target "$target" "$run_dir"
+        wait_ready "$target" "$TARGET_PID" "$TARGET_URL" "$TARGET_WORKERS"
+        measure "$layout" "$target" "$rep" "$attempt" "$run_dir"
+        stop_target "$target" "$run_dir"
+        if [ "$DISTURBED" -eq 0 ]; then
+          mark_last 1
+          break
+        fi
+        if [ "$attempt" -le "$RETRIES" ]; then
+          mark_last 0
+          log "WARNING: $layout rep $rep $target was disturbed by other load (over ${FOREIGN_LIMIT}% of a CPU); measuring again"
+        else
+          mark_last 1
+          DISTURBED_KEPT=$((DISTURBED_KEPT + 1))
+          log "WARNING: $layout rep $rep $target was still disturbed after $RETRIES retries; keeping it, flagged"
+        fi
+      done
     done
   done
+  stop_backends
 done
 
 # ---------------------------------------------------------------------------
-# 6. Summary.
+# 6. Summary: one table per layout.
 
-column_of() { # column_of TARGET COLUMN: that column of every counted run of TARGET
-  awk -F'\t' -v t="$1" -v c="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) col = i; next }
-    $2 == t && $4 == 1 { print $col }' "$RUNS"
+# column_of LAYOUT TARGET COLUMN: that column of every counted run of TARGET
+# in LAYOUT.
+column_of() {
+  awk -F'\t' -v l="$1" -v t="$2" -v c="$3" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) col = i; next }
+    $1 == l && $3 == t && $5 == 1 { print $col }' "$RUNS"
 }
 
-NGINX_RPS=""
-if [[ " $TARGETS " == *" nginx "* ]]; then
-  NGINX_RPS=$(column_of nginx req_per_s | median)
-fi
+# measured LAYOUT TARGET: whether TARGET has counted runs in LAYOUT.
+measured() { [ -n "$(column_of "$1" "$2" requests)" ]; }
+
+# layout_table LAYOUT: the Markdown table of LAYOUT's targets.
+layout_table() {
+  local layout=$1 target nginx_rps="" rps lo hi p50 p99 cpu backends errs name note
+  measured "$layout" nginx && nginx_rps=$(column_of "$layout" nginx req_per_s | median)
+  echo "| target | req/s (median) | req/s min–max | p50 ms | p99 ms | CPU µs/request | backends' CPU µs/request | req/s vs nginx | non-2xx / socket errors |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for target in $(layout_targets "$layout"); do
+    rps=$(column_of "$layout" "$target" req_per_s | median)
+    lo=$(column_of "$layout" "$target" req_per_s | sort -g | awk 'NR == 1')
+    hi=$(column_of "$layout" "$target" req_per_s | sort -g | awk 'END { print }')
+    p50=$(column_of "$layout" "$target" p50_ms | median)
+    p99=$(column_of "$layout" "$target" p99_ms | median)
+    cpu=$(column_of "$layout" "$target" summary_cpu_us_per_req | median)
+    backends=$(column_of "$layout" "$target" workers_cpu_us_per_req | median)
+    errs=$(awk -F'\t' -v l="$layout" -v t="$target" '$1 == l && $3 == t && $5 == 1 { n += $10; s += $11 }
+      END { printf "%d / %d", n, s }' "$RUNS")
+    note=""
+    case "$target/$layout" in
+      direct/workers) name="direct (1 worker, no proxy)"; note=" (worker)"; backends="" ;;
+      direct/light) name="direct (1 fixed-reply backend, no proxy)"; note=" (backend)"; backends="" ;;
+      direct-light/*) name="direct-light (1 fixed-reply backend: bare hyper)"; note=" (backend)"; backends="" ;;
+      roost/*) name="roost-proxy" ;;
+      roost-alt/*) name="roost-proxy (alt: ${ROOST_ALT_LABEL:-$ROOST_ALT_BIN})" ;;
+      nginx/*) name="nginx" ;;
+      haproxy/*) name="HAProxy" ;;
+    esac
+    awk -v name="$name" -v rps="$rps" -v lo="$lo" -v hi="$hi" -v p50="$p50" -v p99="$p99" \
+      -v cpu="$cpu" -v note="$note" -v backends="$backends" -v ng="$nginx_rps" -v errs="$errs" 'BEGIN {
+        ratio = (ng != "" && ng > 0) ? sprintf("%.2f×", rps / ng) : "n/a"
+        b = (backends != "") ? sprintf("%.1f", backends) : "–"
+        printf "| %s | %.0f | %.0f–%.0f | %.3f | %.3f | %.1f%s | %s | %s | %s |\n",
+          name, rps, lo, hi, p50, p99, cpu, note, b, ratio, errs }'
+  done
+}
+
+# layout_verdicts LAYOUT: the targets LAYOUT is measured against, as lines.
+layout_verdicts() {
+  local layout=$1
+  if [ "$layout" = light ] && measured light roost && measured light nginx; then
+    awk -v r="$(column_of light roost summary_cpu_us_per_req | median)" \
+      -v n="$(column_of light nginx summary_cpu_us_per_req | median)" 'BEGIN {
+        printf "Target (roost-proxy CPU per request ≤ nginx'"'"'s, light backends): %.1f µs vs %.1f µs (%.2f×): **%s**.\n",
+          r, n, r / n, (r <= n) ? "MET" : "NOT MET" }'
+  fi
+  if [ "$layout" = workers ] && measured workers roost && measured workers nginx; then
+    awk -v r="$(column_of workers roost req_per_s | median)" -v n="$(column_of workers nginx req_per_s | median)" \
+      -v rp="$(column_of workers roost p99_ms | median)" -v np="$(column_of workers nginx p99_ms | median)" 'BEGIN {
+        ratio = r / n
+        ok1 = ratio >= 1.2; ok2 = rp <= np
+        printf "Target (roost-proxy ≥ 1.2× nginx req/s, p99 ≤ nginx p99): req/s %.2f× nginx (%s), p99 %.3f ms vs %.3f ms (%s): **%s**.\n",
+          ratio, ok1 ? "met" : "not met", rp, np, ok2 ? "met" : "not met", (ok1 && ok2) ? "MET" : "NOT MET" }'
+  fi
+  if [ "$layout" = workers ] && measured workers direct; then
+    # The bare-hyper peer: direct-light beside the workers, else the light
+    # layout's direct (a fixed-reply backend too, measured in its own layout).
+    local peer="" where
+    if measured workers direct-light; then
+      peer=$(column_of workers direct-light summary_cpu_us_per_req | median)
+      where="direct-light, interleaved with it"
+    elif measured light direct; then
+      peer=$(column_of light direct summary_cpu_us_per_req | median)
+      where="the light layout's direct, not interleaved with it"
+    elif measured light direct-light; then
+      peer=$(column_of light direct-light summary_cpu_us_per_req | median)
+      where="the light layout's direct-light, not interleaved with it"
+    fi
+    [ -n "$peer" ] && awk -v w="$(column_of workers direct summary_cpu_us_per_req | median)" -v b="$peer" \
+      -v where="$where" -v path="$BENCH_PATH" 'BEGIN {
+        printf "Target (the worker'"'"'s GET %s ≤ 1.3× a bare hyper server'"'"'s CPU per request): worker CPU per request ÷ bare hyper CPU per request = %.1f µs ÷ %.1f µs = **%.2f×** (%s; %s).\n",
+          path, w, b, w / b, where, (w / b <= 1.3) ? "MET" : "NOT MET" }'
+  fi
+  return 0
+}
 
 summary="$RESULTS/summary.md"
 {
-  echo "| target | req/s (median) | req/s min–max | p50 ms | p99 ms | CPU µs/request | req/s vs nginx | non-2xx / socket errors |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-  for target in $TARGETS; do
-    rps=$(column_of "$target" req_per_s | median)
-    lo=$(column_of "$target" req_per_s | sort -g | awk 'NR == 1')
-    hi=$(column_of "$target" req_per_s | sort -g | awk 'END { print }')
-    p50=$(column_of "$target" p50_ms | median)
-    p99=$(column_of "$target" p99_ms | median)
-    if [ "$target" = direct ]; then
-      cpu=$(column_of "$target" workers_cpu_us_per_req | median)
-    else
-      cpu=$(column_of "$target" cpu_us_per_req | median)
-    fi
-    errs=$(awk -F'\t' -v t="$target" '$2 == t && $4 == 1 { n += $9; s += $10 } END { printf "%d / %d", n, s }' "$RUNS")
-    case "$target" in
-      direct) name="direct (1 worker, no proxy)"; cpu_note=" (worker)" ;;
-      roost) name="roost-proxy"; cpu_note="" ;;
-      roost-alt) name="roost-proxy (alt: ${ROOST_ALT_LABEL:-$ROOST_ALT_BIN})"; cpu_note="" ;;
-      nginx) name="nginx"; cpu_note="" ;;
-      haproxy) name="HAProxy"; cpu_note="" ;;
-    esac
-    awk -v name="$name" -v rps="$rps" -v lo="$lo" -v hi="$hi" -v p50="$p50" -v p99="$p99" \
-      -v cpu="$cpu" -v note="$cpu_note" -v ng="$NGINX_RPS" -v errs="$errs" 'BEGIN {
-        ratio = (ng != "" && ng > 0) ? sprintf("%.2f×", rps / ng) : "n/a"
-        printf "| %s | %.0f | %.0f–%.0f | %.3f | %.3f | %.1f%s | %s | %s |\n",
-          name, rps, lo, hi, p50, p99, cpu, note, ratio, errs }'
-  done
-} >"$summary.table"
-
-verdict=""
-if [[ " $TARGETS " == *" roost "* && " $TARGETS " == *" nginx "* ]]; then
-  verdict=$(awk -v r="$(column_of roost req_per_s | median)" -v n="$NGINX_RPS" \
-    -v rp="$(column_of roost p99_ms | median)" -v np="$(column_of nginx p99_ms | median)" 'BEGIN {
-      ratio = r / n
-      ok1 = ratio >= 1.2; ok2 = rp <= np
-      printf "Target (roost-proxy ≥ 1.2× nginx req/s, p99 ≤ nginx p99): req/s %.2f× nginx (%s), p99 %.3f ms vs %.3f ms (%s): **%s**.",
-        ratio, ok1 ? "met" : "not met", rp, np, ok2 ? "met" : "not met", (ok1 && ok2) ? "MET" : "NOT MET" }')
-fi
-
-{
   echo "Proxy benchmark, $DATE (roost $GIT_REV)"
-  echo
-  cat "$summary.table"
-  echo
-  [ -n "$verdict" ] && echo "$verdict" && echo
-  echo "- Machine: $NPROC CPUs ($CPU_MODEL), $KERNEL; $PINNING."
-  echo "- Versions: nginx $NGINX_VERSION; $HAPROXY_VERSION; $WRK_VERSION; $ROOST_VERSION ($RUSTC_VERSION)."
-  echo "- Load: wrk, 1 thread, $CONNECTIONS connections, GET $BENCH_PATH with $USERS distinct x-user-id values (cycled), ${WARMUP} s warm-up then ${DURATION} s measured, $REPS interleaved reps; medians of the reps."
-  echo "- CPU µs/request: utime+stime of all the proxy's processes over the measured window / requests completed (direct: the worker's)."
-  echo "- Raw results: loadtest/results/proxy-$STAMP/ (runs.tsv, wrk output, configs)."
-  echo "- Command: \`$COMMAND\`"
-  for target in $TARGETS; do
-    busy=$(column_of "$target" wrk_cpu_pct | median)
-    if awk -v b="$busy" 'BEGIN { exit !(b >= 95) }'; then
-      echo "- $target: wrk's CPU was ${busy}% busy (median): the load generator, not the target, set its req/s."
+  for layout in $BACKENDS; do
+    echo
+    case "$layout" in
+      light) echo "### Light backends: 3 × roost-fixed-reply (bare hyper, fixed 200)" ;;
+      workers) echo "### Real backends: 3 × roost-worker" ;;
+    esac
+    echo
+    layout_table "$layout"
+    verdicts=$(layout_verdicts "$layout")
+    if [ -n "$verdicts" ]; then
+      echo
+      printf '%s\n' "$verdicts"
     fi
   done
-  retried=$(awk -F'\t' 'NR > 1 && $4 == 0' "$RUNS" | wc -l)
+  echo
+  echo "- Machine: $NPROC CPUs ($CPU_MODEL), $KERNEL; $PINNING."
+  echo "- Versions: nginx $NGINX_VERSION; $HAPROXY_VERSION; $WRK_VERSION; $ROOST_VERSION; $FIXED_REPLY_VERSION ($RUSTC_VERSION)."
+  echo "- Load: wrk, 1 thread, $CONNECTIONS connections, GET $BENCH_PATH with $USERS distinct x-user-id values (cycled), ${WARMUP} s warm-up then ${DURATION} s measured, $REPS interleaved reps per layout (layouts in turn: $BACKENDS); medians of the reps."
+  echo "- CPU µs/request: utime+stime of all the proxy's processes over the measured window / requests completed (direct: the three backends'; direct-light: the fixed-reply backend's). Backends' CPU µs/request: the three backends' over the same window."
+  echo "- Raw results: loadtest/results/proxy-$STAMP/ (runs.tsv, wrk output and configs per layout and target)."
+  echo "- Command: \`$COMMAND\`"
+  for layout in $BACKENDS; do
+    for target in $(layout_targets "$layout"); do
+      busy=$(column_of "$layout" "$target" wrk_cpu_pct | median)
+      if awk -v b="$busy" 'BEGIN { exit !(b >= 95) }'; then
+        echo "- $layout $target: wrk's CPU was ${busy}% busy (median): the load generator, not the target, set its req/s."
+      fi
+    done
+  done
+  retried=$(awk -F'\t' 'NR > 1 && $5 == 0' "$RUNS" | wc -l)
   if [ "$retried" -gt 0 ]; then
     echo "- $retried measurement(s) disturbed by other load on the machine were discarded and repeated (runs.tsv, counted = 0)."
   fi
@@ -751,6 +932,5 @@ fi
     echo "**WARNING: some runs had non-2xx responses or socket errors (last column); see runs.tsv.**"
   fi
 } >"$summary"
-rm -f "$summary.table"
 cat "$summary"
 log "done; raw results in ${RESULTS#"$ROOT"/}"

@@ -1,7 +1,7 @@
 //! What the suite's binaries (`roost-faults`, `roost-tickets`) share: the
 //! common options, stopping cleanly on SIGINT/SIGTERM, printing the
 //! summary table and the broken MUSTs, and turning the verdict into the
-//! exit status.
+//! exit status. `roost-fixed-reply` stops on the same signals.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -64,7 +64,7 @@ async fn finish<R: RunReport>(
 }
 
 /// Resolves on the first SIGINT or SIGTERM, as the error to exit with.
-async fn interrupted() -> anyhow::Error {
+pub async fn interrupted() -> anyhow::Error {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

@@ -30,6 +30,7 @@
 //! | [`check`] | every question asked of the ledger |
 //! | [`report`], [`timeline`] | verdicts, the summary table, the SVG plot |
 //! | [`cli`] | what both binaries do around a suite |
+//! | [`fixed_reply`] | `roost-fixed-reply`: the bare hyper backend of `bench/proxy.sh`'s light layout |
 //! | [`tickets`] | the ticket sale |
 
 pub mod bystanders;
@@ -37,6 +38,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod fault;
+pub mod fixed_reply;
 pub mod ledger;
 pub mod load;
 pub mod probe;
