@@ -12,7 +12,6 @@
 //! connection in the common case (see [`Upstream::take`]).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -38,8 +37,9 @@ const MAX_RESPONSE_FIELDS: usize = 64;
 const READ_CHUNK: usize = 16 * 1024;
 
 thread_local! {
-    /// This thread's idle connections, by worker address.
-    static POOL: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    /// This thread's idle connections, by worker address (a short list:
+    /// one entry per worker, searched without hashing).
+    static POOL: RefCell<Vec<(SocketAddr, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
 }
 
 struct Idle {
@@ -152,7 +152,14 @@ impl Upstream {
             return;
         }
         POOL.with_borrow_mut(|pool| {
-            let idle = pool.entry(self.addr).or_default();
+            let slot = match pool.iter().position(|(addr, _)| *addr == self.addr) {
+                Some(slot) => slot,
+                None => {
+                    pool.push((self.addr, Vec::new()));
+                    pool.len() - 1
+                }
+            };
+            let idle = &mut pool[slot].1;
             if idle.len() < POOL_MAX {
                 idle.push(Idle {
                     stream: self.stream,
@@ -260,7 +267,7 @@ fn client_head(
 /// those the worker closed or that idled too long.
 fn take_idle(addr: SocketAddr) -> Option<TcpStream> {
     POOL.with_borrow_mut(|pool| {
-        let idle = pool.get_mut(&addr)?;
+        let (_, idle) = pool.iter_mut().find(|(idle_addr, _)| *idle_addr == addr)?;
         while let Some(Idle { stream, since }) = idle.pop() {
             if since.elapsed() < UPSTREAM_IDLE_TIMEOUT && is_open(&stream) {
                 return Some(stream);
