@@ -10,6 +10,11 @@
 //! - drain with a flush batch in flight: the drain waits for it;
 //! - the state size cap: a change past `max_state_bytes` is refused and
 //!   undone, and nothing acknowledged before it is lost, across a kill -9.
+//! - pipelined batches: many entities' concurrent durable writes, two
+//!   batches in flight, are each acknowledged only once committed, none is
+//!   lost and each entity's are written in order; a batch stuck at the
+//!   store holds up only its own entity (Postgres); a client whose durable
+//!   writes follow one another never waits for the linger.
 //!
 //! The load: several writers per user, each adding items with SKUs nobody
 //! else uses, qty 1. A cart at version V then holds exactly V items (one per
@@ -784,10 +789,15 @@ both_stores!(drain_waits_for_the_batch_in_flight);
 /// How long a held reply is watched to make sure it stays held.
 const HELD: Duration = Duration::from_millis(400);
 
-/// A worker, and a fresh user whose cart has one durably stored line
-/// (`first`, version 1). Returns the worker, the user key and the store key.
-async fn worker_with_a_stored_cart(store: &Store, label: &str) -> (Worker, String, String) {
-    let worker = Worker::start("w1", store, None).await;
+/// A worker (of `config`), and a fresh user whose cart has one durably
+/// stored line (`first`, version 1). Returns the worker, the user key and
+/// the store key.
+async fn worker_with_a_stored_cart(
+    store: &Store,
+    label: &str,
+    config: Option<&str>,
+) -> (Worker, String, String) {
+    let worker = Worker::start("w1", store, config).await;
     let key = unique_key(label);
     worker
         .api()
@@ -843,7 +853,7 @@ impl Held {
 /// since both would reveal it. Once the lock goes, all three answer 200, in
 /// version order.
 async fn gate_holds_replies_that_depend_on_a_durable_change(store: Store) {
-    let (worker, key, store_key) = worker_with_a_stored_cart(&store, "gate-holds").await;
+    let (worker, key, store_key) = worker_with_a_stored_cart(&store, "gate-holds", None).await;
     let lock = store.lock_row(&store_key).await;
     let held = Held::send(&worker.api(), &key).await;
     for (what, task) in [
@@ -884,7 +894,7 @@ both_stores!(gate_holds_replies_that_depend_on_a_durable_change);
 /// keeps a write-behind change acknowledged before it, and that state is
 /// what the store ends up with.
 async fn failed_durable_write_is_undone_with_what_depended_on_it(store: Store) {
-    let (worker, key, store_key) = worker_with_a_stored_cart(&store, "gate-fails").await;
+    let (worker, key, store_key) = worker_with_a_stored_cart(&store, "gate-fails", None).await;
     let api = worker.api();
     let fault = store.fail_updates_of(&store_key).await;
     api.add_item(&key, "acknowledged", 1)
@@ -1006,3 +1016,210 @@ async fn a_session_stops_growing_at_the_cap(store: Store) {
 }
 
 both_stores!(a_session_stops_growing_at_the_cap);
+
+// ---------------------------------------------------------------------------
+// 7. Pipelined flush batches
+// ---------------------------------------------------------------------------
+
+/// Two batches in flight at once, lingering when busy: the settings this
+/// section tests (also the defaults).
+const PIPELINED: &str = "flush_interval_ms: 50\nflush_pipeline: 2\nflush_linger_us: 2000\n";
+const PIPELINED_USERS: usize = 12;
+const PIPELINED_WRITERS: usize = 2;
+const PIPELINED_WRITES: usize = 8;
+
+/// One writer's durable adds (`{name}n{n}`), each checked in the store as
+/// soon as it is acknowledged: the stored version must already be at least
+/// the reply's. Returns `(user, sku, version)` per acknowledged add.
+async fn committed_writer(
+    api: Api,
+    store: Store,
+    user: usize,
+    key: String,
+    name: String,
+) -> Vec<(usize, String, u64)> {
+    let mut acked = Vec::new();
+    for n in 0..PIPELINED_WRITES {
+        let sku = format!("{name}n{n}");
+        let reply = api
+            .add_item(&key, &sku, 1)
+            .durability("durable")
+            .send()
+            .await;
+        reply.expect_status(200, &format!("durable add {sku}"));
+        let version = reply.expect_version();
+        let stored = store
+            .peek(&format!("cart/{key}"))
+            .await
+            .map_or(0, |row| row.version);
+        assert!(
+            stored >= i64::try_from(version).expect("fits"),
+            "{sku} was acknowledged at version {version} while the store held version {stored}"
+        );
+        acked.push((user, sku, version));
+    }
+    acked
+}
+
+/// Many entities' durable writes at once, two writers per entity, with two
+/// batches in flight: each reply comes only once its change is in the
+/// store, no acknowledged change is lost, and each entity's successive
+/// changes are written in order (the stored row is the last acknowledged
+/// version and holds exactly the acknowledged adds).
+async fn pipelined_durable_writes_are_committed_before_their_replies(store: Store) {
+    let worker = Worker::start("w1", &store, Some(PIPELINED)).await;
+    let keys: Vec<String> = (0..PIPELINED_USERS)
+        .map(|u| unique_key(&format!("pipelined-u{u}")))
+        .collect();
+    let mut writers = JoinSet::new();
+    for (user, key) in keys.iter().enumerate() {
+        for w in 0..PIPELINED_WRITERS {
+            let name = format!("u{user}w{w}");
+            let writer = committed_writer(worker.api(), store.clone(), user, key.clone(), name);
+            writers.spawn(writer);
+        }
+    }
+    let mut acked = Vec::new();
+    while let Some(done) = writers.join_next().await {
+        acked.extend(done.expect("a writer panicked"));
+    }
+    assert_eq!(
+        acked.len(),
+        PIPELINED_USERS * PIPELINED_WRITERS * PIPELINED_WRITES
+    );
+
+    for (user, key) in keys.iter().enumerate() {
+        let mine: Vec<&(usize, String, u64)> = acked.iter().filter(|a| a.0 == user).collect();
+        let last = mine.iter().map(|a| a.2).max().expect("acknowledged adds");
+        let row = store
+            .peek(&format!("cart/{key}"))
+            .await
+            .expect("the cart is stored");
+        assert_eq!(
+            row.version,
+            i64::try_from(last).expect("fits"),
+            "user {user}: the stored version is the last acknowledged one"
+        );
+        let state = row.entity_state();
+        let stored: BTreeSet<String> = state["items"]
+            .as_object()
+            .unwrap_or_else(|| panic!("user {user}: stored items: {state}"))
+            .keys()
+            .cloned()
+            .collect();
+        let expected: BTreeSet<String> = mine.iter().map(|a| a.1.clone()).collect();
+        assert_eq!(
+            stored, expected,
+            "user {user}: every acknowledged add, nothing else"
+        );
+    }
+    let batches = worker.metric("roost_worker_flush_batch_rows_count").await;
+    let rows = worker.metric("roost_worker_flush_batch_rows_sum").await;
+    eprintln!(
+        "{} durable adds in {batches} batches ({:.1} rows each)",
+        acked.len(),
+        rows / batches
+    );
+}
+
+both_stores!(pipelined_durable_writes_are_committed_before_their_replies);
+
+/// A batch stuck at the store (the test holds its row's lock) holds up only
+/// its own entity: with two batches in flight allowed, other entities'
+/// durable writes are acknowledged meanwhile, one by one, in batches of
+/// their own; a second durable write to the stuck entity stays out of
+/// them (an entity is never in two batches in flight) and is acknowledged
+/// after the first, in order. Postgres only: SQLite's lock is the whole
+/// file's.
+async fn a_stuck_batch_holds_up_only_its_own_entity(store: Store) {
+    let (worker, key, store_key) =
+        worker_with_a_stored_cart(&store, "stuck", Some(PIPELINED)).await;
+    let api = worker.api();
+    let in_flight = "roost_worker_flush_batches_in_flight";
+    let others: Vec<String> = (0..4).map(|u| unique_key(&format!("free-u{u}"))).collect();
+    for other in &others {
+        api.get_cart(other).send().await.expect_status(200, "claim");
+    }
+
+    let lock = store.lock_row(&store_key).await;
+    let stuck = tokio::spawn(api.add_item(&key, "stuck", 1).durability("durable").send());
+    worker.wait_metric(in_flight, "to be 1", |v| v == 1.0).await;
+    let behind = tokio::spawn(api.add_item(&key, "behind", 1).durability("durable").send());
+    tokio::time::sleep(FLUSH_INTERVAL * 2).await;
+    for (n, other) in others.iter().enumerate() {
+        let reply = api
+            .add_item(other, "free", 1)
+            .durability("durable")
+            .send()
+            .await;
+        reply.expect_status(
+            200,
+            &format!("entity {n}'s durable add, beside the stuck batch"),
+        );
+        store.wait_version(&format!("cart/{other}"), 1).await;
+    }
+    assert_eq!(
+        worker.metric(in_flight).await,
+        1.0,
+        "only the stuck batch is in flight: the second write to its entity is in none"
+    );
+    assert!(
+        !stuck.is_finished() && !behind.is_finished(),
+        "the stuck entity's durable adds were answered before their batch committed"
+    );
+    lock.release().await;
+
+    let stuck = stuck.await.expect("the stuck add");
+    let behind = behind.await.expect("the add behind it");
+    stuck.expect_status(200, "the stuck add, once committed");
+    behind.expect_status(200, "the add behind it, once committed");
+    assert_eq!((stuck.expect_version(), behind.expect_version()), (2, 3));
+    let row = store.wait_version(&store_key, 3).await;
+    assert_eq!(
+        row.entity_state()["items"],
+        json!({"first": 1, "stuck": 1, "behind": 1}),
+        "the stored row is the last acknowledged state"
+    );
+}
+
+#[test]
+fn a_stuck_batch_holds_up_only_its_own_entity_postgres() {
+    support::run_on(
+        support::StoreKind::Postgres,
+        a_stuck_batch_holds_up_only_its_own_entity,
+    );
+}
+
+/// A linger far longer than a commit, to tell one from the other.
+const LONG_LINGER: Duration = Duration::from_millis(40);
+
+/// A client whose durable writes follow one another always finds the
+/// flusher idle: none of its writes waits for the linger, however long.
+async fn durable_writes_one_after_another_do_not_linger(store: Store) {
+    let config = format!(
+        "flush_interval_ms: 50\nflush_linger_us: {}\n",
+        LONG_LINGER.as_micros()
+    );
+    let worker = Worker::start("w1", &store, Some(&config)).await;
+    let api = worker.api();
+    let key = unique_key("one-after-another");
+    api.get_cart(&key).send().await.expect_status(200, "claim");
+    let mut took = Vec::new();
+    for n in 0..5 {
+        let sent = Instant::now();
+        let reply = api
+            .add_item(&key, &format!("s{n}"), 1)
+            .durability("durable")
+            .send()
+            .await;
+        reply.expect_status(200, &format!("durable add {n}"));
+        took.push(sent.elapsed());
+    }
+    took.sort();
+    assert!(
+        took[took.len() / 2] < LONG_LINGER,
+        "durable writes on an idle flusher waited for the linger: {took:?}"
+    );
+}
+
+both_stores!(durable_writes_one_after_another_do_not_linger);

@@ -9,8 +9,8 @@
 --   write-behind, durable  POST /v1/cart/items {"sku", "qty": 1} and
 --                          DELETE /v1/cart/items/{sku}, with that
 --                          roost-durability header
---   write-behind-before    the same as write-behind (worker.sh sends it to
---                          workers of another build)
+--   write-behind-before,   the same as write-behind, durable (worker.sh
+--   durable-before         sends them to workers of another build)
 --   write-behind-generic   the same changes through the generic scheme:
 --                          POST /v1/cart/add {"sku", "qty": 1} and
 --                          POST /v1/cart/remove {"sku"}, write-behind
@@ -145,8 +145,8 @@ function init(args)
   assert(mode == "proxied" or mode == "direct", "mode must be proxied or direct")
   assert(line == "write-behind" or line == "durable" or line == "stateless" or line == "ceiling"
     or line == "ceiling-get" or line == "activate" or line == "write-behind-generic"
-    or line == "write-behind-before",
-    "line must be write-behind, durable, stateless, ceiling, ceiling-get, write-behind-generic, write-behind-before or activate")
+    or line == "write-behind-before" or line == "durable-before",
+    "line must be write-behind, durable, stateless, ceiling, ceiling-get, write-behind-generic, write-behind-before, durable-before or activate")
   assert(users and users >= 1, "USERS must be a positive number")
   assert(prefix and prefix ~= "", "PREFIX is required")
   local part = (thread_number or 1) - 1

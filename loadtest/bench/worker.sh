@@ -15,7 +15,8 @@
 # {"sku"}) instead of the cart's own routes; "write-behind-before" sends the
 # write-behind requests to workers built from an earlier commit
 # (BEFORE_WORKER_BIN, required for that line), e.g. the last one with
-# hand-written routes:
+# hand-written routes; "durable-before" does the same for the durable
+# requests:
 #   git worktree add /tmp/roost-before d880435 && (cd /tmp/roost-before && cargo build --release -p roost-worker) # (-p roost-builtins from this commit on)
 #   BEFORE_WORKER_BIN=/tmp/roost-before/target/release/roost-worker MEM_ENTITIES=0 \
 #     loadtest/bench/worker.sh -l "write-behind write-behind-generic write-behind-before" -m direct
@@ -71,6 +72,12 @@
 #                   the postgres user when run as root) in a temp dir on a
 #                   free port, stopped on exit
 #   KEEP_ROWS       1: leave this run's rows in roost_entities
+#   BIN_DIR         take roost-proxy and roost-worker from this folder
+#                   instead of building them (default: build, into
+#                   CARGO_TARGET_DIR or ./target)
+#   WORKER_YAML     extra lines for the config of the workers under test
+#                   (not the BEFORE_WORKER_BIN ones), e.g.
+#                   'flush_linger_us: 1000'
 #   PERF_LINES      lines to profile after the reps (e.g. "durable"): one
 #                   extra, uncounted proxied run each under
 #                   `perf record --call-graph dwarf -C SERVER_CPU`, reports
@@ -96,7 +103,7 @@ ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 # (DATABASE_URL is shown by name only: it may hold a password).
 COMMAND=""
 for var in DURATION WARMUP REPS CONNECTIONS LINES MODES USERS SKUS MEM_ENTITIES MEM_TIMEOUT MEM_CONNECTIONS \
-  KEEP_ROWS PERF_LINES PERF_KEEP LOCAL_PG PORT_BASE LOADGEN_CPU SERVER_CPU FOREIGN_LIMIT RETRIES QUIET_LIMIT QUIET_WAIT OTHER_WAIT; do
+  KEEP_ROWS PERF_LINES PERF_KEEP BIN_DIR WORKER_YAML LOCAL_PG PORT_BASE LOADGEN_CPU SERVER_CPU FOREIGN_LIMIT RETRIES QUIET_LIMIT QUIET_WAIT OTHER_WAIT; do
   if [ -n "${!var:-}" ]; then
     COMMAND+="$var=$(printf '%q' "${!var}") "
   fi
@@ -164,10 +171,10 @@ fi
 for line in $LINES $PERF_LINES; do
   case "$line" in
     ceiling | ceiling-get | write-behind | durable | stateless | write-behind-generic) ;;
-    write-behind-before)
-      [ -x "${BEFORE_WORKER_BIN:-}" ] || { echo "write-behind-before needs BEFORE_WORKER_BIN: an earlier roost-worker binary" >&2; exit 2; }
+    write-behind-before | durable-before)
+      [ -x "${BEFORE_WORKER_BIN:-}" ] || { echo "$line needs BEFORE_WORKER_BIN: an earlier roost-worker binary" >&2; exit 2; }
       ;;
-    *) echo "unknown line '$line' (ceiling, ceiling-get, write-behind, durable, stateless, write-behind-generic, write-behind-before)" >&2; exit 2 ;;
+    *) echo "unknown line '$line' (ceiling, ceiling-get, write-behind, durable, stateless, write-behind-generic, write-behind-before, durable-before)" >&2; exit 2 ;;
   esac
 done
 for mode in $MODES; do
@@ -241,10 +248,15 @@ wait_other_bench() {
 }
 
 # The build is CPU-heavy: it must not land in someone else's measurement.
-wait_other_bench
-log "building roost-proxy and roost-worker (release)"
-(cd "$ROOT" && cargo build --release -p roost-proxy -p roost-builtins) >&2
-BIN="$ROOT/target/release"
+if [ -n "${BIN_DIR:-}" ]; then
+  BIN=$(cd "$BIN_DIR" && pwd)
+  [ -x "$BIN/roost-proxy" ] && [ -x "$BIN/roost-worker" ] || die "BIN_DIR $BIN_DIR lacks roost-proxy or roost-worker"
+else
+  wait_other_bench
+  log "building roost-proxy and roost-worker (release)"
+  (cd "$ROOT" && cargo build --release -p roost-proxy -p roost-builtins) >&2
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+fi
 CART_LUA="$SCRIPT_DIR/cart.lua"
 SESSIONS_LUA="$SCRIPT_DIR/sessions.lua"
 [ -f "$CART_LUA" ] && [ -f "$SESSIONS_LUA" ] || die "missing $CART_LUA or $SESSIONS_LUA"
@@ -446,6 +458,10 @@ flush_batch_max: 512
 idle_ms: 3600000
 drain_timeout_ms: 10000
 EOF
+# The workers under test also get WORKER_YAML; BEFORE_WORKER_BIN's may not
+# know its fields.
+cp "$RESULTS/worker.yaml" "$RESULTS/worker-before.yaml"
+[ -n "${WORKER_YAML:-}" ] && printf '%s\n' "$WORKER_YAML" >>"$RESULTS/worker.yaml"
 
 cat >"$RESULTS/roost-proxy.yaml" <<EOF
 # roost-proxy config written by loadtest/bench/worker.sh
@@ -481,7 +497,7 @@ wait_healthy() {
 # use_workers memory|stateless|before: make that set of 3 workers the
 # running one ("before": BEFORE_WORKER_BIN's build, in memory).
 use_workers() {
-  local set=$1 i flags=() bin="$BIN/roost-worker"
+  local set=$1 i flags=() bin="$BIN/roost-worker" config="$RESULTS/worker.yaml"
   [ "$WORKER_SET" = "$set" ] && return 0
   if [ -n "$WORKER_SET" ]; then
     log "stopping the $WORKER_SET workers (SIGTERM: drain and last flush)"
@@ -490,7 +506,7 @@ use_workers() {
     done
   fi
   [ "$set" = stateless ] && flags=(--stateless)
-  [ "$set" = before ] && bin=$BEFORE_WORKER_BIN
+  [ "$set" = before ] && bin=$BEFORE_WORKER_BIN && config="$RESULTS/worker-before.yaml"
   # Memory workers start empty: their carts must be claimed again. (The
   # stateless workers' rows stay in Postgres.)
   local key
@@ -506,7 +522,7 @@ use_workers() {
     RUST_LOG=info start_server "$set worker w$i" "$RESULTS/logs/$(printf '%02d' "$WORKER_STARTS")-$set-w$i.log" TERM \
       "$bin" --id "w$i" --listen "127.0.0.1:${WORKER_PORTS[$((i - 1))]}" \
       --admin-listen "127.0.0.1:${WORKER_ADMIN_PORTS[$((i - 1))]}" \
-      --store "$PG_URL" --config "$RESULTS/worker.yaml" ${flags[@]+"${flags[@]}"}
+      --store "$PG_URL" --config "$config" ${flags[@]+"${flags[@]}"}
     WORKER_PIDS+=("$SERVER_PID")
     wait_healthy "worker w$i" "$SERVER_PID" "${WORKER_PORTS[$((i - 1))]}"
   done
@@ -566,7 +582,7 @@ dirty_total() {
 
 # line_abbrev LINE: the line's part of the key prefix.
 is_ceiling() { [ "$1" = ceiling ] || [ "$1" = ceiling-get ]; }
-line_abbrev() { case "$1" in ceiling) echo c ;; ceiling-get) echo cg ;; write-behind) echo wb ;; durable) echo du ;; stateless) echo sl ;; write-behind-generic) echo wg ;; write-behind-before) echo wo ;; esac; }
+line_abbrev() { case "$1" in ceiling) echo c ;; ceiling-get) echo cg ;; write-behind) echo wb ;; durable) echo du ;; stateless) echo sl ;; write-behind-generic) echo wg ;; write-behind-before) echo wo ;; durable-before) echo do ;; esac; }
 
 # wrk_cmd LINE MODE: sets WRK (the command) and WRK_ENV for a run.
 wrk_cmd() {
@@ -772,7 +788,7 @@ mark_last() {
 worker_set() {
   case "$1" in
     stateless) echo stateless ;;
-    write-behind-before) echo before ;;
+    write-behind-before | durable-before) echo before ;;
     *) echo memory ;;
   esac
 }
@@ -1024,6 +1040,7 @@ line_name() {
     stateless) echo "stateless baseline (--stateless)" ;;
     write-behind-generic) echo "Roost write-behind, generic scheme (\`/v1/cart/add\`, \`/v1/cart/remove\`)" ;;
     write-behind-before) echo "Roost write-behind, workers of BEFORE_WORKER_BIN" ;;
+    durable-before) echo "Roost durable, workers of BEFORE_WORKER_BIN" ;;
   esac
 }
 
@@ -1063,13 +1080,15 @@ summary="$RESULTS/summary.md"
     [ "$mode" = proxy ] && label="Targets (through roost-proxy)" || label="The same ratios direct to the workers (for reference; the targets are about the proxy path)"
     awk -v label="$label" -v c="$(med ceiling "$mode" req_per_s)" -v wb="$(med write-behind "$mode" req_per_s)" \
       -v du="$(med durable "$mode" req_per_s)" -v sl="$(med stateless "$mode" req_per_s)" -v cg="$(med ceiling-get "$mode" req_per_s)" \
-      -v wbp="$(med write-behind "$mode" p99_ms)" -v slp="$(med stateless "$mode" p99_ms)" \
+      -v wbp="$(med write-behind "$mode" p99_ms)" -v slp="$(med stateless "$mode" p99_ms)" -v dup="$(med durable "$mode" p99_ms)" \
       -v r1="$(paired write-behind ceiling "$mode" req_per_s)" -v r2="$(paired durable ceiling "$mode" req_per_s)" \
-      -v r3="$(paired write-behind stateless "$mode" req_per_s)" -v r4="$(paired write-behind stateless "$mode" p99_ms)" 'BEGIN {
+      -v r3="$(paired write-behind stateless "$mode" req_per_s)" -v r4="$(paired write-behind stateless "$mode" p99_ms)" \
+      -v r5="$(paired durable write-behind "$mode" p99_ms)" 'BEGIN {
         if (wb == "NaN" || (c == "NaN" && sl == "NaN")) exit
         printf "%s (ratio of the medians; in brackets, each rep paired with the same rep of the other line):\n\n", label
         if (c != "NaN" && wb != "NaN") printf "- write-behind ≥ 0.9× ceiling req/s: %.2f× (%s) → **%s**\n", wb / c, r1, (wb >= 0.9 * c) ? "met" : "not met"
-        if (c != "NaN" && du != "NaN") printf "- durable ≥ 0.6× ceiling req/s: %.2f× (%s) → **%s**\n", du / c, r2, (du >= 0.6 * c) ? "met" : "not met"
+        if (c != "NaN" && du != "NaN") printf "- durable ≥ 0.7× ceiling req/s: %.2f× (%s) → **%s**\n", du / c, r2, (du >= 0.7 * c) ? "met" : "not met"
+        if (dup != "NaN" && wbp != "NaN") printf "- durable p99 ≤ 2× write-behind p99: %.3f ms vs %.3f ms, %.2f× (%s) → **%s**\n", dup, wbp, dup / wbp, r5, (dup <= 2 * wbp) ? "met" : "not met"
         if (cg != "NaN" && wb != "NaN") printf "- for reference, against ceiling-get (GET, no body): write-behind %.2f×, durable %s\n", wb / cg, (du == "NaN") ? "n/a" : sprintf("%.2f×", du / cg)
         if (sl != "NaN" && wb != "NaN") printf "- write-behind ≥ 5× stateless req/s: %.2f× (%s) → **%s**\n", wb / sl, r3, (wb >= 5 * sl) ? "met" : "not met"
         if (slp != "NaN" && wbp != "NaN") printf "- write-behind p99 ≤ 1/3 of stateless p99: %.3f ms vs %.3f ms, %.2f× (%s) → **%s**\n", wbp, slp, wbp / slp, r4, (wbp * 3 <= slp) ? "met" : "not met"
@@ -1087,6 +1106,15 @@ summary="$RESULTS/summary.md"
             mode, other, a / b, r, ca / cb, rc, (a >= 0.95 * b && ca <= 1.05 * cb) ? "met" : "not met"
         }'
     done
+    awk -v mode="$mode" -v c="$(med ceiling "$mode" req_per_s)" \
+      -v a="$(med durable "$mode" req_per_s)" -v b="$(med durable-before "$mode" req_per_s)" \
+      -v pa="$(med durable "$mode" p99_ms)" -v pb="$(med durable-before "$mode" p99_ms)" \
+      -v ra="$(paired durable ceiling "$mode" req_per_s)" -v rb="$(paired durable-before ceiling "$mode" req_per_s)" \
+      -v r="$(paired durable durable-before "$mode" req_per_s)" 'BEGIN {
+        if (a == "NaN" || b == "NaN") exit
+        printf "- %s, Roost durable against the same on BEFORE_WORKER_BIN: req/s %.3f× (%s); of the ceiling %s (%s) against %s (%s); p99 %.3f ms against %.3f ms\n",
+          mode, a / b, r, (c == "NaN") ? "n/a" : sprintf("%.2f×", a / c), ra, (c == "NaN") ? "n/a" : sprintf("%.2f×", b / c), rb, pa, pb
+      }'
   done
   echo
   [ -n "$MEM_SUMMARY" ] && printf '%s\n\n' "$MEM_SUMMARY"

@@ -16,9 +16,14 @@ use crate::entity::Durability;
 use crate::ownership::lease::LeaseConfig;
 use crate::runtime::flusher::FlushConfig;
 use crate::runtime::RuntimeConfig;
+use crate::store::postgres::POOL_SIZE;
 
 /// The default store: an SQLite file every local worker can share.
 pub const DEFAULT_STORE: &str = "sqlite://./roost-data/roost.db";
+
+/// The default `flush_linger_us`, chosen by measurement (BENCHMARKS.md,
+/// "Worker: cart updates").
+const LINGER_US: u64 = 2_000;
 
 /// The `--config` file of `roost-worker`.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +33,15 @@ pub struct WorkerConfig {
     pub flush_interval_ms: u64,
     /// Rows per flush batch; a full batch is flushed at once.
     pub flush_batch_max: usize,
+    /// Flush batches written at once, at most (each on a store connection
+    /// of its own); a durable write that finds them all in flight joins
+    /// the batch that starts when one lands.
+    pub flush_pipeline: usize,
+    /// How long a busy flusher waits before it starts a batch (a durable
+    /// write came while a batch is in flight, or a batch landed with more
+    /// queued), so more writes share its commit; 0: never. A durable write
+    /// that finds the flusher idle never waits.
+    pub flush_linger_us: u64,
     /// Entities unused this long are flushed and dropped from memory.
     pub idle_ms: u64,
     /// Larger request bodies get 413.
@@ -111,6 +125,8 @@ impl Default for WorkerConfig {
         WorkerConfig {
             flush_interval_ms: 50,
             flush_batch_max: 512,
+            flush_pipeline: 2,
+            flush_linger_us: LINGER_US,
             idle_ms: 300_000,
             max_body_bytes: 1 << 20,
             max_state_bytes: 1 << 20,
@@ -212,6 +228,8 @@ impl WorkerConfig {
             flush: FlushConfig {
                 interval: Duration::from_millis(self.flush_interval_ms),
                 batch_max: self.flush_batch_max,
+                pipeline: self.flush_pipeline,
+                linger: Duration::from_micros(self.flush_linger_us),
             },
             idle: Duration::from_millis(self.idle_ms),
             handoff_timeout: Duration::from_millis(self.handoff_timeout_ms),
@@ -246,6 +264,7 @@ impl Validate for WorkerConfig {
         let positive = [
             ("flush_interval_ms", self.flush_interval_ms),
             ("flush_batch_max", self.flush_batch_max as u64),
+            ("flush_pipeline", self.flush_pipeline as u64),
             ("idle_ms", self.idle_ms),
             ("max_body_bytes", self.max_body_bytes as u64),
             ("max_state_bytes", self.max_state_bytes as u64),
@@ -259,6 +278,7 @@ impl Validate for WorkerConfig {
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(Invalid::top(field, "must be greater than zero"));
         }
+        self.validate_flush()?;
         if self.heartbeat_ms.saturating_mul(2) >= self.lease_ms {
             return Err(Invalid::top(
                 "heartbeat_ms",
@@ -281,6 +301,31 @@ impl Validate for WorkerConfig {
         let proxy_token_later = std::env::var_os(PROXY_TOKEN_ENV).is_some_and(|v| !v.is_empty());
         self.check_secrets(proxy_token_later)
             .map_err(|e| Invalid::top(e.field, e.message))
+    }
+}
+
+impl WorkerConfig {
+    /// Each batch in flight holds a store connection, so a pipeline takes
+    /// at most half the Postgres pool (claims need the rest); a linger is
+    /// a short wait within a flush interval.
+    fn validate_flush(&self) -> Result<(), Invalid> {
+        let max_pipeline = POOL_SIZE / 2;
+        if self.flush_pipeline > max_pipeline {
+            return Err(Invalid::top(
+                "flush_pipeline",
+                format!("must be at most {max_pipeline}: each batch in flight holds one of the {POOL_SIZE} store connections"),
+            ));
+        }
+        if self.flush_linger_us >= self.flush_interval_ms.saturating_mul(1000) {
+            return Err(Invalid::top(
+                "flush_linger_us",
+                format!(
+                    "must be under flush_interval_ms ({} ms): a linger is a short wait for more writes to join a batch",
+                    self.flush_interval_ms
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -344,6 +389,13 @@ mod tests {
             "call_timeout_ms",
         );
         rejected("flush_interval_ms: 0\n", 1, "flush_interval_ms");
+        rejected("flush_pipeline: 0\n", 1, "flush_pipeline");
+        rejected("flush_pipeline: 9\n", 1, "flush_pipeline");
+        rejected(
+            "flush_interval_ms: 1\nflush_linger_us: 1000\n",
+            2,
+            "flush_linger_us",
+        );
         rejected("max_state_bytes: 0\n", 1, "max_state_bytes");
     }
 

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub flush_batch_rows: Histogram,
     pub flush_batch_seconds: Histogram,
     pub flush_failures: IntCounter,
+    pub flush_batches_in_flight: IntGauge,
     pub durable_ack_seconds: Histogram,
     pub fenced_writes: IntCounter,
     pub passivations: IntCounter,
@@ -81,6 +82,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Flush batches the store rejected or could not take."
         )
         .expect("register flush_failures"),
+        flush_batches_in_flight: register_int_gauge!(
+            "roost_worker_flush_batches_in_flight",
+            "Flush batches being written now (at most flush_pipeline, or one while draining)."
+        )
+        .expect("register flush_batches_in_flight"),
         durable_ack_seconds: register_histogram!(
             "roost_worker_durable_ack_seconds",
             "Time a reply waited at the output gate for a durable change (its own, or one it may reveal) to commit, in seconds.",

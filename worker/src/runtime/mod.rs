@@ -178,8 +178,9 @@ pub struct Runtime {
     started: Instant,
     /// Tells the background tasks to stop.
     stop: watch::Sender<bool>,
-    /// The flusher task: drain waits for it, so a batch it has taken is
-    /// written (or failed and requeued) before the final flush.
+    /// The flusher task: drain waits for it, and it for every batch in
+    /// flight, so each batch taken is written (or failed and requeued)
+    /// before the final flush.
     flusher_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -210,9 +211,7 @@ impl Runtime {
             stop,
             flusher_task: std::sync::Mutex::new(None),
         });
-        let flusher = Arc::clone(&runtime.flusher);
-        let flusher_stop = stopped.clone();
-        let task = tokio::spawn(async move { flusher.run(flusher_stop).await });
+        let task = tokio::spawn(Arc::clone(&runtime.flusher).run(stopped.clone()));
         *runtime
             .flusher_task
             .lock()

@@ -7,7 +7,10 @@
 //! `pg_locks`) and have an unexpired lease. A flush is one `UPDATE … FROM
 //! UNNEST(…)` over the whole batch, guarded per row by its epoch, answering
 //! with the positions of the rows it did not write (usually none, so a
-//! batch's answer is a few bytes whatever its size).
+//! batch's answer is a few bytes whatever its size). The flusher's
+//! batches in flight run at once, each on a pooled connection of its own, in
+//! its own transaction; they hold disjoint rows (an entity is in one batch
+//! in flight at most), so they do not wait for each other's row locks.
 //!
 //! The registry keeps one dedicated connection that holds the worker's
 //! session-level advisory lock and LISTENs for hand-over requests; it stays
@@ -102,6 +105,10 @@ const DUE_ALARMS: &str =
 
 const PEEK: &str = "SELECT epoch, version, state FROM roost_entities WHERE key = $1";
 
+/// Connections in the pool: claims, flushes (one per batch in flight)
+/// and reads share them.
+pub const POOL_SIZE: usize = 16;
+
 /// Postgres-backed [`Store`].
 pub struct PostgresStore {
     pool: Pool,
@@ -122,7 +129,7 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(16)
+            .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Fatal(format!("cannot build the postgres pool: {e}")))?;
         let store = PostgresStore { pool, config };

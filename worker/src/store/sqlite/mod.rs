@@ -7,8 +7,10 @@
 //! (see [`registry`]), then the `INSERT … ON CONFLICT DO UPDATE … RETURNING`;
 //! a flush is one `BEGIN IMMEDIATE` transaction running the epoch-guarded
 //! `UPDATE` per row (there is no network round trip to save, so one
-//! statement per row costs nothing extra). `synchronous = FULL`: a committed
-//! flush survives a crash of the process and of the machine.
+//! statement per row costs nothing extra). Batches the flusher has in
+//! flight together take the connection one after the other, each in its
+//! own transaction. `synchronous = FULL`: a committed flush survives a
+//! crash of the process and of the machine.
 //!
 //! # Opening
 //!
