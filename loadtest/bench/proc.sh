@@ -70,3 +70,31 @@ first_line() {
   out=$("$@" 2>&1 || true)
   printf '%s\n' "${out%%$'\n'*}"
 }
+
+# mark_last COUNTED: set the counted column (5) of the last row of $RUNS.
+mark_last() {
+  local last
+  last=$(tail -n1 "$RUNS")
+  sed -i '$d' "$RUNS"
+  awk -F'\t' -v OFS='\t' -v c="$1" '{ $5 = c; print }' <<<"$last" >>"$RUNS"
+}
+
+# keep_measurement WHAT ATTEMPT: after a measurement of WHAT, whether to
+# keep it (status 0) or measure again (status 1, when DISTURBED is set and
+# RETRIES allow another attempt); marks the row in $RUNS counted or not and
+# counts a disturbed run kept in DISTURBED_KEPT. Uses the caller's log.
+keep_measurement() {
+  local what=$1 attempt=$2
+  if [ "$DISTURBED" -eq 0 ]; then
+    mark_last 1
+    return 0
+  fi
+  if [ "$attempt" -le "$RETRIES" ]; then
+    mark_last 0
+    log "WARNING: $what was disturbed by other load (over ${FOREIGN_LIMIT}% of a CPU); measuring again"
+    return 1
+  fi
+  mark_last 1
+  DISTURBED_KEPT=$((DISTURBED_KEPT + 1))
+  log "WARNING: $what was still disturbed after $RETRIES retries; keeping it, flagged"
+}

@@ -760,14 +760,6 @@ measure() {
   fi
 }
 
-# mark_last COUNTED: set the counted column of the last row of runs.tsv.
-mark_last() {
-  local last
-  last=$(tail -n1 "$RUNS")
-  sed -i '$d' "$RUNS"
-  awk -F'\t' -v OFS='\t' -v c="$1" '{ $5 = c; print }' <<<"$last" >>"$RUNS"
-}
-
 for layout in $BACKENDS; do
   targets=$(layout_targets "$layout")
   mkdir -p "$RESULTS/$layout"
@@ -782,18 +774,7 @@ for layout in $BACKENDS; do
         wait_ready "$target" "$TARGET_PID" "$TARGET_URL" "$TARGET_WORKERS"
         measure "$layout" "$target" "$rep" "$attempt" "$run_dir"
         stop_target "$target" "$run_dir"
-        if [ "$DISTURBED" -eq 0 ]; then
-          mark_last 1
-          break
-        fi
-        if [ "$attempt" -le "$RETRIES" ]; then
-          mark_last 0
-          log "WARNING: $layout rep $rep $target was disturbed by other load (over ${FOREIGN_LIMIT}% of a CPU); measuring again"
-        else
-          mark_last 1
-          DISTURBED_KEPT=$((DISTURBED_KEPT + 1))
-          log "WARNING: $layout rep $rep $target was still disturbed after $RETRIES retries; keeping it, flagged"
-        fi
+        keep_measurement "$layout rep $rep $target" "$attempt" && break
       done
     done
   done

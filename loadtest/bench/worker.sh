@@ -776,14 +776,6 @@ measure() {
   fi
 }
 
-# mark_last COUNTED: set the counted column of the last row of runs.tsv.
-mark_last() {
-  local last
-  last=$(tail -n1 "$RUNS")
-  sed -i '$d' "$RUNS"
-  awk -F'\t' -v OFS='\t' -v c="$1" '{ $5 = c; print }' <<<"$last" >>"$RUNS"
-}
-
 # worker_set LINE: the set of workers LINE runs on.
 worker_set() {
   case "$1" in
@@ -805,18 +797,7 @@ run_one() {
       curl -fsS --max-time 2 "http://127.0.0.1:$PROXY_ADMIN_PORT/metrics" >"$RESULTS/$mode-$line/proxy-metrics-$rep-$attempt.prom" 2>/dev/null || true
       stop_proxy
     fi
-    if [ "$DISTURBED" -eq 0 ]; then
-      mark_last 1
-      return 0
-    fi
-    if [ "$attempt" -le "$RETRIES" ]; then
-      mark_last 0
-      log "WARNING: rep $rep $mode $line was disturbed by other load (over ${FOREIGN_LIMIT}% of a CPU); measuring again"
-    else
-      mark_last 1
-      DISTURBED_KEPT=$((DISTURBED_KEPT + 1))
-      log "WARNING: rep $rep $mode $line still disturbed after $RETRIES retries; keeping it, flagged"
-    fi
+    keep_measurement "rep $rep $mode $line" "$attempt" && return 0
   done
 }
 
