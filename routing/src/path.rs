@@ -84,14 +84,21 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     })
 }
 
-/// No escape, no empty segment, no dot segment: nothing to do.
+/// No escape, no empty segment (but a trailing slash), no dot segment:
+/// nothing to do. One pass over the bytes of `path` (which starts with `/`).
 fn is_plainly_normal(path: &str) -> bool {
-    !path.contains('%')
-        && !path.contains("//")
-        && !path
-            .split('/')
-            .skip(1)
-            .any(|segment| segment == "." || segment == "..")
+    let mut segments = path.as_bytes()[1..].split(|&b| b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        let plain = match segment {
+            b"" => segments.peek().is_none(),
+            b"." | b".." => false,
+            _ => !segment.contains(&b'%'),
+        };
+        if !plain {
+            return false;
+        }
+    }
+    true
 }
 
 /// Decode escapes of unreserved characters; keep the others (hex

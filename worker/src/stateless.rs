@@ -11,7 +11,7 @@ use deadpool_postgres::{Pool, Transaction};
 use crate::entity::{Context, Entity, Next, Reply};
 use crate::ownership::ClaimError;
 use crate::runtime::{
-    envelope, handle_request, read_changed_state, EntityReply, Options, RuntimeError,
+    entity_key, envelope, handle_request, read_changed_state, EntityReply, Options, RuntimeError,
 };
 use crate::store::postgres::PostgresStore;
 use crate::store::StoreError;
@@ -53,7 +53,7 @@ impl StatelessEngine {
         request: E::Request,
         options: Options,
     ) -> Result<EntityReply, RuntimeError> {
-        let key = format!("{}/{}", E::KIND, id);
+        let key = entity_key(E::KIND, id);
         let mut client = self.pool.get().await.map_err(unavailable)?;
         let transaction = client.transaction().await.map_err(unavailable)?;
         let (epoch, version, bytes) = self.lock_row(&transaction, &key).await?;

@@ -73,6 +73,15 @@ pub const DURABILITY: &str = "roost-durability";
 /// Header carrying the epoch an entity reply was served under.
 pub const EPOCH: &str = "x-roost-epoch";
 
+// Header names, parsed at compile time rather than per request.
+const WORKER: HeaderName = HeaderName::from_static(headers::WORKER);
+const EPOCH_HEADER: HeaderName = HeaderName::from_static(EPOCH);
+const KEY: HeaderName = HeaderName::from_static(headers::KEY);
+const HOP_TOKEN: HeaderName = HeaderName::from_static(headers::HOP_TOKEN);
+const INTERNAL_TOKEN: HeaderName = HeaderName::from_static(headers::INTERNAL_TOKEN);
+const DURABILITY_HEADER: HeaderName = HeaderName::from_static(DURABILITY);
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// Which listener a request came in on: what it may reach there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
@@ -240,14 +249,11 @@ impl Api {
                 return self.respond(Answer::Plain(reply), Some(&allow));
             }
         };
-        let label = route.label();
+        let timer = self.routes.timer(&route);
         let answer = match self.dispatch(route, &head, body).await {
             Ok(answer) | Err(answer) => answer,
         };
-        METRICS
-            .request_seconds
-            .with_label_values(&[label])
-            .observe(started.elapsed().as_secs_f64());
+        timer.observe(started.elapsed().as_secs_f64());
         self.respond(answer, None)
     }
 
@@ -347,7 +353,7 @@ impl Api {
         head: &Parts,
         body: Incoming,
     ) -> Result<Answer, Answer> {
-        let idempotency_id = header_str(&head.headers, "idempotency-key").ok_or_else(|| {
+        let idempotency_id = header_str(&head.headers, &IDEMPOTENCY_KEY).ok_or_else(|| {
             Reply::error(
                 400,
                 "missing_idempotency_key",
@@ -400,7 +406,7 @@ impl Api {
         read: bool,
     ) -> Result<(Options, Bytes), Answer> {
         let headers = &head.headers;
-        let durability = match header_str(headers, DURABILITY) {
+        let durability = match header_str(headers, &DURABILITY_HEADER) {
             None => kind.durability(),
             Some("durable") => Durability::Durable,
             Some("write-behind") => Durability::WriteBehind,
@@ -410,10 +416,10 @@ impl Api {
                 return Err(Reply::error(400, "invalid_durability", message).into());
             }
         };
-        let idempotency_key = header_str(headers, "idempotency-key")
+        let idempotency_key = header_str(headers, &IDEMPOTENCY_KEY)
             .map(|key| check_name("Idempotency-Key", key).map(|()| key.to_owned()))
             .transpose()?;
-        let if_match = header_str(headers, hyper::header::IF_MATCH)
+        let if_match = header_str(headers, &hyper::header::IF_MATCH)
             .filter(|_| !read)
             .map(IfMatch::parse);
         let method = &head.method;
@@ -474,10 +480,7 @@ impl Api {
         *response.status_mut() =
             hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
-        headers.insert(
-            HeaderName::from_static(headers::WORKER),
-            self.worker.clone(),
-        );
+        headers.insert(WORKER, self.worker.clone());
         if !empty {
             headers.insert(
                 hyper::header::CONTENT_TYPE,
@@ -485,8 +488,8 @@ impl Api {
             );
         }
         if let Some((version, epoch)) = entity {
-            insert_display(headers, hyper::header::ETAG, format_args!("\"{version}\""));
-            insert_display(headers, HeaderName::from_static(EPOCH), epoch);
+            headers.insert(hyper::header::ETAG, etag(version));
+            headers.insert(EPOCH_HEADER, HeaderValue::from(epoch));
         }
         if status == 503 {
             headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -577,7 +580,7 @@ impl LocalReceiver for Api {
 /// The admin token as `Authorization: Bearer …`: 401 without one, 403 if
 /// wrong or if no admin token is configured.
 fn check_bearer(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
-    let Some(sent) = header_str(headers, hyper::header::AUTHORIZATION) else {
+    let Some(sent) = header_str(headers, &hyper::header::AUTHORIZATION) else {
         return Err(Reply::error(
             401,
             "unauthorized",
@@ -606,7 +609,7 @@ fn check_bearer(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answe
 /// network, tests), anything passes.
 fn check_hop(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
     match expected {
-        Some(expected) if !carries(headers, headers::HOP_TOKEN, expected) => {
+        Some(expected) if !carries(headers, &HOP_TOKEN, expected) => {
             let message = "this worker takes client requests only through a proxy";
             Err(Reply::error(403, "untrusted_hop", message).into())
         }
@@ -620,7 +623,7 @@ fn check_hop(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> 
 /// internal token is configured; 403 `untrusted_hop` without the internal
 /// token in `x-roost-internal-token`. The proxy's token never opens it.
 fn check_internal(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Answer> {
-    if headers.contains_key(headers::HOP_TOKEN) {
+    if headers.contains_key(&HOP_TOKEN) {
         let message = "the internal routes take calls from other workers, never through a proxy";
         return Err(Reply::error(403, "forwarded_internal", message).into());
     }
@@ -628,7 +631,7 @@ fn check_internal(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Ans
         let message = "this worker has no internal_token configured";
         return Err(Reply::error(403, "internal_disabled", message).into());
     };
-    if carries(headers, headers::INTERNAL_TOKEN, expected) {
+    if carries(headers, &INTERNAL_TOKEN, expected) {
         Ok(())
     } else {
         let message = "the internal routes take only calls from this fleet's workers";
@@ -637,7 +640,7 @@ fn check_internal(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Ans
 }
 
 /// Whether header `name` holds the secret `expected`.
-fn carries(headers: &HeaderMap, name: &str, expected: &str) -> bool {
+fn carries(headers: &HeaderMap, name: &HeaderName, expected: &str) -> bool {
     header_str(headers, name).is_some_and(|sent| same_secret(sent, expected))
 }
 
@@ -688,20 +691,30 @@ fn unavailable_code(body: &[u8]) -> Option<&'static str> {
         .find(|known| *known == code.error)
 }
 
+/// `"{version}"`, without a trip through `fmt`.
+fn etag(version: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(version).as_bytes();
+    let mut quoted = [b'"'; 22];
+    quoted[1..=digits.len()].copy_from_slice(digits);
+    HeaderValue::from_bytes(&quoted[..digits.len() + 2])
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
 fn insert_display(headers: &mut HeaderMap, name: HeaderName, value: impl std::fmt::Display) {
     if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
         headers.insert(name, value);
     }
 }
 
-fn header_str<K: hyper::header::AsHeaderName>(headers: &HeaderMap, name: K) -> Option<&str> {
+fn header_str<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The proxy-set user key, if present and non-empty.
 /// Not UTF-8: 400, since lossy decoding would make distinct keys collide.
 fn user_key(headers: &HeaderMap) -> Result<Option<&str>, Reply> {
-    let Some(key) = headers.get(headers::KEY) else {
+    let Some(key) = headers.get(&KEY) else {
         return Ok(None);
     };
     let key = std::str::from_utf8(key.as_bytes())

@@ -19,15 +19,21 @@
 //!
 //! A path with routes but none for the method is 405 with `Allow`; a path
 //! with none is 404.
+//!
+//! Everything a request's route needs is resolved once, when the routes are
+//! built: each alias's kind and action, and each route's request timer. A
+//! request only compares path segments: no hashing, no allocation, no
+//! metric lookup by label.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use hyper::Method;
 use percent_encoding::percent_decode_str;
+use prometheus::Histogram;
 
 use crate::entity::{check_name, Access, Reply, Scope};
 use crate::kinds::{Catalog, Kind};
-use std::sync::Arc;
+use crate::metrics::METRICS;
 
 /// The methods a route may have, in the order `Allow` lists them.
 const METHODS: [Method; 5] = [
@@ -102,12 +108,13 @@ pub enum Miss {
 pub struct ActionRoute {
     pub name: &'static str,
     pub access: Access,
-    /// The metric label: `{kind}_{action}`.
-    pub label: String,
+    /// `roost_worker_request_seconds{route="{kind}_{action}"}`.
+    seconds: Histogram,
 }
 
 /// A kind and its routable actions.
 struct KindRoutes {
+    name: &'static str,
     kind: Arc<dyn Kind>,
     actions: Vec<ActionRoute>,
 }
@@ -115,6 +122,10 @@ struct KindRoutes {
 impl KindRoutes {
     fn action(&self, name: &str) -> Option<&ActionRoute> {
         self.actions.iter().find(|a| a.name == name)
+    }
+
+    fn action_index(&self, name: &str) -> Option<usize> {
+        self.actions.iter().position(|a| a.name == name)
     }
 
     /// The actions a method asks for on the entity's own path: `GET` for
@@ -153,45 +164,85 @@ enum Segment {
     Field(&'static str),
 }
 
+/// An alias, with its kind and action resolved.
 struct AliasRoute {
     method: Method,
     segments: Vec<Segment>,
-    kind: &'static str,
-    action: &'static str,
+    /// Index into [`Routes::kinds`].
+    kind: usize,
+    /// Index into that kind's actions.
+    action: usize,
+}
+
+/// The request timers of the worker's own routes.
+struct FixedTimers {
+    healthz: Histogram,
+    readyz: Histogram,
+    metrics: Histogram,
+    whoami: Histogram,
+    internal: Histogram,
 }
 
 /// Every route of a worker, built once from its kinds.
 pub struct Routes {
-    kinds: HashMap<&'static str, KindRoutes>,
+    /// A handful of kinds: a scan of their names beats hashing the path's.
+    kinds: Vec<KindRoutes>,
     aliases: Vec<AliasRoute>,
+    fixed: FixedTimers,
+}
+
+/// The request timer of route `label`.
+fn timer(label: &str) -> Histogram {
+    METRICS.request_seconds.with_label_values(&[label])
 }
 
 impl Routes {
     pub fn new(catalog: &Catalog) -> Self {
-        let mut kinds = HashMap::new();
-        let mut aliases = Vec::new();
-        for (name, kind) in catalog.all() {
-            let actions = kind
-                .actions()
-                .iter()
-                .map(|&action| ActionRoute {
-                    name: action,
-                    access: kind.access(action),
-                    label: format!("{name}_{action}"),
+        let kinds: Vec<KindRoutes> = catalog
+            .all()
+            .into_iter()
+            .map(|(name, kind)| KindRoutes {
+                name,
+                kind: Arc::clone(kind),
+                actions: kind
+                    .actions()
+                    .iter()
+                    .map(|&action| ActionRoute {
+                        name: action,
+                        access: kind.access(action),
+                        seconds: timer(&format!("{name}_{action}")),
+                    })
+                    .collect(),
+            })
+            .collect();
+        // An alias to an action without a route (a call-only one, or none
+        // of that name) routes nowhere.
+        let aliases = kinds
+            .iter()
+            .enumerate()
+            .flat_map(|(index, routes)| {
+                routes.kind.aliases().into_iter().filter_map(move |alias| {
+                    Some(AliasRoute {
+                        method: alias.method,
+                        segments: parse_template(alias.path),
+                        kind: index,
+                        action: routes.action_index(alias.action)?,
+                    })
                 })
-                .collect();
-            for alias in kind.aliases() {
-                aliases.push(AliasRoute {
-                    method: alias.method,
-                    segments: parse_template(alias.path),
-                    kind: name,
-                    action: alias.action,
-                });
-            }
-            let kind = Arc::clone(kind);
-            kinds.insert(name, KindRoutes { kind, actions });
+            })
+            .collect();
+        let fixed = FixedTimers {
+            healthz: timer("healthz"),
+            readyz: timer("readyz"),
+            metrics: timer("metrics"),
+            whoami: timer("whoami"),
+            internal: timer("internal"),
+        };
+        Routes {
+            kinds,
+            aliases,
+            fixed,
         }
-        Routes { kinds, aliases }
     }
 
     /// The route of `method` on a normal `path`.
@@ -207,23 +258,43 @@ impl Routes {
                 Err(Miss::MethodNotAllowed(allowed.to_vec()))
             };
         }
-        let mut allowed = Vec::new();
         let mut found = None;
-        self.each_entity_route(segments, |route_method, route| {
-            if route_method == *method && found.is_none() {
+        self.each_entity_route(segments, &mut |route_method, route| {
+            if found.is_none() && route_method == method {
                 found = Some(route);
-            } else if !allowed.contains(&route_method) {
-                allowed.push(route_method);
             }
         });
-        match found {
-            Some(route) => Ok(Route::Entity(route)),
-            None if allowed.is_empty() => Err(Miss::NotFound),
-            None => {
-                allowed.sort_by_key(|m| METHODS.iter().position(|known| known == m));
-                Err(Miss::MethodNotAllowed(allowed))
-            }
+        if let Some(route) = found {
+            return Ok(Route::Entity(route));
         }
+        // A miss: what the path does allow, for 405's `Allow`.
+        let mut allowed = Vec::new();
+        self.each_entity_route(segments, &mut |route_method, _| {
+            if !allowed.contains(route_method) {
+                allowed.push(route_method.clone());
+            }
+        });
+        if allowed.is_empty() {
+            return Err(Miss::NotFound);
+        }
+        allowed.sort_by_key(|m| METHODS.iter().position(|known| known == m));
+        Err(Miss::MethodNotAllowed(allowed))
+    }
+
+    /// How long requests to `route` take.
+    pub fn timer<'a>(&'a self, route: &Route<'a, '_>) -> &'a Histogram {
+        match route {
+            Route::Healthz => &self.fixed.healthz,
+            Route::Readyz => &self.fixed.readyz,
+            Route::Metrics => &self.fixed.metrics,
+            Route::WhoAmI => &self.fixed.whoami,
+            Route::Internal(_) => &self.fixed.internal,
+            Route::Entity(entity) => &entity.action.seconds,
+        }
+    }
+
+    fn kind(&self, name: &str) -> Option<&KindRoutes> {
+        self.kinds.iter().find(|routes| routes.name == name)
     }
 
     /// Every entity route `segments` matches, with its method: the
@@ -231,34 +302,30 @@ impl Routes {
     fn each_entity_route<'a, 'p>(
         &'a self,
         segments: &[&'p str],
-        mut found: impl FnMut(Method, EntityRoute<'a, 'p>),
+        found: &mut impl FnMut(&Method, EntityRoute<'a, 'p>),
     ) {
-        self.each_alias(segments, &mut found);
-        self.each_generic(segments, &mut found);
+        self.each_alias(segments, found);
+        self.each_generic(segments, found);
     }
 
     /// The aliases `segments` match.
     fn each_alias<'a, 'p>(
         &'a self,
         segments: &[&'p str],
-        found: &mut impl FnMut(Method, EntityRoute<'a, 'p>),
+        found: &mut impl FnMut(&Method, EntityRoute<'a, 'p>),
     ) {
         for alias in &self.aliases {
-            let Some(routes) = self.kinds.get(alias.kind) else {
+            let Some((id, fields)) = alias.matches(segments) else {
                 continue;
             };
-            let (Some(action), Some((id, fields))) =
-                (routes.action(alias.action), alias.matches(segments))
-            else {
-                continue;
-            };
+            let routes = &self.kinds[alias.kind];
             let route = EntityRoute {
                 kind: &*routes.kind,
-                action,
+                action: &routes.actions[alias.action],
                 id,
                 fields,
             };
-            found(alias.method.clone(), route);
+            found(&alias.method, route);
         }
     }
 
@@ -266,12 +333,12 @@ impl Routes {
     fn each_generic<'a, 'p>(
         &'a self,
         segments: &[&'p str],
-        found: &mut impl FnMut(Method, EntityRoute<'a, 'p>),
+        found: &mut impl FnMut(&Method, EntityRoute<'a, 'p>),
     ) {
         let ["v1", kind, rest @ ..] = segments else {
             return;
         };
-        let Some(routes) = self.kinds.get(*kind) else {
+        let Some(routes) = self.kind(kind) else {
             return;
         };
         let (id, rest) = match (routes.kind.scope(), rest) {
@@ -290,13 +357,13 @@ impl Routes {
         match rest {
             [] => {
                 for (method, action) in routes.method_actions() {
-                    found(method, route(action));
+                    found(&method, route(action));
                 }
             }
             [name] => {
                 let action = routes.action(name);
                 if let Some((action, method)) = action.and_then(|a| Some((a, a.method()?))) {
-                    found(method, route(action));
+                    found(&method, route(action));
                 }
             }
             _ => {}
@@ -367,20 +434,6 @@ fn fixed<'a, 'p>(segments: &[&'p str]) -> Option<(Route<'a, 'p>, &'static [Metho
     })
 }
 
-impl<'a> Route<'a, '_> {
-    /// The metric label (it lives as long as the routes).
-    pub fn label(&self) -> &'a str {
-        match self {
-            Route::Healthz => "healthz",
-            Route::Readyz => "readyz",
-            Route::Metrics => "metrics",
-            Route::WhoAmI => "whoami",
-            Route::Internal(_) => "internal",
-            Route::Entity(entity) => entity.action.label.as_str(),
-        }
-    }
-}
-
 /// A percent-decoded path segment, checked like any name.
 pub fn decode_segment(segment: &str) -> Result<String, Reply> {
     let decoded = percent_decode_str(segment)
@@ -394,28 +447,87 @@ pub fn decode_segment(segment: &str) -> Result<String, Reply> {
 /// must then be a JSON object (or empty), and must not set a field the
 /// path sets.
 pub fn with_fields(body: &[u8], fields: &[(&'static str, &str)]) -> Result<Vec<u8>, Reply> {
-    let mut object = if body.iter().all(u8::is_ascii_whitespace) {
-        serde_json::Map::new()
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(serde_json::Value::Object(object)) => object,
-            Ok(_) => {
-                let message = "the body must be a JSON object";
-                return Err(Reply::error(400, "invalid_request", message));
-            }
-            Err(e) => {
-                let message = format!("the body is not JSON: {e}");
-                return Err(Reply::error(400, "invalid_json", message));
-            }
+    let decoded = fields
+        .iter()
+        .map(|(name, raw)| Ok((*name, decode_segment(raw)?)))
+        .collect::<Result<Vec<_>, Reply>>()?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        // The common case (`DELETE /v1/cart/items/{sku}`): the path's
+        // fields are the whole body, written out as they are.
+        if let Some(name) = repeated_field(&decoded) {
+            return Err(given_twice(name));
         }
-    };
-    for (name, raw) in fields {
-        let value = decode_segment(raw)?;
-        if object.insert((*name).to_owned(), value.into()).is_some() {
-            let message = format!("{name} is given by the path, not the body");
+        let object = decoded.iter().map(|(name, value)| (name, value));
+        let mut json = Vec::new();
+        let mut serializer = serde_json::Serializer::new(&mut json);
+        serde::Serializer::collect_map(&mut serializer, object).map_err(unserializable)?;
+        return Ok(json);
+    }
+    let mut object = match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(object)) => object,
+        Ok(_) => {
+            let message = "the body must be a JSON object";
             return Err(Reply::error(400, "invalid_request", message));
         }
+        Err(e) => {
+            let message = format!("the body is not JSON: {e}");
+            return Err(Reply::error(400, "invalid_json", message));
+        }
+    };
+    for (name, value) in decoded {
+        if object.insert(name.to_owned(), value.into()).is_some() {
+            return Err(given_twice(name));
+        }
     }
-    serde_json::to_vec(&object)
-        .map_err(|e| Reply::error(500, "unserializable_request", e.to_string()))
+    serde_json::to_vec(&object).map_err(unserializable)
+}
+
+/// A field the path gives more than once, if any.
+fn repeated_field<'f>(fields: &[(&'f str, String)]) -> Option<&'f str> {
+    fields
+        .iter()
+        .enumerate()
+        .find(|(i, (name, _))| fields[..*i].iter().any(|(seen, _)| seen == name))
+        .map(|(_, (name, _))| *name)
+}
+
+fn given_twice(name: &str) -> Reply {
+    let message = format!("{name} is given by the path, not the body");
+    Reply::error(400, "invalid_request", message)
+}
+
+fn unserializable(e: serde_json::Error) -> Reply {
+    Reply::error(500, "unserializable_request", e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(json).expect("with_fields writes JSON")
+    }
+
+    #[test]
+    fn path_fields_become_the_body_or_join_it() {
+        let fields = [("sku", "tee%20shirt")];
+        let alone = with_fields(b" ", &fields).expect("an empty body takes the fields");
+        assert_eq!(body(&alone), serde_json::json!({"sku": "tee shirt"}));
+        let joined = with_fields(br#"{"qty": 2}"#, &fields).expect("an object takes them");
+        assert_eq!(
+            body(&joined),
+            serde_json::json!({"sku": "tee shirt", "qty": 2})
+        );
+    }
+
+    #[test]
+    fn a_field_is_set_once_by_the_path_alone() {
+        let fields = [("sku", "tee")];
+        let clash = with_fields(br#"{"sku": "cap"}"#, &fields).expect_err("the body sets it too");
+        assert_eq!(clash.status, 400);
+        let twice = with_fields(b"", &[("sku", "tee"), ("sku", "cap")]).expect_err("twice");
+        assert_eq!(twice.status, 400);
+        let not_object = with_fields(b"[1]", &fields).expect_err("not an object");
+        assert_eq!(not_object.status, 400);
+    }
 }

@@ -262,7 +262,7 @@ impl Runtime {
         options: Options,
         calls: &dyn CallSender,
     ) -> Result<EntityReply, RuntimeError> {
-        let key = format!("{}/{}", E::KIND, id);
+        let key = entity_key(E::KIND, id);
         let Options {
             durability,
             idempotency,
@@ -303,7 +303,7 @@ impl Runtime {
         id: &str,
         calls: &dyn CallSender,
     ) -> Result<usize, RuntimeError> {
-        let key = format!("{}/{}", E::KIND, id);
+        let key = entity_key(E::KIND, id);
         let (fired, gate) = self
             .with_loaded(entity, &key, calls, async |activation, loaded| {
                 let (mut fired, mut last) = (0, None);
@@ -880,6 +880,11 @@ fn run_step<E: Entity>(entity: &E, state: &mut E::State, step: Step<E>, ctx: &Co
 /// 500 `read_changed_state`: a `GET` action's handler changed the state
 /// (a bug in the entity type; the change is undone, since a proxy may
 /// send a `GET` twice).
+/// The store key of entity `id` of kind `kind`: `{kind}/{id}`.
+pub fn entity_key(kind: &str, id: &str) -> String {
+    [kind, "/", id].concat()
+}
+
 pub fn read_changed_state<E: Entity>() -> Reply {
     Reply::error(
         500,
