@@ -22,6 +22,9 @@
 --                          the state
 --   ceiling-get            GET /v1/whoami, no body (the proxy benchmark's
 --                          request)
+--   bare-hyper             the write-behind requests, as they are (worker.sh
+--                          sends them to roost-fixed-reply servers: what
+--                          the same requests cost a bare hyper server)
 --   activate               not a measurement: one GET /v1/cart per user
 --                          (claims the entity, or creates its row for the
 --                          stateless worker), then GET /v1/whoami until
@@ -145,8 +148,8 @@ function init(args)
   assert(mode == "proxied" or mode == "direct", "mode must be proxied or direct")
   assert(line == "write-behind" or line == "durable" or line == "stateless" or line == "ceiling"
     or line == "ceiling-get" or line == "activate" or line == "write-behind-generic"
-    or line == "write-behind-before" or line == "durable-before",
-    "line must be write-behind, durable, stateless, ceiling, ceiling-get, write-behind-generic, write-behind-before, durable-before or activate")
+    or line == "write-behind-before" or line == "durable-before" or line == "bare-hyper",
+    "line must be write-behind, durable, stateless, ceiling, ceiling-get, write-behind-generic, write-behind-before, durable-before, bare-hyper or activate")
   assert(users and users >= 1, "USERS must be a positive number")
   assert(prefix and prefix ~= "", "PREFIX is required")
   local part = (thread_number or 1) - 1
@@ -183,6 +186,7 @@ function init(args)
       if line ~= "ceiling-get" then
         local write_behind = line == "write-behind" or line == "ceiling"
           or line == "write-behind-generic" or line == "write-behind-before"
+          or line == "bare-hyper"
         headers["roost-durability"] = write_behind and "write-behind" or "durable"
       end
       per_device[#per_device + 1] = device_requests(line, headers, "a", skus)

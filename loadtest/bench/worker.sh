@@ -4,10 +4,13 @@
 # workers with --stateless: one Postgres transaction per request) and two
 # ceilings that touch no state: the same requests sent to /v1/whoami
 # ("ceiling", what the targets compare against) and plain GET /v1/whoami
-# ("ceiling-get", for reference); then memory per active entity.
+# ("ceiling-get", for reference); the write-behind requests sent to bare
+# hyper servers ("bare-hyper", direct only: roost-fixed-reply in the
+# workers' place, the floor issue 13 holds the worker's CPU per request
+# against); then memory per active entity.
 #
 #   loadtest/bench/worker.sh [-d SECONDS] [-w SECONDS] [-r REPS] [-c CONNECTIONS]
-#                            [-l "ceiling ceiling-get write-behind durable stateless"] [-m "proxy direct"]
+#                            [-l "bare-hyper ceiling ceiling-get write-behind durable stateless"] [-m "proxy direct"]
 #
 # Two more lines compare the worker's HTTP mapping (issue 12), not asked for
 # by default: "write-behind-generic" sends the same cart changes through
@@ -49,7 +52,7 @@
 # Before each measurement the script waits while another benchmark
 # (loadtest/bench/proxy.sh) runs, then for quiet CPUs. Raw results go to
 # loadtest/results/worker-<UTC time>/, the Markdown summary to stdout (and
-# summary.md there); progress to stderr. A default run takes about 12
+# summary.md there); progress to stderr. A default run takes about 14
 # minutes on the 2-vCPU test VM (the memory part about 2).
 #
 # Settings (flag, or environment variable of the same meaning):
@@ -58,7 +61,7 @@
 #   -r REPS         repetitions of every line                (default 5)
 #   -c CONNECTIONS  wrk connections, in total                (default 60;
 #                   direct: a third per worker)
-#   -l LINES        subset/order of lines        (default all five, as above)
+#   -l LINES        subset/order of lines        (default all six, as above)
 #   -m MODES        proxy and/or direct                      (default both)
 #   USERS           users (two devices each)                 (default 10000)
 #   SKUS            SKUs per device                          (default 3)
@@ -72,7 +75,7 @@
 #                   the postgres user when run as root) in a temp dir on a
 #                   free port, stopped on exit
 #   KEEP_ROWS       1: leave this run's rows in roost_entities
-#   BIN_DIR         take roost-proxy and roost-worker from this folder
+#   BIN_DIR         take roost-proxy, roost-worker and roost-fixed-reply from this folder
 #                   instead of building them (default: build, into
 #                   CARGO_TARGET_DIR or ./target)
 #   WORKER_YAML     extra lines for the config of the workers under test
@@ -118,7 +121,7 @@ DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-3}
 REPS=${REPS:-5}
 CONNECTIONS=${CONNECTIONS:-60}
-LINES=${LINES:-ceiling ceiling-get write-behind durable stateless}
+LINES=${LINES:-bare-hyper ceiling ceiling-get write-behind durable stateless}
 MODES=${MODES:-proxy direct}
 USERS=${USERS:-10000}
 SKUS=${SKUS:-3}
@@ -170,11 +173,11 @@ if [ "$CONNECTIONS" -lt 6 ] || [ $((CONNECTIONS % 3)) -ne 0 ]; then
 fi
 for line in $LINES $PERF_LINES; do
   case "$line" in
-    ceiling | ceiling-get | write-behind | durable | stateless | write-behind-generic) ;;
+    ceiling | ceiling-get | write-behind | durable | stateless | write-behind-generic | bare-hyper) ;;
     write-behind-before | durable-before)
       [ -x "${BEFORE_WORKER_BIN:-}" ] || { echo "$line needs BEFORE_WORKER_BIN: an earlier roost-worker binary" >&2; exit 2; }
       ;;
-    *) echo "unknown line '$line' (ceiling, ceiling-get, write-behind, durable, stateless, write-behind-generic, write-behind-before, durable-before)" >&2; exit 2 ;;
+    *) echo "unknown line '$line' (ceiling, ceiling-get, write-behind, durable, stateless, write-behind-generic, write-behind-before, durable-before, bare-hyper)" >&2; exit 2 ;;
   esac
 done
 for mode in $MODES; do
@@ -250,11 +253,12 @@ wait_other_bench() {
 # The build is CPU-heavy: it must not land in someone else's measurement.
 if [ -n "${BIN_DIR:-}" ]; then
   BIN=$(cd "$BIN_DIR" && pwd)
-  [ -x "$BIN/roost-proxy" ] && [ -x "$BIN/roost-worker" ] || die "BIN_DIR $BIN_DIR lacks roost-proxy or roost-worker"
+  [ -x "$BIN/roost-proxy" ] && [ -x "$BIN/roost-worker" ] && [ -x "$BIN/roost-fixed-reply" ] ||
+    die "BIN_DIR $BIN_DIR lacks roost-proxy, roost-worker or roost-fixed-reply"
 else
   wait_other_bench
-  log "building roost-proxy and roost-worker (release)"
-  (cd "$ROOT" && cargo build --release -p roost-proxy -p roost-builtins) >&2
+  log "building roost-proxy, roost-worker and roost-fixed-reply (release)"
+  (cd "$ROOT" && cargo build --release -p roost-proxy -p roost-builtins -p roost-loadtest --bin roost-fixed-reply) >&2
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 fi
 CART_LUA="$SCRIPT_DIR/cart.lua"
@@ -494,8 +498,9 @@ wait_healthy() {
   die "$name did not answer /healthz within 15 s"
 }
 
-# use_workers memory|stateless|before: make that set of 3 workers the
-# running one ("before": BEFORE_WORKER_BIN's build, in memory).
+# use_workers memory|stateless|before|fixed: make that set of 3 workers the
+# running one ("before": BEFORE_WORKER_BIN's build, in memory; "fixed":
+# roost-fixed-reply servers, for the bare-hyper line).
 use_workers() {
   local set=$1 i flags=() bin="$BIN/roost-worker" config="$RESULTS/worker.yaml"
   [ "$WORKER_SET" = "$set" ] && return 0
@@ -519,6 +524,13 @@ use_workers() {
   # start, and on an empty database concurrent ones collide (Postgres:
   # duplicate key in pg_type_typname_nsp_index; the loser exits).
   for i in 1 2 3; do
+    if [ "$set" = fixed ]; then
+      start_server "fixed-reply w$i" "$RESULTS/logs/$(printf '%02d' "$WORKER_STARTS")-fixed-w$i.log" TERM \
+        "$BIN/roost-fixed-reply" --id "w$i" --listen "127.0.0.1:${WORKER_PORTS[$((i - 1))]}"
+      WORKER_PIDS+=("$SERVER_PID")
+      wait_healthy "fixed-reply w$i" "$SERVER_PID" "${WORKER_PORTS[$((i - 1))]}"
+      continue
+    fi
     RUST_LOG=info start_server "$set worker w$i" "$RESULTS/logs/$(printf '%02d' "$WORKER_STARTS")-$set-w$i.log" TERM \
       "$bin" --id "w$i" --listen "127.0.0.1:${WORKER_PORTS[$((i - 1))]}" \
       --admin-listen "127.0.0.1:${WORKER_ADMIN_PORTS[$((i - 1))]}" \
@@ -582,7 +594,7 @@ dirty_total() {
 
 # line_abbrev LINE: the line's part of the key prefix.
 is_ceiling() { [ "$1" = ceiling ] || [ "$1" = ceiling-get ]; }
-line_abbrev() { case "$1" in ceiling) echo c ;; ceiling-get) echo cg ;; write-behind) echo wb ;; durable) echo du ;; stateless) echo sl ;; write-behind-generic) echo wg ;; write-behind-before) echo wo ;; durable-before) echo do ;; esac; }
+line_abbrev() { case "$1" in bare-hyper) echo bh ;; ceiling) echo c ;; ceiling-get) echo cg ;; write-behind) echo wb ;; durable) echo du ;; stateless) echo sl ;; write-behind-generic) echo wg ;; write-behind-before) echo wo ;; durable-before) echo do ;; esac; }
 
 # wrk_cmd LINE MODE: sets WRK (the command) and WRK_ENV for a run.
 wrk_cmd() {
@@ -611,7 +623,7 @@ declare -A ACTIVE=() # "set:prefix" of every user namespace already activated
 # 200 (marker files), up to 120 s.
 activate() {
   local line=$1 mode=$2 prefix threads=1 url ports=()
-  is_ceiling "$line" && return 0
+  is_ceiling "$line" || [ "$line" = bare-hyper ] && return 0
   prefix="$RUN_ID-$(line_abbrev "$line")-${mode:0:1}"
   [ -n "${ACTIVE[$WORKER_SET:$prefix]:-}" ] && return 0
   url="http://127.0.0.1:$PROXY_PORT"
@@ -781,6 +793,7 @@ worker_set() {
   case "$1" in
     stateless) echo stateless ;;
     write-behind-before | durable-before) echo before ;;
+    bare-hyper) echo fixed ;;
     *) echo memory ;;
   esac
 }
@@ -805,6 +818,8 @@ run_one() {
 SEQUENCE=()
 for line in $LINES; do
   for mode in $MODES; do
+    # bare-hyper has no proxy run: the proxy's figures are proxy.sh's.
+    [ "$line:$mode" = bare-hyper:proxy ] && continue
     SEQUENCE+=("$line:$mode")
   done
 done
@@ -1019,6 +1034,7 @@ line_name() {
     write-behind) echo "Roost write-behind" ;;
     durable) echo "Roost durable" ;;
     stateless) echo "stateless baseline (--stateless)" ;;
+    bare-hyper) echo "bare hyper (roost-fixed-reply), the write-behind requests" ;;
     write-behind-generic) echo "Roost write-behind, generic scheme (\`/v1/cart/add\`, \`/v1/cart/remove\`)" ;;
     write-behind-before) echo "Roost write-behind, workers of BEFORE_WORKER_BIN" ;;
     durable-before) echo "Roost durable, workers of BEFORE_WORKER_BIN" ;;
@@ -1076,6 +1092,15 @@ summary="$RESULTS/summary.md"
         printf "\n"
       }'
   done
+  awk -v bh="$(med bare-hyper direct worker_us_per_req)" -v wb="$(med write-behind direct worker_us_per_req)" \
+    -v c="$(med ceiling direct worker_us_per_req)" -v rwb="$(paired write-behind bare-hyper direct worker_us_per_req)" \
+    -v rc="$(paired ceiling bare-hyper direct worker_us_per_req)" 'BEGIN {
+      if (bh == "NaN") exit
+      printf "Issue 13, CPU per request direct to the workers against bare hyper (roost-fixed-reply given the same requests):\n\n"
+      if (c != "NaN") printf "- no-state route (ceiling) ≤ 1.3× bare hyper: %.1f µs against %.1f µs, %.2f× (%s) → **%s**\n", c, bh, c / bh, rc, (c <= 1.3 * bh) ? "met" : "not met"
+      if (wb != "NaN") printf "- write-behind ≤ 1.6× bare hyper: %.1f µs against %.1f µs, %.2f× (%s) → **%s**\n", wb, bh, wb / bh, rwb, (wb <= 1.6 * bh) ? "met" : "not met"
+      printf "\n"
+    }'
   for mode in $MODES; do
     for other in write-behind-generic write-behind-before; do
       awk -v mode="$mode" -v other="$(line_name "$other")" \
