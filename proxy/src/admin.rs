@@ -1,5 +1,10 @@
-//! The admin listener: Prometheus metrics and a JSON view of the fleet.
+//! The admin listener: probes, Prometheus metrics and a JSON view of the
+//! fleet. Everything here is for the operator's network only.
 //!
+//! - `GET /healthz`: 200 while the process runs (liveness).
+//! - `GET /readyz`: 200 when the proxy should get traffic: its config is
+//!   loaded, at least one worker is up, and it is not draining; else 503
+//!   `draining` or `no_live_worker` (readiness, for the load balancer).
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /admin/workers`: `[{id, addr, weight, healthy, since}]`.
 //! - `GET /admin/route?key=K`: `{owner, key_hash, candidates: [{id, addr, healthy}]}`
@@ -17,16 +22,34 @@ use pingora_prometheus::PrometheusHttpApp;
 use serde_json::{json, Value};
 
 use crate::fleet::Fleet;
+use crate::lifecycle::{Lifecycle, NotReady};
 use crate::reply::ErrorReply;
 
 /// The admin HTTP application.
 pub struct AdminApp {
     fleet: Arc<Fleet>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl AdminApp {
-    pub fn new(fleet: Arc<Fleet>) -> Self {
-        AdminApp { fleet }
+    pub fn new(fleet: Arc<Fleet>, lifecycle: Arc<Lifecycle>) -> Self {
+        AdminApp { fleet, lifecycle }
+    }
+
+    fn readiness(&self) -> Result<Value, ErrorReply> {
+        match self.lifecycle.readiness() {
+            Ok(()) => Ok(json!({"status": "ready"})),
+            Err(NotReady::Draining) => Err(ErrorReply::new(
+                503,
+                "draining",
+                "this proxy is shutting down",
+            )),
+            Err(NotReady::NoLiveWorker) => Err(ErrorReply::new(
+                503,
+                "no_live_worker",
+                "no worker passes its health checks",
+            )),
+        }
     }
 
     fn workers(&self) -> Value {
@@ -82,6 +105,11 @@ impl ServeHttp for AdminApp {
             ));
         }
         match path.as_str() {
+            "/healthz" => ok(&json!({"status": "ok"})),
+            "/readyz" => match self.readiness() {
+                Ok(body) => ok(&body),
+                Err(reply) => error(&reply),
+            },
             "/metrics" => PrometheusHttpApp.response(session).await,
             "/admin/workers" => ok(&self.workers()),
             "/admin/route" => match self.route(query.as_deref()) {

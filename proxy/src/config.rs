@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
@@ -60,6 +61,16 @@ pub struct ProxyConfig {
     /// claim a user from a frozen one.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_ms: u64,
+    /// After SIGTERM, how long the proxy serves on with `/readyz` failing,
+    /// so the load balancer in front stops sending it requests (default
+    /// 1,000; set it to the balancer's check interval times its unhealthy
+    /// threshold).
+    #[serde(default = "default_drain_delay")]
+    pub drain_delay_ms: u64,
+    /// Then, its listeners closed, the longest the requests in flight get
+    /// to finish before the proxy exits (default 10,000).
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_ms: u64,
     /// What one request may carry (headers, key, body, rate per key).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -77,6 +88,14 @@ pub struct ProxyConfig {
 
 fn default_upstream_timeout() -> u64 {
     5_000
+}
+
+fn default_drain_delay() -> u64 {
+    1_000
+}
+
+fn default_drain_timeout() -> u64 {
+    10_000
 }
 
 /// `trusted_hop:` — how a proxy proves to the workers that a request came
@@ -665,6 +684,14 @@ impl ProxyConfig {
     pub fn thread_count(&self) -> usize {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 }
 

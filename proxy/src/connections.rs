@@ -11,6 +11,9 @@
 //! so the kernel does not reset the connection under the reply (see
 //! [`crate::linger`]).
 //!
+//! It also keeps `roost_proxy_client_connections`, the count of every open
+//! client connection, which a drain waits on ([`crate::lifecycle`]).
+//!
 //! Why here and not in Pingora: Pingora 0.9 has no per-address connection
 //! limit, and its listener gives the app each connection once, before the
 //! first request, which is the one place a connection can be counted.
@@ -26,6 +29,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
 use crate::limits::{self, Limit};
+use crate::metrics::CLIENT_CONNECTIONS;
 use crate::reply::ErrorReply;
 
 /// A server app that admits at most `max` connections per client address
@@ -54,6 +58,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerAddressLimit<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = Open::counted();
         // A connection without an IP peer (a Unix socket) is not limited.
         let Some(address) = client_address(&*stream) else {
             return self.app.process_new(stream, shutdown).await;
@@ -69,6 +74,23 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerAddressLimit<A> {
 
     async fn cleanup(&self) {
         self.app.cleanup().await;
+    }
+}
+
+/// One open client connection in `roost_proxy_client_connections`, for
+/// as long as it lives.
+struct Open;
+
+impl Open {
+    fn counted() -> Self {
+        CLIENT_CONNECTIONS.inc();
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        CLIENT_CONNECTIONS.dec();
     }
 }
 

@@ -237,6 +237,11 @@ impl Roster {
         self.states.get(worker).is_some_and(|s| s.health.is_up())
     }
 
+    /// Whether any worker passes its health checks.
+    pub fn any_up(&self) -> bool {
+        self.states.iter().any(|s| s.health.is_up())
+    }
+
     pub fn since(&self, worker: usize) -> Option<SystemTime> {
         self.states.get(worker).map(|s| s.health.since())
     }

@@ -29,7 +29,8 @@
 //! - [`linger`]: reading what a client still sends after an early reply,
 //!   so the reply reaches it.
 //! - [`tls`]: the TLS listener's certificate and key.
-//! - [`admin`]: `/metrics`, `/admin/workers`, `/admin/route`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/admin/workers`,
+//!   `/admin/route`; [`lifecycle`]: readiness, and the drain SIGTERM starts.
 //! - [`metrics`], [`reply`], [`logging`]: what the others report with.
 //! - `fuzzing` (with the `fuzzing` feature): entry points of the fuzz targets and their regression
 //!   tests.
@@ -45,6 +46,7 @@ pub mod health;
 pub mod identity;
 pub mod key;
 pub mod lean;
+pub mod lifecycle;
 pub mod limits;
 pub mod linger;
 pub mod logging;
@@ -61,9 +63,10 @@ use std::sync::Arc;
 
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::connections::PerAddressLimit;
@@ -71,12 +74,14 @@ use crate::discovery::Discovery;
 use crate::fleet::Fleet;
 use crate::health::HealthChecker;
 use crate::lean::LeanPath;
+use crate::lifecycle::{DrainSignal, DrainWatch, Lifecycle};
 use crate::policy::Policy;
 use crate::proxy::RoostProxy;
 use crate::timeouts::ClientTimeouts;
 
 /// Build the Pingora server for `config` and run it until it is told to stop
-/// (SIGINT: fast; SIGTERM: graceful). Never returns on success.
+/// (SIGINT: at once; SIGTERM: the drain of [`lifecycle`], which ends the
+/// process). Returns only on SIGINT.
 pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let fleet = Arc::new(Fleet::new(
         &config.hash_seed,
@@ -88,12 +93,14 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let conf = Arc::clone(&server.configuration);
     let timeouts = ClientTimeouts::new(&config.timeouts);
 
+    let lifecycle = Arc::new(Lifecycle::new(Arc::clone(&fleet)));
     let policy = Arc::new(Policy::from_config(Arc::clone(&fleet), &config, timeouts)?);
-    let proxy_service = proxy_service(&conf, policy, timeouts, &config)?;
+    let closed = lifecycle.listeners_closed();
+    let proxy_service = proxy_service(&conf, policy, timeouts, closed, &config)?;
 
     let mut admin = Service::new(
         "roost-admin".to_owned(),
-        admin::AdminApp::new(Arc::clone(&fleet)),
+        admin::AdminApp::new(Arc::clone(&fleet), Arc::clone(&lifecycle)),
     );
     admin.add_tcp(&config.admin_listen.to_string());
 
@@ -105,12 +112,22 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     server.add_service(proxy_service);
     server.add_service(admin);
     server.add_service(checker);
+    let listeners = std::iter::once(config.listen)
+        .chain(config.tls.as_ref().map(|tls| tls.listen.value))
+        .collect();
+    server.add_service(background_service(
+        "drain",
+        DrainWatch::new(Arc::clone(&lifecycle), listeners, config.drain_timeout()),
+    ));
     if let Some(discovery) = &config.discovery {
         let discovery = Discovery::new(Arc::clone(&fleet), discovery)?;
         server.add_service(background_service("discovery", discovery));
     }
     tracing::info!(listen = %config.listen, tls = ?config.tls.as_ref().map(|tls| tls.listen.value), admin = %config.admin_listen, workers = fleet.roster().workers().len(), discovery = config.discovery.is_some(), "roost-proxy starting");
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainSignal::new(lifecycle, config.drain_delay())),
+    });
+    Ok(())
 }
 
 /// The client-facing service, on `listen` and, with a `tls` section, on its
@@ -119,13 +136,14 @@ fn proxy_service(
     conf: &Arc<ServerConf>,
     policy: Arc<Policy>,
     timeouts: ClientTimeouts,
+    closed: watch::Receiver<bool>,
     config: &ProxyConfig,
 ) -> anyhow::Result<Service<ClientApp>> {
     // Pingora's HTTP proxy running Roost's request path for what is not
     // plain HTTP/1.1,
     let generic = pingora::proxy::http_proxy(conf, RoostProxy::new(Arc::clone(&policy)));
     // behind the lean path (every connection timed, see [`timeouts`]),
-    let app = LeanPath::new(generic, policy, timeouts);
+    let app = LeanPath::new(generic, policy, timeouts, closed);
     // admitted only within its address's connection limit.
     let per_address = config.limits.max_connections_per_address.value;
     let app = PerAddressLimit::new(app, per_address);
@@ -145,9 +163,11 @@ fn server_conf(config: &ProxyConfig) -> ServerConf {
     ServerConf {
         threads: config.thread_count(),
         work_stealing: false,
-        // SIGTERM: stop accepting at once, give in-flight requests 5 s.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(5),
+        // Once the listeners close, Pingora waits this long before it
+        // shuts its runtimes down: a backstop for the drain, which ends
+        // the process itself when the last connection is gone.
+        grace_period_seconds: Some(config.drain_timeout().as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     }
 }

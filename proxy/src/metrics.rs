@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use pingora_prometheus::prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Histogram,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// Upstream latency buckets in seconds: 100 µs to 10 s.
@@ -100,6 +100,16 @@ impl WorkerMetrics {
         }
     }
 }
+
+/// Client connections open now, on every listener (what a drain waits
+/// for).
+pub static CLIENT_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "roost_proxy_client_connections",
+        "Client connections open now."
+    )
+    .expect("register roost_proxy_client_connections")
+});
 
 /// Events that are normal in steady state: counted here and logged at
 /// debug, so an ERROR line always means an operator must act.

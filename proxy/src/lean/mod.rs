@@ -43,6 +43,7 @@ use pingora::protocols::{Ssl, ALPN};
 use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 use self::framing::Framing;
 use self::head::{Head, Parsed};
@@ -59,6 +60,9 @@ use pingora::protocols::Stream;
 const MAX_LEAN_HEAD: usize = 16 * 1024;
 /// The most attempts one request makes (Pingora's own retry bound).
 const MAX_ATTEMPTS: usize = 16;
+/// When a drain closes the listeners, how long an idle connection is
+/// still read for a request its client had already sent.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_millis(100);
 
 /// The client-facing app: every connection wrapped in its
 /// [`ClockedStream`], served here while its requests are plain, then by
@@ -67,14 +71,23 @@ pub struct LeanPath<A> {
     generic: Arc<A>,
     policy: Arc<Policy>,
     timeouts: ClientTimeouts,
+    /// True once a drain has closed the listeners
+    /// ([`crate::lifecycle::Lifecycle::listeners_closed`]).
+    closed: watch::Receiver<bool>,
 }
 
 impl<A> LeanPath<A> {
-    pub fn new(generic: A, policy: Arc<Policy>, timeouts: ClientTimeouts) -> Self {
+    pub fn new(
+        generic: A,
+        policy: Arc<Policy>,
+        timeouts: ClientTimeouts,
+        closed: watch::Receiver<bool>,
+    ) -> Self {
         LeanPath {
             generic: Arc::new(generic),
             policy,
             timeouts,
+            closed,
         }
     }
 }
@@ -91,11 +104,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for LeanPath<A> {
             return self.generic.process_new(Box::new(stream), shutdown).await;
         }
         let mut client = Downstream::new(stream);
+        let mut closed = self.closed.clone();
         loop {
-            match client.read_head().await {
+            match client.read_head_unless_closed(&mut closed).await {
                 Some(Parsed::Lean(head)) => {
-                    let closing = *shutdown.borrow();
-                    if !self.serve(&mut client, *head, closing).await {
+                    if !self.serve(&mut client, *head, &closed).await {
                         break;
                     }
                 }
@@ -124,8 +137,16 @@ impl<A: ServerApp + Send + Sync + 'static> LeanPath<A> {
     }
 
     /// One request, from its head to the end of its response. Returns
-    /// whether the connection stays open for the next one.
-    async fn serve(&self, client: &mut Downstream, head: Head, closing: bool) -> bool {
+    /// whether the connection stays open for the next one: not when the
+    /// client asked to close, nor once a drain has closed the listeners
+    /// (looked at when the response starts, so a request in flight then is
+    /// answered with `Connection: close`).
+    async fn serve(
+        &self,
+        client: &mut Downstream,
+        head: Head,
+        closed: &watch::Receiver<bool>,
+    ) -> bool {
         let started = Instant::now();
         let Head {
             mut request,
@@ -138,7 +159,7 @@ impl<A: ServerApp + Send + Sync + 'static> LeanPath<A> {
         let mut route = Route::default();
         let (admitted, outcome) = match self.policy.admit(&mut request, len, client.who) {
             Ok(admitted) => {
-                let keep_alive = !close && !closing;
+                let keep_alive = || !close && !*closed.borrow();
                 let outcome = self
                     .read_and_forward(
                         client, &request, &admitted, &mut route, body_len, keep_alive,
@@ -173,7 +194,7 @@ impl<A: ServerApp + Send + Sync + 'static> LeanPath<A> {
         admitted: &Admitted,
         route: &mut Route,
         body_len: usize,
-        keep_alive: bool,
+        keep_alive: impl Fn() -> bool,
     ) -> Outcome {
         let timeouts = self.policy.limits().timeouts();
         let body = match client.read_body(body_len, timeouts.body_idle()).await {
@@ -195,7 +216,7 @@ impl<A: ServerApp + Send + Sync + 'static> LeanPath<A> {
         match self.reach_worker(&attempt, route).await {
             Ok((upstream, response)) => {
                 let cookie = admitted.set_cookie.as_deref();
-                self.relay(client, upstream, response, cookie, keep_alive)
+                self.relay(client, upstream, response, cookie, keep_alive())
                     .await
             }
             Err(e) => self.fail(client, &e, request.uri.path()).await,
@@ -421,6 +442,25 @@ impl Downstream {
     /// The next request head: lean, or not (the generic path takes over);
     /// `None` when the connection ended (closed, or a header or idle
     /// timeout of the [`ClockedStream`]).
+    /// [`Downstream::read_head`], unless a drain closes the listeners
+    /// while the connection waits idle: then a request already on its way
+    /// within [`IDLE_CLOSE_GRACE`] is still read (and answered with
+    /// `Connection: close`); silence closes the connection.
+    async fn read_head_unless_closed(
+        &mut self,
+        closed: &mut watch::Receiver<bool>,
+    ) -> Option<Parsed> {
+        tokio::select! {
+            biased;
+            head = self.read_head() => return head,
+            _ = closed.wait_for(|closed| *closed) => {}
+        }
+        tokio::time::timeout(IDLE_CLOSE_GRACE, self.read_head())
+            .await
+            .ok()
+            .flatten()
+    }
+
     async fn read_head(&mut self) -> Option<Parsed> {
         loop {
             if !self.buf.is_empty() {

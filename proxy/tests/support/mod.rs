@@ -591,6 +591,13 @@ fn store_url(dir: &TempDir) -> String {
     format!("sqlite://{}", dir.path().join("roost.db").display())
 }
 
+/// Another proxy in front of a [`TestFleet`]'s workers; killed when dropped.
+pub struct SecondProxy {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    _process: Process,
+}
+
 /// N workers and one proxy, all real processes on 127.0.0.1.
 pub struct TestFleet {
     pub config: FleetConfig,
@@ -874,6 +881,68 @@ impl TestFleet {
                 "could not restart worker {id} on {addr} within {START_TIMEOUT:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // --- the proxy's own life ------------------------------------------------
+
+    /// Send `signal` to the proxy.
+    pub fn signal_proxy(&self, signal: Signal) {
+        self.proxy
+            .as_ref()
+            .expect("the proxy runs")
+            .signal(signal)
+            .expect("signal the proxy");
+    }
+
+    /// Wait up to `limit` for the proxy to exit; its exit status.
+    pub async fn wait_proxy_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let proxy = self.proxy.as_mut().expect("the proxy runs");
+        proxy
+            .wait_exit(limit)
+            .await
+            .unwrap_or_else(|e| panic!("roost-proxy did not exit within {limit:?}: {e:#}"))
+    }
+
+    /// A second proxy with this fleet's config in front of the same
+    /// workers, on its own ports (what a load balancer would fail over
+    /// to); waits until it reports every worker healthy.
+    pub async fn second_proxy(&self) -> SecondProxy {
+        let addrs: Vec<SocketAddr> = self.workers.iter().map(|w| w.addr).collect();
+        let (addr, admin_addr) = (local(free_port()), local(free_port()));
+        let yaml = self
+            .config
+            .to_yaml(addr, admin_addr, &addrs, &store_url(&self.dir));
+        let config = self.dir.write("proxy-2.yaml", &yaml);
+        let mut command = Command::new(proxy_bin());
+        command
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .envs(self.config.all_proxy_env());
+        let log = self.dir.path().join("proxy-2.log");
+        let process = Process::spawn_stderr_only("roost-proxy 2", command, &log)
+            .unwrap_or_else(|e| panic!("cannot start a second proxy: {e:#}"));
+        let admin = format!("http://{admin_addr}/admin/workers");
+        let workers = self.workers.len();
+        eventually(
+            START_TIMEOUT,
+            "the second proxy sees every worker up",
+            || {
+                let admin = admin.clone();
+                async move {
+                    let listed: Vec<Value> =
+                        client().get(&admin).send().await.ok()?.json().await.ok()?;
+                    let up = listed.iter().filter(|w| w["healthy"] == true).count();
+                    (up == workers).then_some(())
+                }
+            },
+        )
+        .await;
+        SecondProxy {
+            addr,
+            admin_addr,
+            _process: process,
         }
     }
 
