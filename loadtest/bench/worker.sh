@@ -258,7 +258,9 @@ if [ -n "${BIN_DIR:-}" ]; then
 else
   wait_other_bench
   log "building roost-proxy, roost-worker and roost-fixed-reply (release)"
-  (cd "$ROOT" && cargo build --release -p roost-proxy -p roost-builtins -p roost-loadtest --bin roost-fixed-reply) >&2
+  # (--bin would narrow the first build to that binary in every package.)
+  (cd "$ROOT" && cargo build --release -p roost-proxy -p roost-builtins &&
+    cargo build --release -p roost-loadtest --bin roost-fixed-reply) >&2
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 fi
 CART_LUA="$SCRIPT_DIR/cart.lua"
