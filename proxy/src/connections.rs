@@ -29,7 +29,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
 use crate::limits::{self, Limit};
-use crate::metrics::CLIENT_CONNECTIONS;
+use crate::metrics::PROXY;
 use crate::reply::ErrorReply;
 
 /// A server app that admits at most `max` connections per client address
@@ -83,14 +83,14 @@ struct Open;
 
 impl Open {
     fn counted() -> Self {
-        CLIENT_CONNECTIONS.inc();
+        PROXY.client_connections.inc();
         Open
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        CLIENT_CONNECTIONS.dec();
+        PROXY.client_connections.dec();
     }
 }
 

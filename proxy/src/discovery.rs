@@ -29,6 +29,7 @@ use tokio_postgres::AsyncMessage;
 
 use crate::config::DiscoveryConfig;
 use crate::fleet::{Fleet, WorkerSpec};
+use crate::metrics::PROXY;
 
 /// Where the live workers are listed.
 #[async_trait]
@@ -66,12 +67,17 @@ impl Discovery {
     /// Read the store once and update the roster; returns the error text of
     /// a failed read.
     async fn refresh(&self) -> Option<String> {
+        let [ok, failed] = &PROXY.discovery_reads;
         match self.source.live().await {
             Ok(listed) => {
+                ok.inc();
                 self.fleet.discovered(&specs(listed));
                 None
             }
-            Err(e) => Some(format!("{e:#}")),
+            Err(e) => {
+                failed.inc();
+                Some(format!("{e:#}"))
+            }
         }
     }
 }

@@ -142,6 +142,27 @@ impl Fleet {
             state_for(&self.states, spec)
         });
         self.roster.store(Arc::new(roster));
+        self.forget_departed(specs);
+    }
+
+    /// Workers not in `specs` left the fleet: their state goes (one that
+    /// comes back starts down, as a new one does) and so do the metric
+    /// series of ids no worker in `specs` has.
+    fn forget_departed(&self, specs: &[WorkerSpec]) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let stays =
+            |id: &str, addr: SocketAddr| specs.iter().any(|s| &*s.id == id && s.addr == addr);
+        let departed: Vec<(Arc<str>, SocketAddr)> = states
+            .keys()
+            .filter(|(id, addr)| !stays(id, *addr))
+            .cloned()
+            .collect();
+        for (id, addr) in departed {
+            states.remove(&(Arc::clone(&id), addr));
+            if !specs.iter().any(|s| s.id == id) {
+                WorkerMetrics::forget(&id);
+            }
+        }
     }
 
     /// Any live worker of `roster` not yet tried, round robin (for keyless
@@ -283,10 +304,10 @@ impl Roster {
 
     /// Active check result for `worker`.
     pub fn record_check(&self, worker: usize, passed: bool) {
-        let transition = self
-            .states
-            .get(worker)
-            .and_then(|s| s.health.observe(passed, self.thresholds));
+        let transition = self.states.get(worker).and_then(|s| {
+            s.metrics.count_check(passed);
+            s.health.observe(passed, self.thresholds)
+        });
         self.after_transition(worker, transition, "active check");
     }
 

@@ -83,6 +83,7 @@ use crate::timeouts::ClientTimeouts;
 /// (SIGINT: at once; SIGTERM: the drain of [`lifecycle`], which ends the
 /// process). Returns only on SIGINT.
 pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
+    metrics::register_at_start();
     let fleet = Arc::new(Fleet::new(
         &config.hash_seed,
         &config.workers,

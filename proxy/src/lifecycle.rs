@@ -38,7 +38,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::fleet::Fleet;
-use crate::metrics::CLIENT_CONNECTIONS;
+use crate::metrics::PROXY;
 
 /// How often the drain looks at the open connections and the listeners.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
@@ -205,10 +205,10 @@ impl BackgroundService for DrainWatch {
         self.wait_listeners_closed().await;
         self.lifecycle.closed.send_replace(true);
         let started = Instant::now();
-        while CLIENT_CONNECTIONS.get() > 0 && started.elapsed() < self.timeout {
+        while PROXY.client_connections.get() > 0 && started.elapsed() < self.timeout {
             tokio::time::sleep(DRAIN_POLL).await;
         }
-        let left = CLIENT_CONNECTIONS.get();
+        let left = PROXY.client_connections.get();
         if left > 0 {
             tracing::warn!(
                 connections = left,

@@ -40,7 +40,6 @@ pub fn init(format: LogFormat) {
         eprintln!("logging already initialised: {e}");
         return;
     }
-    metrics::register_benign();
     if log::set_boxed_logger(Box::new(PingoraLog)).is_ok() {
         log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
     }

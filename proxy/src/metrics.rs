@@ -1,8 +1,12 @@
 //! Prometheus metrics of the proxy, registered once in the default registry
 //! (the one `pingora-prometheus` serves), with each worker's children
-//! resolved up front so the request path does no label lookups.
+//! resolved up front so the request path does no label lookups, and
+//! removed when the worker leaves the fleet ([`WorkerMetrics::forget`]), so
+//! a fleet that changes does not grow the series without bound.
 
 use std::sync::LazyLock;
+
+use roost_routing::build_info;
 
 use pingora_prometheus::prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
@@ -24,6 +28,7 @@ struct Families {
     healthy: IntGaugeVec,
     failovers: IntCounterVec,
     retries: IntCounterVec,
+    health_checks: IntCounterVec,
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
@@ -58,6 +63,12 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
         &["worker"]
     )
     .expect("register roost_proxy_retries_total"),
+    health_checks: register_int_counter_vec!(
+        "roost_proxy_health_checks_total",
+        "Active health checks of the worker (label), by result (pass, fail).",
+        &["worker", "result"]
+    )
+    .expect("register roost_proxy_health_checks_total"),
 });
 
 /// The status classes we count, indexed by `status / 100 - 1`.
@@ -73,8 +84,7 @@ impl RequestCounters {
 
     /// Count one response with `status` (anything outside 100..=599 counts as 5xx).
     pub fn count(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.0[class].inc();
+        self.0[class_index(status)].inc();
     }
 }
 
@@ -85,7 +95,12 @@ pub struct WorkerMetrics {
     pub healthy: IntGauge,
     pub failovers: IntCounter,
     pub retries: IntCounter,
+    /// Active health checks passed, failed.
+    pub checks: [IntCounter; 2],
 }
+
+/// The `result` labels of `roost_proxy_health_checks_total`.
+const CHECK_RESULTS: [&str; 2] = ["pass", "fail"];
 
 impl WorkerMetrics {
     pub fn for_worker(worker: &str) -> Self {
@@ -97,19 +112,105 @@ impl WorkerMetrics {
             healthy,
             failovers: FAMILIES.failovers.with_label_values(&[worker]),
             retries: FAMILIES.retries.with_label_values(&[worker]),
+            checks: CHECK_RESULTS
+                .map(|result| FAMILIES.health_checks.with_label_values(&[worker, result])),
         }
+    }
+
+    /// Count one active health check.
+    pub fn count_check(&self, passed: bool) {
+        self.checks[usize::from(!passed)].inc();
+    }
+
+    /// Drop every series of `worker` (it left the fleet). Children still
+    /// held count on, unexported, until their last holder is gone.
+    pub fn forget(worker: &str) {
+        for class in CLASSES {
+            let _ = FAMILIES.requests.remove_label_values(&[worker, class]);
+        }
+        for result in CHECK_RESULTS {
+            let _ = FAMILIES
+                .health_checks
+                .remove_label_values(&[worker, result]);
+        }
+        let _ = FAMILIES.upstream_latency.remove_label_values(&[worker]);
+        let _ = FAMILIES.healthy.remove_label_values(&[worker]);
+        let _ = FAMILIES.failovers.remove_label_values(&[worker]);
+        let _ = FAMILIES.retries.remove_label_values(&[worker]);
     }
 }
 
-/// Client connections open now, on every listener (what a drain waits
-/// for).
-pub static CLIENT_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "roost_proxy_client_connections",
-        "Client connections open now."
+/// The proxy's own series: requests end to end, connections, discovery.
+pub struct ProxyMetrics {
+    /// Request durations, first byte read to last byte written, by status
+    /// class (index as [`CLASSES`]).
+    pub request_seconds: [Histogram; 5],
+    pub requests_in_flight: IntGauge,
+    /// Client connections open now (what a drain waits on).
+    pub client_connections: IntGauge,
+    /// Reads of the live workers by discovery: succeeded, failed.
+    pub discovery_reads: [IntCounter; 2],
+}
+
+impl ProxyMetrics {
+    /// Count one request of `status` that took `seconds`.
+    pub fn observe_request(&self, status: u16, seconds: f64) {
+        self.request_seconds[class_index(status)].observe(seconds);
+    }
+}
+
+/// The index in [`CLASSES`] of `status` (anything outside 100..=599 counts
+/// as 5xx).
+fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+pub static PROXY: LazyLock<ProxyMetrics> = LazyLock::new(|| {
+    let seconds = register_histogram_vec!(
+        "roost_proxy_request_duration_seconds",
+        "Requests end to end (first byte read to last byte written), by status class.",
+        &["class"],
+        LATENCY_BUCKETS.to_vec()
     )
-    .expect("register roost_proxy_client_connections")
+    .expect("register roost_proxy_request_duration_seconds");
+    let reads = register_int_counter_vec!(
+        "roost_proxy_discovery_reads_total",
+        "Reads of the live workers from the store, by result (ok, error).",
+        &["result"]
+    )
+    .expect("register roost_proxy_discovery_reads_total");
+    ProxyMetrics {
+        request_seconds: CLASSES.map(|class| seconds.with_label_values(&[class])),
+        requests_in_flight: register_int_gauge!(
+            "roost_proxy_requests_in_flight",
+            "Requests read and not yet fully answered."
+        )
+        .expect("register roost_proxy_requests_in_flight"),
+        client_connections: register_int_gauge!(
+            "roost_proxy_client_connections",
+            "Client connections open now."
+        )
+        .expect("register roost_proxy_client_connections"),
+        discovery_reads: ["ok", "error"].map(|result| reads.with_label_values(&[result])),
+    }
 });
+
+/// One request in flight (`roost_proxy_requests_in_flight`) for as long
+/// as it lives.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> Self {
+        PROXY.requests_in_flight.inc();
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        PROXY.requests_in_flight.dec();
+    }
+}
 
 /// Events that are normal in steady state: counted here and logged at
 /// debug, so an ERROR line always means an operator must act.
@@ -141,8 +242,12 @@ pub fn count(event: Benign) {
     BENIGN[event as usize].inc();
 }
 
-/// Register the benign-event counters, so `/metrics` lists them from the
-/// start.
-pub fn register_benign() {
+/// Register the series that do not wait for a first event, so `/metrics`
+/// lists them from the start, and `roost_build_info`.
+pub fn register_at_start() {
     LazyLock::force(&BENIGN);
+    LazyLock::force(&PROXY);
+    let info = register_int_gauge_vec!(build_info::NAME, build_info::HELP, &build_info::LABELS)
+        .expect("register roost_build_info");
+    info.with_label_values(&build_info::VALUES).set(1);
 }

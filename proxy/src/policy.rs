@@ -22,7 +22,7 @@ use crate::fleet::{Fleet, Roster};
 use crate::identity::{self, Minted};
 use crate::key::KeyExtractor;
 use crate::limits::Limits;
-use crate::metrics::{Benign, RequestCounters, NO_WORKER};
+use crate::metrics::{Benign, RequestCounters, NO_WORKER, PROXY};
 use crate::reply::ErrorReply;
 use crate::timeouts::ClientTimeouts;
 
@@ -177,6 +177,8 @@ impl Policy {
 
     /// Count a finished request and write its access-log line.
     pub fn finish(&self, done: &Finished<'_>) {
+        let elapsed = done.started.elapsed();
+        PROXY.observe_request(done.status, elapsed.as_secs_f64());
         let worker = done.route.worker_tag();
         match done.route.worker_metrics() {
             Some(metrics) => {
@@ -195,7 +197,7 @@ impl Policy {
                 key = %done.key.map_or_else(|| "-".to_owned(), |k| self.fleet.key_hash(k)),
                 worker = worker.map_or(NO_WORKER, |w| &*w.id),
                 status = done.status,
-                latency_ms = done.started.elapsed().as_secs_f64() * 1000.0,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
                 retries = done.route.retries(),
             );
         }

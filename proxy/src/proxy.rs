@@ -58,6 +58,7 @@ use roost_routing::headers;
 
 use crate::limits;
 use crate::linger;
+use crate::metrics::InFlight;
 use crate::policy::{self, Admitted, Client, Finished, Policy, Route};
 use crate::reply::ErrorReply;
 
@@ -88,6 +89,8 @@ pub struct RequestCtx {
     /// Set by `upstream_response_filter` when the worker answered that it
     /// cannot serve this key now and the request moves on.
     unavailable: bool,
+    /// In `roost_proxy_requests_in_flight` until the context is dropped.
+    _in_flight: InFlight,
 }
 
 impl RoostProxy {
@@ -124,6 +127,7 @@ impl ProxyHttp for RoostProxy {
             started: Instant::now(),
             body_bytes: 0,
             unavailable: false,
+            _in_flight: InFlight::start(),
         }
     }
 

@@ -50,13 +50,22 @@ async fn workers_join_drain_and_return_without_config_edits() {
     wait_listed(&fleet, &["w1", "w2", "w3"], Duration::from_secs(5)).await;
     all_served(&fleet, 30).await;
 
+    let series = r#"worker="w2""#;
+    assert!(fleet.metrics().await.contains(series), "w2 has series");
+
     fleet.sigterm("w2");
     // Its row turned `draining` and then went; the next read drops it.
     wait_listed(&fleet, &["w1", "w3"], Duration::from_secs(2)).await;
     all_served(&fleet, 30).await;
+    let metrics = fleet.metrics().await;
+    assert!(
+        !metrics.contains(series),
+        "a worker that left the fleet leaves /metrics too:\n{metrics}"
+    );
 
     fleet.restart("w2");
     wait_listed(&fleet, &["w1", "w2", "w3"], Duration::from_secs(5)).await;
     fleet.wait_healthy("w2", true, Duration::from_secs(5)).await;
     all_served(&fleet, 30).await;
+    assert!(fleet.metrics().await.contains(series), "w2 is back");
 }

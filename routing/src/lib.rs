@@ -12,8 +12,11 @@
 //! - [`config_file`]: how both binaries load YAML config, with errors that
 //!   name the file, the line and the field.
 //! - [`registry`]: how both sides read the live workers from the store.
+//! - [`build_info`]: the version and commit both report in
+//!   `roost_build_info`.
 //! - `fuzzing` (with the `fuzzing` feature): replaying kept fuzz inputs in both crates' tests.
 
+pub mod build_info;
 pub mod config_file;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

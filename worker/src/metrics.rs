@@ -1,12 +1,17 @@
 //! Prometheus metrics of the worker, registered once in the default registry
-//! and served at `GET /metrics`.
+//! and served at `GET /metrics`, with the process's own (CPU, memory, open
+//! files) and `roost_build_info`.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
+use prometheus::process_collector::ProcessCollector;
 use prometheus::{
     register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_int_gauge, register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge,
 };
+use roost_routing::build_info;
 
 /// Latency buckets in seconds: 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -36,6 +41,7 @@ pub struct Metrics {
     pub handovers: IntCounter,
     pub revalidation_drops: IntCounter,
     pub request_seconds: HistogramVec,
+    pub requests: IntCounterVec,
     pub call_attempts: IntCounterVec,
     pub calls_unfinished: IntCounter,
     pub alarms_fired: IntCounter,
@@ -130,6 +136,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             buckets()
         )
         .expect("register request_seconds"),
+        requests: register_int_counter_vec!(
+            "roost_worker_requests_total",
+            "Requests answered, by route and status class (1xx to 5xx).",
+            &["route", "class"]
+        )
+        .expect("register requests"),
         call_attempts: register_int_counter_vec!(
             "roost_worker_call_attempts_total",
             "Attempts at entity-to-entity calls: decided (the receiver answered), or retried (no worker, a broken connection, a timeout, 421 or 5xx).",
@@ -143,6 +155,47 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("register calls_unfinished"),
     }
 });
+
+/// The status classes counted, indexed by `status / 100 - 1`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One route's series, resolved once so a request does no label lookup:
+/// how long its requests take, and how they were answered.
+pub struct RouteMetrics {
+    seconds: Histogram,
+    answered: [IntCounter; 5],
+}
+
+impl RouteMetrics {
+    /// The series of `route` (`{kind}_{action}`, a fixed route's name, or
+    /// `unmatched`).
+    pub fn for_route(route: &str) -> Self {
+        RouteMetrics {
+            seconds: METRICS.request_seconds.with_label_values(&[route]),
+            answered: CLASSES.map(|class| METRICS.requests.with_label_values(&[route, class])),
+        }
+    }
+
+    /// One request answered `status` after `elapsed` (a status outside
+    /// 100..=599 counts as 5xx).
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        self.seconds.observe(elapsed.as_secs_f64());
+        self.answered[usize::from(status / 100).clamp(1, 5) - 1].inc();
+    }
+}
+
+/// Register what is there from the start: the process collector (Linux
+/// only; `process_*` series) and `roost_build_info`.
+pub fn register_at_start() {
+    LazyLock::force(&METRICS);
+    if let Err(e) = prometheus::register(Box::new(ProcessCollector::for_self())) {
+        tracing::debug!(error = %e, "process metrics already registered");
+    }
+    match register_int_gauge_vec!(build_info::NAME, build_info::HELP, &build_info::LABELS) {
+        Ok(info) => info.with_label_values(&build_info::VALUES).set(1),
+        Err(e) => tracing::debug!(error = %e, "roost_build_info already registered"),
+    }
+}
 
 /// The Prometheus text of every registered metric.
 pub fn render() -> Vec<u8> {

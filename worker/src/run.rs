@@ -131,6 +131,7 @@ pub async fn run(
     kinds: Kinds,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped, StartError> {
+    crate::metrics::register_at_start();
     let catalog = Arc::new(kinds.configure(&config)?);
     let listeners = bind_listeners(&options).await?;
     let drain = Drain {

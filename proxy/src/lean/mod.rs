@@ -50,6 +50,7 @@ use self::head::{Head, Parsed};
 use self::upstream::{ResponseHead, Upstream};
 use crate::connections::client_address;
 use crate::linger;
+use crate::metrics::InFlight;
 use crate::policy::{self, Admitted, Client, Finished, Policy, Route};
 use crate::reply::ErrorReply;
 use crate::timeouts::{ClientTimeouts, ClockedStream};
@@ -148,6 +149,7 @@ impl<A: ServerApp + Send + Sync + 'static> LeanPath<A> {
         closed: &watch::Receiver<bool>,
     ) -> bool {
         let started = Instant::now();
+        let _in_flight = InFlight::start();
         let Head {
             mut request,
             len,

@@ -220,7 +220,7 @@ impl Api {
     }
 
     /// Answer one request that came in on `surface`; never fails (errors
-    /// become JSON replies).
+    /// become JSON replies). Counted in its route's series.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
@@ -229,32 +229,46 @@ impl Api {
         let started = Instant::now();
         // Everything below borrows the head; only the body is consumed.
         let (head, body) = request.into_parts();
+        let (metrics, response) = match self.route(&head, surface) {
+            Ok(route) => {
+                let metrics = self.routes.metrics(&route);
+                let answer = match self.dispatch(route, &head, body).await {
+                    Ok(answer) | Err(answer) => answer,
+                };
+                (metrics, self.respond(answer, None))
+            }
+            Err((reply, allow)) => {
+                let response = self.respond(Answer::Plain(reply), allow.as_deref());
+                (self.routes.unmatched(), response)
+            }
+        };
+        metrics.observe(response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    /// The route of a request that came in on `surface`; or the reply to a
+    /// path not in its normal form (400), with no route (404), or without
+    /// the method (405, with the methods it has).
+    fn route<'a, 'p>(
+        &'a self,
+        head: &'p Parts,
+        surface: Surface,
+    ) -> Result<Route<'a, 'p>, (Reply, Option<Vec<Method>>)> {
         let path = head.uri.path();
-        if let Err(reply) = check_normal(path) {
-            return self.respond(Answer::Plain(reply), None);
-        }
-        let route = match self.routes.find(&head.method, path) {
-            Ok(route) if route.served_on(surface) => route,
+        check_normal(path).map_err(|reply| (reply, None))?;
+        match self.routes.find(&head.method, path) {
+            Ok(route) if route.served_on(surface) => Ok(route),
             Ok(_) | Err(Miss::NotFound) => {
                 let reply = Reply::error(404, "not_found", format!("no route for {path}"));
-                return self.respond(Answer::Plain(reply), None);
+                Err((reply, None))
             }
             Err(Miss::MethodNotAllowed(allow)) => {
                 let method = &head.method;
-                let reply = Reply::error(
-                    405,
-                    "method_not_allowed",
-                    format!("{method} is not allowed here"),
-                );
-                return self.respond(Answer::Plain(reply), Some(&allow));
+                let message = format!("{method} is not allowed here");
+                let reply = Reply::error(405, "method_not_allowed", message);
+                Err((reply, Some(allow)))
             }
-        };
-        let timer = self.routes.timer(&route);
-        let answer = match self.dispatch(route, &head, body).await {
-            Ok(answer) | Err(answer) => answer,
-        };
-        timer.observe(started.elapsed().as_secs_f64());
-        self.respond(answer, None)
+        }
     }
 
     async fn dispatch(

@@ -21,7 +21,7 @@
 //! with none is 404.
 //!
 //! Everything a request's route needs is resolved once, when the routes are
-//! built: each alias's kind and action, and each route's request timer. A
+//! built: each alias's kind and action, and each route's metrics. A
 //! request only compares path segments: no hashing, no allocation, no
 //! metric lookup by label.
 
@@ -29,11 +29,10 @@ use std::sync::Arc;
 
 use hyper::Method;
 use percent_encoding::percent_decode_str;
-use prometheus::Histogram;
 
 use crate::entity::{check_name, Access, Reply, Scope};
 use crate::kinds::{Catalog, Kind};
-use crate::metrics::METRICS;
+use crate::metrics::RouteMetrics;
 
 /// The methods a route may have, in the order `Allow` lists them.
 const METHODS: [Method; 5] = [
@@ -108,8 +107,8 @@ pub enum Miss {
 pub struct ActionRoute {
     pub name: &'static str,
     pub access: Access,
-    /// `roost_worker_request_seconds{route="{kind}_{action}"}`.
-    seconds: Histogram,
+    /// Its series, as route `{kind}_{action}`.
+    metrics: RouteMetrics,
 }
 
 /// A kind and its routable actions.
@@ -174,13 +173,14 @@ struct AliasRoute {
     action: usize,
 }
 
-/// The request timers of the worker's own routes.
-struct FixedTimers {
-    healthz: Histogram,
-    readyz: Histogram,
-    metrics: Histogram,
-    whoami: Histogram,
-    internal: Histogram,
+/// The series of the worker's own routes, and of requests no route takes.
+struct FixedMetrics {
+    healthz: RouteMetrics,
+    readyz: RouteMetrics,
+    metrics: RouteMetrics,
+    whoami: RouteMetrics,
+    internal: RouteMetrics,
+    unmatched: RouteMetrics,
 }
 
 /// Every route of a worker, built once from its kinds.
@@ -188,12 +188,7 @@ pub struct Routes {
     /// A handful of kinds: a scan of their names beats hashing the path's.
     kinds: Vec<KindRoutes>,
     aliases: Vec<AliasRoute>,
-    fixed: FixedTimers,
-}
-
-/// The request timer of route `label`.
-fn timer(label: &str) -> Histogram {
-    METRICS.request_seconds.with_label_values(&[label])
+    fixed: FixedMetrics,
 }
 
 impl Routes {
@@ -210,7 +205,7 @@ impl Routes {
                     .map(|&action| ActionRoute {
                         name: action,
                         access: kind.access(action),
-                        seconds: timer(&format!("{name}_{action}")),
+                        metrics: RouteMetrics::for_route(&format!("{name}_{action}")),
                     })
                     .collect(),
             })
@@ -231,12 +226,13 @@ impl Routes {
                 })
             })
             .collect();
-        let fixed = FixedTimers {
-            healthz: timer("healthz"),
-            readyz: timer("readyz"),
-            metrics: timer("metrics"),
-            whoami: timer("whoami"),
-            internal: timer("internal"),
+        let fixed = FixedMetrics {
+            healthz: RouteMetrics::for_route("healthz"),
+            readyz: RouteMetrics::for_route("readyz"),
+            metrics: RouteMetrics::for_route("metrics"),
+            whoami: RouteMetrics::for_route("whoami"),
+            internal: RouteMetrics::for_route("internal"),
+            unmatched: RouteMetrics::for_route("unmatched"),
         };
         Routes {
             kinds,
@@ -281,16 +277,22 @@ impl Routes {
         Err(Miss::MethodNotAllowed(allowed))
     }
 
-    /// How long requests to `route` take.
-    pub fn timer<'a>(&'a self, route: &Route<'a, '_>) -> &'a Histogram {
+    /// The series of `route`.
+    pub fn metrics<'a>(&'a self, route: &Route<'a, '_>) -> &'a RouteMetrics {
         match route {
             Route::Healthz => &self.fixed.healthz,
             Route::Readyz => &self.fixed.readyz,
             Route::Metrics => &self.fixed.metrics,
             Route::WhoAmI => &self.fixed.whoami,
             Route::Internal(_) => &self.fixed.internal,
-            Route::Entity(entity) => &entity.action.seconds,
+            Route::Entity(entity) => &entity.action.metrics,
         }
+    }
+
+    /// The series of requests no route takes (404, 405, a path not in its
+    /// normal form).
+    pub fn unmatched(&self) -> &RouteMetrics {
+        &self.fixed.unmatched
     }
 
     fn kind(&self, name: &str) -> Option<&KindRoutes> {
