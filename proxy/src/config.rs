@@ -71,6 +71,11 @@ pub struct ProxyConfig {
     /// to finish before the proxy exits (default 10,000).
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_ms: u64,
+    /// The Unix socket a proxy started with `--upgrade` takes the running
+    /// proxy's listening sockets over (on SIGQUIT). One per proxy on a
+    /// host.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: std::path::PathBuf,
     /// What one request may carry (headers, key, body, rate per key).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -96,6 +101,10 @@ fn default_drain_delay() -> u64 {
 
 fn default_drain_timeout() -> u64 {
     10_000
+}
+
+fn default_upgrade_sock() -> std::path::PathBuf {
+    "/tmp/roost-proxy-upgrade.sock".into()
 }
 
 /// `trusted_hop:` — how a proxy proves to the workers that a request came

@@ -311,6 +311,16 @@ impl Roster {
         self.after_transition(worker, transition, "active check");
     }
 
+    /// The check before the proxy takes traffic
+    /// ([`crate::health::HealthChecker::first_round`]).
+    pub fn record_first_check(&self, worker: usize, passed: bool) {
+        let transition = self.states.get(worker).and_then(|s| {
+            s.metrics.count_check(passed);
+            s.health.observe_first(passed)
+        });
+        self.after_transition(worker, transition, "first check");
+    }
+
     /// Passive detection: a connection to `worker` was refused.
     pub fn mark_down(&self, worker: usize) {
         let transition = self

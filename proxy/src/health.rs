@@ -19,7 +19,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::HealthConfig;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Roster};
 
 /// Rise and fall thresholds.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +102,14 @@ impl WorkerHealth {
         (state.streak >= threshold).then(|| self.flip(&mut state, passed))
     }
 
+    /// The first check, before the proxy takes traffic: a pass brings the
+    /// worker up at once (it answers now; `rise` guards against a worker
+    /// that flaps, which a proxy has not yet seen). Returns the transition.
+    pub fn observe_first(&self, passed: bool) -> Option<Transition> {
+        let mut state = self.lock();
+        (passed && !state.up).then(|| self.flip(&mut state, true))
+    }
+
     /// Passive detection: down now. Returns whether it was up.
     pub fn mark_down(&self) -> bool {
         let mut state = self.lock();
@@ -162,15 +170,34 @@ impl HealthChecker {
     /// Probe every worker of the current roster once, concurrently, and
     /// record the results.
     async fn check_all(&self) {
+        self.probe_all(|roster, index, passed| roster.record_check(index, passed))
+            .await;
+    }
+
+    /// The round before the proxy takes traffic (a fresh start, or an
+    /// upgrade taking over a running proxy's sockets): workers that pass
+    /// are up from the first request, instead of `rise` intervals later.
+    /// Runs on a runtime of its own, before Pingora's start.
+    pub fn first_round(&self) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(self.probe_all(|roster, index, passed| {
+            roster.record_first_check(index, passed);
+        }));
+        Ok(())
+    }
+
+    async fn probe_all(&self, record: impl Fn(&Roster, usize, bool)) {
         let roster = self.fleet.roster();
         let probes = roster.backends().iter().map(|(index, backend)| {
-            let roster = &roster;
+            let (roster, record) = (&roster, &record);
             async move {
                 let passed = matches!(
                     tokio::time::timeout(self.timeout, self.probe.check(backend)).await,
                     Ok(Ok(()))
                 );
-                roster.record_check(*index, passed);
+                record(roster, *index, passed);
             }
         });
         futures::future::join_all(probes).await;

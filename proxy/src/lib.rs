@@ -62,7 +62,7 @@ pub mod tls;
 use std::sync::Arc;
 
 use pingora::proxy::HttpProxy;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
@@ -79,17 +79,35 @@ use crate::policy::Policy;
 use crate::proxy::RoostProxy;
 use crate::timeouts::ClientTimeouts;
 
+/// How the proxy comes by its listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Bind them.
+    Fresh,
+    /// Take them from the running proxy over `upgrade_sock` (it hands them
+    /// over on SIGQUIT): a zero-downtime binary upgrade.
+    Upgrade,
+}
+
 /// Build the Pingora server for `config` and run it until it is told to stop
-/// (SIGINT: at once; SIGTERM: the drain of [`lifecycle`], which ends the
-/// process). Returns only on SIGINT.
-pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
+/// (SIGINT: at once; SIGTERM: the drain of [`lifecycle`]; SIGQUIT: the hand
+/// over to an upgraded proxy, then the drain). Returns only on SIGINT.
+pub fn run(config: ProxyConfig, start: Start) -> anyhow::Result<()> {
     metrics::register_at_start();
     let fleet = Arc::new(Fleet::new(
         &config.hash_seed,
         &config.workers,
         &config.health,
     ));
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    let options = Opt {
+        upgrade: start == Start::Upgrade,
+        ..Opt::default()
+    };
+    // Before any socket is taken: workers that answer now serve the first
+    // request (an upgraded proxy starts accepting the moment it has them).
+    let checker = HealthChecker::new(Arc::clone(&fleet), &config.health)?;
+    checker.first_round()?;
+    let mut server = Server::new_with_opt_and_conf(Some(options), server_conf(&config));
     server.bootstrap();
     let conf = Arc::clone(&server.configuration);
     let timeouts = ClientTimeouts::new(&config.timeouts);
@@ -105,10 +123,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     );
     admin.add_tcp(&config.admin_listen.to_string());
 
-    let checker = background_service(
-        "health-check",
-        HealthChecker::new(Arc::clone(&fleet), &config.health)?,
-    );
+    let checker = background_service("health-check", checker);
 
     server.add_service(proxy_service);
     server.add_service(admin);
@@ -169,6 +184,7 @@ fn server_conf(config: &ProxyConfig) -> ServerConf {
         // the process itself when the last connection is gone.
         grace_period_seconds: Some(config.drain_timeout().as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     }
 }

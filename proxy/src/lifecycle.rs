@@ -5,7 +5,7 @@
 //! |---|---|
 //! | SIGTERM | `/readyz` fails at once; requests are served as before for `drain_delay_ms` (the load balancer in front stops sending); then the listeners close, requests in flight finish (each answered with `Connection: close`), idle keep-alive connections are closed, and the process exits 0 once no client connection is left, or after `drain_timeout_ms` at the latest |
 //! | SIGINT | exits at once (0) |
-//! | SIGQUIT | Pingora's graceful upgrade: the listening sockets go to the new process (`--upgrade`), then this one drains as after SIGTERM's delay |
+//! | SIGQUIT | Pingora's graceful upgrade: the listening sockets go to the proxy started with `--upgrade` (which accepts on them at once), this one stops accepting 5 s later and drains as after SIGTERM's delay; `/readyz` keeps passing (both processes answer on the same sockets) |
 //!
 //! Why the end of the drain is ours, not Pingora's:
 //!
@@ -51,6 +51,8 @@ pub struct Lifecycle {
     draining: AtomicBool,
     /// Turns true once a drain has closed the listeners.
     closed: watch::Sender<bool>,
+    /// The listening sockets went to an upgraded proxy, which keeps them.
+    handed_over: AtomicBool,
 }
 
 /// Why the proxy is not ready.
@@ -68,6 +70,7 @@ impl Lifecycle {
             fleet,
             draining: AtomicBool::new(false),
             closed: watch::Sender::new(false),
+            handed_over: AtomicBool::new(false),
         }
     }
 
@@ -120,7 +123,8 @@ impl ShutdownSignalWatch for DrainSignal {
         tokio::select! {
             _ = int.recv() => exit_at_once(),
             _ = quit.recv() => {
-                self.lifecycle.start_draining();
+                self.lifecycle.handed_over.store(true, Ordering::Release);
+                tracing::info!("SIGQUIT: handing the listening sockets over to the upgraded proxy");
                 return ShutdownSignal::GracefulUpgrade;
             }
             _ = term.recv() => {}
@@ -202,7 +206,12 @@ impl BackgroundService for DrainWatch {
         if shutdown.wait_for(|stopping| *stopping).await.is_err() {
             return;
         }
-        self.wait_listeners_closed().await;
+        // Handed over, the sockets stay open in the new proxy, which
+        // accepts what would otherwise wait in the backlog: nothing to
+        // wait for.
+        if !self.lifecycle.handed_over.load(Ordering::Acquire) {
+            self.wait_listeners_closed().await;
+        }
         self.lifecycle.closed.send_replace(true);
         let started = Instant::now();
         while PROXY.client_connections.get() > 0 && started.elapsed() < self.timeout {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use roost_proxy::config::{ConfigError, ProxyConfig};
 use roost_proxy::logging::{self, LogFormat};
+use roost_proxy::Start;
 
 /// mimalloc: the proxy allocates and frees small buffers on every request;
 /// glibc's malloc showed up at ~10% of the proxy's CPU in profiles.
@@ -25,6 +26,11 @@ struct Args {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
+    /// Zero-downtime upgrade: take the listening sockets from the proxy
+    /// running with the same `upgrade_sock` instead of binding them; then
+    /// send that proxy SIGQUIT, and it hands them over and drains.
+    #[arg(long, requires = "config")]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -46,7 +52,12 @@ fn main() -> ExitCode {
         Err(e) => return config_error(&e),
     };
     logging::init(args.log_format);
-    match roost_proxy::run(config) {
+    let start = if args.upgrade {
+        Start::Upgrade
+    } else {
+        Start::Fresh
+    };
+    match roost_proxy::run(config, start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

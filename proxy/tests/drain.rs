@@ -7,12 +7,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use support::load::{Connections, Load};
 use support::raw::{self, Conn};
 use support::{accepts, eventually, FleetConfig, TestFleet, KEY_HEADER};
 
@@ -30,68 +29,6 @@ fn draining_fleet() -> FleetConfig {
     ))
 }
 
-/// What the closed-loop clients saw.
-#[derive(Default)]
-struct Tally {
-    by_first: AtomicU64,
-    by_second: AtomicU64,
-    failures: Mutex<Vec<String>>,
-}
-
-impl Tally {
-    fn fail(&self, what: String) {
-        self.failures.lock().expect("tally lock").push(what);
-    }
-}
-
-/// One closed-loop client: `GET /v1/whoami` as one of its users in turn
-/// (so no key meets its rate limit), to `first` until it refuses the
-/// connection, then to `second` (a refused request is sent there).
-async fn closed_loop(
-    first: SocketAddr,
-    second: SocketAddr,
-    client_id: usize,
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-) {
-    let client = support::client();
-    let mut target = first;
-    let mut sent_count = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        sent_count += 1;
-        let key = format!("drain-{client_id}-{}", sent_count % 500);
-        let sent = client
-            .get(format!("http://{target}/v1/whoami"))
-            .header(KEY_HEADER, &key)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(e) if e.is_connect() && target == first => {
-                target = second;
-                continue;
-            }
-            Err(e) => {
-                tally.fail(format!("{target}: {e:?}"));
-                continue;
-            }
-        };
-        let status = response.status();
-        match response.bytes().await {
-            Ok(_) if status.is_success() => {
-                let served = if target == first {
-                    &tally.by_first
-                } else {
-                    &tally.by_second
-                };
-                served.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(body) => tally.fail(format!("{target}: {status} {body:?}")),
-            Err(e) => tally.fail(format!("{target}: reading the body: {e:?}")),
-        }
-    }
-}
-
 /// `/readyz` on `fleet`'s admin listener: its status and error code.
 async fn readyz(fleet: &TestFleet) -> (u16, Option<String>) {
     let (status, _, body) = fleet.admin_get("/readyz").await;
@@ -105,14 +42,16 @@ async fn sigterm_drains_the_proxy_without_failing_a_request() {
     let second = fleet.second_proxy().await;
     assert_eq!(readyz(&fleet).await, (200, None), "ready before the signal");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            let (stop, tally) = (Arc::clone(&stop), Arc::clone(&tally));
-            tokio::spawn(closed_loop(fleet.proxy_addr, second.addr, i, stop, tally))
-        })
-        .collect();
+    // Kept-alive connections: a client that opens a new one as the
+    // listener closes can be reset from the backlog, whoever the proxy
+    // (the load balancer's job is to stop sending first, in the delay).
+    let load = Load::start(
+        CLIENTS,
+        Connections::KeptAlive,
+        fleet.proxy_addr,
+        Some(second.addr),
+    );
+    let tally = std::sync::Arc::clone(&load.tally);
     eventually(
         Duration::from_secs(5),
         "load through the first proxy",
@@ -151,21 +90,17 @@ async fn sigterm_drains_the_proxy_without_failing_a_request() {
         "the proxy exited {exited:?} after SIGTERM, before its drain delay"
     );
 
-    let moved = tally.by_second.load(Ordering::Relaxed);
+    let moved = tally.by_fallback.load(Ordering::Relaxed);
     eventually(
         Duration::from_secs(5),
         "load through the second proxy",
         || {
-            let served = tally.by_second.load(Ordering::Relaxed);
+            let served = tally.by_fallback.load(Ordering::Relaxed);
             async move { (served > moved + 50).then_some(()) }
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("a client task");
-    }
-    let failures = tally.failures.lock().expect("tally lock").clone();
+    let failures = load.stop().await.failures();
     assert!(
         failures.is_empty(),
         "{} failed requests during the drain: {failures:#?}",

@@ -19,6 +19,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the fixture
 
+pub mod load;
 pub mod raw;
 pub mod upstream;
 
@@ -944,6 +945,34 @@ impl TestFleet {
             admin_addr,
             _process: process,
         }
+    }
+
+    /// A zero-downtime upgrade of the proxy: a new one started with
+    /// `--upgrade` on the same config, and, once it waits on `upgrade_sock`,
+    /// the running one sent SIGQUIT (it hands its listening sockets over,
+    /// then drains). The fleet's proxy is the new one from then on (its
+    /// log: `proxy-upgraded.log`); returns the old one.
+    pub async fn upgrade_proxy(&mut self, upgrade_sock: &Path) -> Process {
+        let mut command = Command::new(proxy_bin());
+        command
+            .arg("--config")
+            .arg(self.dir.path().join("proxy.yaml"))
+            .arg("--upgrade")
+            .env("RUST_LOG", "info")
+            .envs(self.config.all_proxy_env());
+        let log = self.dir.path().join("proxy-upgraded.log");
+        let upgraded = Process::spawn_stderr_only("roost-proxy (upgraded)", command, &log)
+            .unwrap_or_else(|e| panic!("cannot start the upgraded proxy: {e:#}"));
+        eventually(
+            START_TIMEOUT,
+            "the upgraded proxy's upgrade socket",
+            || async { upgrade_sock.exists().then_some(()) },
+        )
+        .await;
+        let old = self.proxy.replace(upgraded).expect("the proxy runs");
+        old.signal(Signal::SIGQUIT)
+            .expect("SIGQUIT the running proxy");
+        old
     }
 
     // --- logs ---------------------------------------------------------------
