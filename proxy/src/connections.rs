@@ -4,7 +4,7 @@
 //!
 //! [`PerAddressLimit`] is a server app around the client-facing app: every
 //! accepted connection takes a slot of its client's IP address for as long
-//! as the connection lives (a [`Slot`] guard, released on drop however the
+//! as the connection lives (a `Slot` guard, released on drop however the
 //! connection ends). The connection past `limits.max_connections_per_address`
 //! gets a 429 `too_many_connections` JSON reply and is closed, politely: the
 //! proxy stops writing, then reads what the client sends for a short while
@@ -28,8 +28,8 @@ use pingora::protocols::{GetSocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
-use crate::limits::{self, Limit};
 use crate::metrics::PROXY;
+use crate::metrics::{self, Limit};
 use crate::reply::ErrorReply;
 
 /// A server app that admits at most `max` connections per client address
@@ -148,7 +148,7 @@ pub fn client_address<S: GetSocketDigest + ?Sized>(stream: &S) -> Option<IpAddr>
 
 /// Answer 429 on a connection over the limit and close it.
 async fn refuse(mut stream: Stream, max: u32) {
-    limits::count(Limit::Connections);
+    metrics::count_rejection(Limit::Connections);
     let reply = ErrorReply::new(
         429,
         "too_many_connections",

@@ -312,7 +312,7 @@ impl Roster {
     }
 
     /// The check before the proxy takes traffic
-    /// ([`crate::health::HealthChecker::first_round`]).
+    /// ([`crate::checker::HealthChecker::first_round`]).
     pub fn record_first_check(&self, worker: usize, passed: bool) {
         let transition = self.states.get(worker).and_then(|s| {
             s.metrics.count_check(passed);

@@ -1,25 +1,16 @@
-//! Worker health: rise/fall state per worker, fed by active HTTP checks and by
-//! passive detection on the request path.
+//! Worker health: rise/fall state per worker, fed by active HTTP checks
+//! ([`crate::checker`]) and by passive detection on the request path.
 //!
 //! A worker starts down and comes up after `rise` consecutive passing checks;
 //! it goes down after `fall` consecutive failures, or at once when a
 //! connection to it is refused (passive detection), after which it again
 //! needs `rise` passes. The request path reads one atomic per candidate.
-//! The checker probes the workers of the current roster (see
-//! [`crate::fleet`]), so discovered workers are checked from the next round.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
-
-use async_trait::async_trait;
-use pingora::http::RequestHeader;
-use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use crate::config::HealthConfig;
-use crate::fleet::{Fleet, Roster};
 
 /// Rise and fall thresholds.
 #[derive(Debug, Clone, Copy)]
@@ -136,84 +127,6 @@ impl WorkerHealth {
             Transition::Up
         } else {
             Transition::Down
-        }
-    }
-}
-
-/// The active checker: every `interval_ms`, probes every worker at once.
-pub struct HealthChecker {
-    fleet: Arc<Fleet>,
-    probe: HttpHealthCheck,
-    interval: Duration,
-    timeout: Duration,
-}
-
-impl HealthChecker {
-    pub fn new(fleet: Arc<Fleet>, config: &HealthConfig) -> anyhow::Result<Self> {
-        let timeout = Duration::from_millis(config.timeout_ms);
-        let mut probe = HttpHealthCheck::new("roost-worker", false);
-        let mut request = RequestHeader::build("GET", config.path.as_bytes(), None)?;
-        request.insert_header("host", "roost-worker")?;
-        request.insert_header("user-agent", "roost-proxy-health")?;
-        probe.req = request;
-        probe.peer_template.options.connection_timeout = Some(timeout);
-        probe.peer_template.options.read_timeout = Some(timeout);
-        probe.peer_template.options.write_timeout = Some(timeout);
-        Ok(HealthChecker {
-            fleet,
-            probe,
-            interval: Duration::from_millis(config.interval_ms),
-            timeout,
-        })
-    }
-
-    /// Probe every worker of the current roster once, concurrently, and
-    /// record the results.
-    async fn check_all(&self) {
-        self.probe_all(|roster, index, passed| roster.record_check(index, passed))
-            .await;
-    }
-
-    /// The round before the proxy takes traffic (a fresh start, or an
-    /// upgrade taking over a running proxy's sockets): workers that pass
-    /// are up from the first request, instead of `rise` intervals later.
-    /// Runs on a runtime of its own, before Pingora's start.
-    pub fn first_round(&self) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(self.probe_all(|roster, index, passed| {
-            roster.record_first_check(index, passed);
-        }));
-        Ok(())
-    }
-
-    async fn probe_all(&self, record: impl Fn(&Roster, usize, bool)) {
-        let roster = self.fleet.roster();
-        let probes = roster.backends().iter().map(|(index, backend)| {
-            let (roster, record) = (&roster, &record);
-            async move {
-                let passed = matches!(
-                    tokio::time::timeout(self.timeout, self.probe.check(backend)).await,
-                    Ok(Ok(()))
-                );
-                record(roster, *index, passed);
-            }
-        });
-        futures::future::join_all(probes).await;
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => self.check_all().await,
-                _ = shutdown.changed() => return,
-            }
         }
     }
 }

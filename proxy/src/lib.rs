@@ -12,7 +12,7 @@
 //! - [`identity`]: signed cookies and JWTs: verification, minting, and why
 //!   a credential was refused (pure; no I/O on the request path).
 //! - [`select`]: HRW as a Pingora `BackendSelection`.
-//! - [`health`]: rise/fall health state, the active checker.
+//! - [`health`]: rise/fall health state; [`checker`]: the active checker.
 //! - [`fleet`]: the roster of workers (selection, health, metrics), swapped
 //!   whole when the live set changes; shared by everything below.
 //! - [`discovery`]: the live workers read from the store's workers table.
@@ -36,6 +36,7 @@
 //!   tests.
 
 pub mod admin;
+pub mod checker;
 pub mod config;
 pub mod connections;
 pub mod discovery;
@@ -68,11 +69,11 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::sync::watch;
 
+use crate::checker::HealthChecker;
 use crate::config::ProxyConfig;
 use crate::connections::PerAddressLimit;
 use crate::discovery::Discovery;
 use crate::fleet::Fleet;
-use crate::health::HealthChecker;
 use crate::lean::LeanPath;
 use crate::lifecycle::{DrainSignal, DrainWatch, Lifecycle};
 use crate::policy::Policy;

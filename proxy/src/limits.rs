@@ -25,16 +25,15 @@
 //! connection is dropped); the client gets 413 unless the worker already
 //! answered, in which case its connection is closed.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use pingora_prometheus::prometheus::{register_int_counter_vec, IntCounter};
 
 use crate::config::{KeylessRate, LimitsConfig};
+use crate::metrics::{count_rejection, Limit};
 use crate::rate::RateLimiter;
 use crate::reply::ErrorReply;
 use crate::timeouts::ClientTimeouts;
@@ -49,77 +48,6 @@ pub const PINGORA_MAX_HEADER_BYTES: usize = 1_048_575;
 /// (`x-roost-key`, `x-roost-hop-token`): counted against `max_headers`, so
 /// what reaches a worker is within the limit too.
 pub const ADDED_HEADERS: usize = 2;
-
-/// Which limit refused a request: the `limit` label of
-/// `roost_proxy_limit_rejections_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    Headers,
-    Key,
-    Body,
-    Rate,
-    /// A connection dropped because its request header did not arrive in
-    /// time ([`crate::timeouts`]).
-    HeaderTimeout,
-    BodyTimeout,
-    /// `Content-Length` values that disagree or do not parse.
-    Framing,
-    /// A path with no single meaning.
-    InvalidPath,
-    /// A path under the fleet's internal prefix.
-    InternalPath,
-    /// A connection over the per-address limit.
-    Connections,
-}
-
-impl Limit {
-    /// Every limit, in declaration order.
-    const ALL: [Limit; 10] = [
-        Limit::Headers,
-        Limit::Key,
-        Limit::Body,
-        Limit::Rate,
-        Limit::HeaderTimeout,
-        Limit::BodyTimeout,
-        Limit::Framing,
-        Limit::InvalidPath,
-        Limit::InternalPath,
-        Limit::Connections,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Limit::Headers => "headers",
-            Limit::Key => "key",
-            Limit::Body => "body",
-            Limit::Rate => "rate",
-            Limit::HeaderTimeout => "header_timeout",
-            Limit::BodyTimeout => "body_timeout",
-            Limit::Framing => "framing",
-            Limit::InvalidPath => "invalid_path",
-            Limit::InternalPath => "internal_path",
-            Limit::Connections => "connections",
-        }
-    }
-}
-
-/// One counter per [`Limit`], in `Limit::ALL` order, resolved once.
-static REJECTIONS: LazyLock<[IntCounter; Limit::ALL.len()]> = LazyLock::new(|| {
-    let family = register_int_counter_vec!(
-        "roost_proxy_limit_rejections_total",
-        "Requests refused (or connections dropped) by a limit, by limit.",
-        &["limit"]
-    )
-    .expect("register roost_proxy_limit_rejections_total");
-    Limit::ALL.map(|limit| family.with_label_values(&[limit.label()]))
-});
-
-/// Count one rejection by `limit`.
-pub fn count(limit: Limit) {
-    // `ALL` lists the variants in declaration order, so a variant's
-    // discriminant is its counter's index.
-    REJECTIONS[limit as usize].inc();
-}
 
 /// What a client is held to: the configured limits, the rate sketch
 /// (shared by every request) and the client timeouts.
@@ -138,8 +66,6 @@ pub struct Limits {
 impl Limits {
     /// `secret` seeds the rate sketch's hash (the config's `hash_seed`).
     pub fn new(config: &LimitsConfig, timeouts: ClientTimeouts, secret: &str) -> Self {
-        // Register the counters now, so /metrics lists them from the start.
-        LazyLock::force(&REJECTIONS);
         Limits {
             max_header_bytes: config.max_header_bytes.value,
             max_headers: config.max_headers.value,
@@ -259,7 +185,7 @@ impl Limits {
         if *received <= self.max_body_bytes {
             return Ok(());
         }
-        count(Limit::Body);
+        count_rejection(Limit::Body);
         Error::e_explain(
             ErrorType::HTTPStatus(413),
             format!("request body over {} bytes", self.max_body_bytes),
@@ -360,7 +286,7 @@ fn refuse(
     error: &'static str,
     message: impl Into<String>,
 ) -> ErrorReply {
-    count(limit);
+    count_rejection(limit);
     ErrorReply::new(status, error, message)
 }
 

@@ -3,7 +3,7 @@
 //! `roost::access`.
 //!
 //! Pingora logs through the `log` crate; its records are bridged into
-//! tracing by [`PingoraLog`], which first demotes the ones that are normal
+//! tracing by `PingoraLog`, which first demotes the ones that are normal
 //! in steady state to debug and counts them ([`crate::metrics::Benign`]),
 //! so an ERROR line always means an operator must act.
 

@@ -143,7 +143,7 @@ impl WorkerMetrics {
 /// The proxy's own series: requests end to end, connections, discovery.
 pub struct ProxyMetrics {
     /// Request durations, first byte read to last byte written, by status
-    /// class (index as [`CLASSES`]).
+    /// class (1xx to 5xx, in that order).
     pub request_seconds: [Histogram; 5],
     pub requests_in_flight: IntGauge,
     /// Client connections open now (what a drain waits on).
@@ -159,7 +159,7 @@ impl ProxyMetrics {
     }
 }
 
-/// The index in [`CLASSES`] of `status` (anything outside 100..=599 counts
+/// The index in `CLASSES` of `status` (anything outside 100..=599 counts
 /// as 5xx).
 fn class_index(status: u16) -> usize {
     usize::from(status / 100).clamp(1, 5) - 1
@@ -212,6 +212,77 @@ impl Drop for InFlight {
     }
 }
 
+/// Which limit refused a request: the `limit` label of
+/// `roost_proxy_limit_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Headers,
+    Key,
+    Body,
+    Rate,
+    /// A connection dropped because its request header did not arrive in
+    /// time ([`crate::timeouts`]).
+    HeaderTimeout,
+    BodyTimeout,
+    /// `Content-Length` values that disagree or do not parse.
+    Framing,
+    /// A path with no single meaning.
+    InvalidPath,
+    /// A path under the fleet's internal prefix.
+    InternalPath,
+    /// A connection over the per-address limit.
+    Connections,
+}
+
+impl Limit {
+    /// Every limit, in declaration order.
+    const ALL: [Limit; 10] = [
+        Limit::Headers,
+        Limit::Key,
+        Limit::Body,
+        Limit::Rate,
+        Limit::HeaderTimeout,
+        Limit::BodyTimeout,
+        Limit::Framing,
+        Limit::InvalidPath,
+        Limit::InternalPath,
+        Limit::Connections,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limit::Headers => "headers",
+            Limit::Key => "key",
+            Limit::Body => "body",
+            Limit::Rate => "rate",
+            Limit::HeaderTimeout => "header_timeout",
+            Limit::BodyTimeout => "body_timeout",
+            Limit::Framing => "framing",
+            Limit::InvalidPath => "invalid_path",
+            Limit::InternalPath => "internal_path",
+            Limit::Connections => "connections",
+        }
+    }
+}
+
+/// One counter per [`Limit`], in `Limit::ALL` order, resolved once.
+static REJECTIONS: LazyLock<[IntCounter; Limit::ALL.len()]> = LazyLock::new(|| {
+    let family = register_int_counter_vec!(
+        "roost_proxy_limit_rejections_total",
+        "Requests refused (or connections dropped) by a limit, by limit.",
+        &["limit"]
+    )
+    .expect("register roost_proxy_limit_rejections_total");
+    Limit::ALL.map(|limit| family.with_label_values(&[limit.label()]))
+});
+
+/// Count one rejection by `limit`.
+pub fn count_rejection(limit: Limit) {
+    // `ALL` lists the variants in declaration order, so a variant's
+    // discriminant is its counter's index.
+    REJECTIONS[limit as usize].inc();
+}
+
 /// Events that are normal in steady state: counted here and logged at
 /// debug, so an ERROR line always means an operator must act.
 #[derive(Debug, Clone, Copy)]
@@ -247,6 +318,7 @@ pub fn count(event: Benign) {
 pub fn register_at_start() {
     LazyLock::force(&BENIGN);
     LazyLock::force(&PROXY);
+    LazyLock::force(&REJECTIONS);
     let info = register_int_gauge_vec!(build_info::NAME, build_info::HELP, &build_info::LABELS)
         .expect("register roost_build_info");
     info.with_label_values(&build_info::VALUES).set(1);

@@ -49,7 +49,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::TimeoutsConfig;
-use crate::limits::{self, Limit};
+use crate::metrics::{self, Limit};
 
 /// The client timeouts, from `timeouts:`.
 #[derive(Debug, Clone, Copy)]
@@ -220,7 +220,7 @@ impl ClockedStream {
     fn expire(&mut self) -> io::Error {
         let message = match self.phase {
             HEADER => {
-                limits::count(Limit::HeaderTimeout);
+                metrics::count_rejection(Limit::HeaderTimeout);
                 format!("no complete request header within {:?}", self.header_read)
             }
             IDLE => format!("idle for {:?} between requests", self.keepalive_idle),

@@ -11,7 +11,7 @@
 //! in one write, and the response is relayed as it arrives, its body
 //! untouched (chunked stays chunked, server-sent events flow).
 //!
-//! What it takes is decided per connection, by [`head::parse`]: plain
+//! What it takes is decided per connection, by `head::parse`: plain
 //! requests stay here; the first request that is not plain (HTTP/1.0,
 //! chunked or large bodies, `Expect`, upgrades, anything malformed or
 //! ambiguous), and any HTTP/2 connection, hands the connection, with the
