@@ -201,6 +201,51 @@ async fn admin_endpoints_answer_as_documented() {
     .await;
 }
 
+/// The proxy's probes are the operator's: on the admin listener, at their
+/// exact paths, for GET; the client listener never answers with them (a
+/// client's `/readyz` is a request like any other: here, keyless, 401).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_probes_answer_on_the_admin_listener_only() {
+    let fleet = TestFleet::start(FleetConfig::new(1)).await;
+    for (path, status) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let (code, content_type, body) = fleet.admin_get(path).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        assert_eq!(content_type.as_deref(), Some("application/json"));
+        let body: Value = serde_json::from_str(&body).expect("a probe answers JSON");
+        assert_eq!(body, json!({"status": status}), "{path}");
+    }
+    for path in [
+        "/readyz/",
+        "//readyz",
+        "/READYZ",
+        "/%72eadyz",
+        "/healthz?x=1/",
+    ] {
+        let (code, _, body) = fleet.admin_get(path).await;
+        let expected = if path.starts_with("/healthz?") {
+            200
+        } else {
+            404
+        };
+        assert_eq!(code, expected, "admin {path}: {body}");
+    }
+    let posted = fleet
+        .client()
+        .post(format!("{}/readyz", fleet.admin_url()))
+        .send()
+        .await
+        .expect("POST /readyz on the admin listener");
+    assert_eq!(posted.status().as_u16(), 405, "probes are read with GET");
+    for path in ["/readyz", "/healthz"] {
+        let served = fleet.get(path, &[]).await;
+        assert_eq!(
+            served.status, 401,
+            "{path} on the client listener is a client request: {}",
+            served.body
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // f. x-roost-* headers
 // ---------------------------------------------------------------------------

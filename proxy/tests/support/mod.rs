@@ -673,8 +673,9 @@ impl TestFleet {
         Ok(fleet)
     }
 
-    /// The proxy on `config`, its stderr in [`TestFleet::proxy_log_path`].
-    fn spawn_proxy(&self, config: &Path) -> Result<Process, String> {
+    /// `roost-proxy --config CONFIG` with this fleet's log format and
+    /// environment.
+    fn proxy_command(&self, config: &Path) -> Command {
         let mut command = Command::new(proxy_bin());
         command.arg("--config").arg(config);
         if self.config.json_logs {
@@ -683,6 +684,12 @@ impl TestFleet {
         command
             .env("RUST_LOG", "info")
             .envs(self.config.all_proxy_env());
+        command
+    }
+
+    /// The proxy on `config`, its stderr in [`TestFleet::proxy_log_path`].
+    fn spawn_proxy(&self, config: &Path) -> Result<Process, String> {
+        let command = self.proxy_command(config);
         Process::spawn_stderr_only("roost-proxy", command, &self.proxy_log_path())
             .map_err(|e| format!("{e:#}"))
     }
@@ -915,12 +922,7 @@ impl TestFleet {
             .config
             .to_yaml(addr, admin_addr, &addrs, &store_url(&self.dir));
         let config = self.dir.write("proxy-2.yaml", &yaml);
-        let mut command = Command::new(proxy_bin());
-        command
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .envs(self.config.all_proxy_env());
+        let command = self.proxy_command(&config);
         let log = self.dir.path().join("proxy-2.log");
         let process = Process::spawn_stderr_only("roost-proxy 2", command, &log)
             .unwrap_or_else(|e| panic!("cannot start a second proxy: {e:#}"));
@@ -953,13 +955,8 @@ impl TestFleet {
     /// then drains). The fleet's proxy is the new one from then on (its
     /// log: `proxy-upgraded.log`); returns the old one.
     pub async fn upgrade_proxy(&mut self, upgrade_sock: &Path) -> Process {
-        let mut command = Command::new(proxy_bin());
-        command
-            .arg("--config")
-            .arg(self.dir.path().join("proxy.yaml"))
-            .arg("--upgrade")
-            .env("RUST_LOG", "info")
-            .envs(self.config.all_proxy_env());
+        let mut command = self.proxy_command(&self.dir.path().join("proxy.yaml"));
+        command.arg("--upgrade");
         let log = self.dir.path().join("proxy-upgraded.log");
         let upgraded = Process::spawn_stderr_only("roost-proxy (upgraded)", command, &log)
             .unwrap_or_else(|e| panic!("cannot start the upgraded proxy: {e:#}"));
