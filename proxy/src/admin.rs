@@ -9,6 +9,12 @@
 //! - `GET /admin/workers`: `[{id, addr, weight, healthy, since}]`.
 //! - `GET /admin/route?key=K`: `{owner, key_hash, candidates: [{id, addr, healthy}]}`
 //!   where `owner` is the live worker a request for `K` would reach now.
+//! - `POST /admin/reload`: read the config file again and apply it (as
+//!   SIGHUP does, see [`crate::reload`]): 200 `{reloaded: true,
+//!   restart_needed: [FIELD]}`, or 400 `invalid_config` naming the file,
+//!   line and field, with nothing changed.
+//!
+//! Every other method on these paths is 405, every other path 404.
 //!
 //! Bind it to a private address: it reveals the fleet's layout.
 
@@ -23,17 +29,43 @@ use serde_json::{json, Value};
 
 use crate::fleet::Fleet;
 use crate::lifecycle::{Lifecycle, NotReady};
+use crate::reload::Reloader;
 use crate::reply::ErrorReply;
 
 /// The admin HTTP application.
 pub struct AdminApp {
     fleet: Arc<Fleet>,
     lifecycle: Arc<Lifecycle>,
+    reloader: Arc<Reloader>,
 }
 
+/// The paths that take `POST`; every other one takes `GET` only.
+const POST_PATHS: [&str; 1] = ["/admin/reload"];
+const GET_PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/admin/workers",
+    "/admin/route",
+];
+
 impl AdminApp {
-    pub fn new(fleet: Arc<Fleet>, lifecycle: Arc<Lifecycle>) -> Self {
-        AdminApp { fleet, lifecycle }
+    pub fn new(fleet: Arc<Fleet>, lifecycle: Arc<Lifecycle>, reloader: Arc<Reloader>) -> Self {
+        AdminApp {
+            fleet,
+            lifecycle,
+            reloader,
+        }
+    }
+
+    fn reload(&self) -> Result<Value, ErrorReply> {
+        match self.reloader.reload() {
+            Ok(reloaded) => Ok(json!({
+                "reloaded": true,
+                "restart_needed": reloaded.restart_needed,
+            })),
+            Err(e) => Err(ErrorReply::new(400, "invalid_config", e.to_string())),
+        }
     }
 
     fn readiness(&self) -> Result<Value, ErrorReply> {
@@ -97,14 +129,25 @@ impl ServeHttp for AdminApp {
             request.uri.path().to_owned(),
             request.uri.query().map(str::to_owned),
         );
-        if method != Method::GET {
+        let allowed = if POST_PATHS.contains(&path.as_str()) {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        if method != allowed
+            && (POST_PATHS.contains(&path.as_str()) || GET_PATHS.contains(&path.as_str()))
+        {
             return error(&ErrorReply::new(
                 405,
                 "method_not_allowed",
-                "the admin API is read-only: use GET",
+                format!("{path} takes {allowed} only"),
             ));
         }
         match path.as_str() {
+            "/admin/reload" => match self.reload() {
+                Ok(body) => ok(&body),
+                Err(reply) => error(&reply),
+            },
             "/healthz" => ok(&json!({"status": "ok"})),
             "/readyz" => match self.readiness() {
                 Ok(body) => ok(&body),

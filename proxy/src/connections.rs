@@ -30,23 +30,24 @@ use tokio::io::AsyncWriteExt;
 
 use crate::metrics::PROXY;
 use crate::metrics::{self, Limit};
+use crate::policy::SharedPolicy;
 use crate::reply::ErrorReply;
 
-/// A server app that admits at most `max` connections per client address
-/// to `app`.
+/// A server app that admits at most `limits.max_connections_per_address`
+/// connections per client address to `app` (as the policy in force says
+/// when each connection arrives).
 pub struct PerAddressLimit<A> {
     app: Arc<A>,
+    policy: SharedPolicy,
     open: Arc<OpenConnections>,
 }
 
 impl<A> PerAddressLimit<A> {
-    pub fn new(app: A, max: u32) -> Self {
+    pub fn new(app: A, policy: SharedPolicy) -> Self {
         PerAddressLimit {
             app: Arc::new(app),
-            open: Arc::new(OpenConnections {
-                max,
-                by_address: Mutex::default(),
-            }),
+            policy,
+            open: Arc::new(OpenConnections::default()),
         }
     }
 }
@@ -63,10 +64,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerAddressLimit<A> {
         let Some(address) = client_address(&*stream) else {
             return self.app.process_new(stream, shutdown).await;
         };
-        match OpenConnections::admit(&self.open, address) {
+        let max = self.policy.load().limits().max_connections_per_address();
+        match OpenConnections::admit(&self.open, address, max) {
             Some(_slot) => self.app.process_new(stream, shutdown).await,
             None => {
-                refuse(stream, self.open.max).await;
+                refuse(stream, max).await;
                 None
             }
         }
@@ -95,19 +97,20 @@ impl Drop for Open {
 }
 
 /// Open connections by client address.
+#[derive(Default)]
 struct OpenConnections {
-    max: u32,
     /// Addresses with at least one open connection. A std mutex: held for a
     /// map lookup, never across an `.await`.
     by_address: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl OpenConnections {
-    /// A slot for one more connection from `address`, if it has one left.
-    fn admit(open: &Arc<Self>, address: IpAddr) -> Option<Slot> {
+    /// A slot for one more connection from `address`, if it holds fewer
+    /// than `max`.
+    fn admit(open: &Arc<Self>, address: IpAddr, max: u32) -> Option<Slot> {
         let mut by_address = open.by_address.lock().unwrap_or_else(|e| e.into_inner());
         let count = by_address.entry(address).or_insert(0);
-        if *count >= open.max {
+        if *count >= max {
             return None;
         }
         *count += 1;
@@ -171,21 +174,21 @@ mod tests {
 
     #[test]
     fn slots_are_counted_per_address_and_given_back_on_drop() {
-        let open = Arc::new(OpenConnections {
-            max: 2,
-            by_address: Mutex::default(),
-        });
+        let open = Arc::new(OpenConnections::default());
         let (a, b): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
-        let first = OpenConnections::admit(&open, a).expect("one");
-        let _second = OpenConnections::admit(&open, a).expect("two");
-        assert!(OpenConnections::admit(&open, a).is_none(), "three is over");
+        let first = OpenConnections::admit(&open, a, 2).expect("one");
+        let _second = OpenConnections::admit(&open, a, 2).expect("two");
         assert!(
-            OpenConnections::admit(&open, b).is_some(),
+            OpenConnections::admit(&open, a, 2).is_none(),
+            "three is over"
+        );
+        assert!(
+            OpenConnections::admit(&open, b, 2).is_some(),
             "another address"
         );
         drop(first);
         assert!(
-            OpenConnections::admit(&open, a).is_some(),
+            OpenConnections::admit(&open, a, 2).is_some(),
             "a slot came back"
         );
     }

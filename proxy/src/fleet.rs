@@ -55,16 +55,40 @@ type StateTable = Mutex<HashMap<(Arc<str>, SocketAddr), Arc<WorkerState>>>;
 /// Workers, selection and health, shared by every part of the proxy.
 pub struct Fleet {
     roster: ArcSwap<Roster>,
-    seed: Seed,
     thresholds: Thresholds,
-    /// Always in the roster, whatever discovery says.
-    configured: Vec<WorkerSpec>,
+    /// What the roster is built from; changed by discovery and reloads.
+    membership: Mutex<Membership>,
     /// Every worker seen so far, by id and address.
     states: StateTable,
     /// Seed for the key hash in access logs (not the routing seed).
     log_seed: u64,
     /// Round-robin position for keyless requests under `missing: any`.
     any_cursor: AtomicUsize,
+}
+
+/// What the roster is built from.
+struct Membership {
+    seed: Seed,
+    /// The config's `workers`: always in the roster, whatever discovery
+    /// says.
+    configured: Vec<WorkerSpec>,
+    /// What discovery last read.
+    discovered: Vec<WorkerSpec>,
+}
+
+impl Membership {
+    /// The configured workers plus the discovered ones (a configured id
+    /// wins over a discovered one), by id.
+    fn specs(&self) -> Vec<WorkerSpec> {
+        let mut specs = self.configured.clone();
+        for spec in &self.discovered {
+            if !specs.iter().any(|s| s.id == spec.id) {
+                specs.push(spec.clone());
+            }
+        }
+        specs.sort_by(|a, b| a.id.cmp(&b.id));
+        specs
+    }
 }
 
 /// One snapshot of the fleet: who is in it, ranked per key by HRW.
@@ -92,17 +116,20 @@ pub struct Candidate<'r> {
 
 impl Fleet {
     pub fn new(hash_seed: &str, workers: &[WorkerConfig], health: &HealthConfig) -> Self {
-        let (seed, thresholds) = (Seed::from_phrase(hash_seed), Thresholds::from(health));
-        let configured: Vec<WorkerSpec> = workers.iter().map(WorkerSpec::from).collect();
+        let membership = Membership {
+            seed: Seed::from_phrase(hash_seed),
+            configured: workers.iter().map(WorkerSpec::from).collect(),
+            discovered: Vec::new(),
+        };
+        let thresholds = Thresholds::from(health);
         let states = Mutex::new(HashMap::new());
-        let roster = Roster::build(&seed, thresholds, &configured, |spec| {
+        let roster = Roster::build(&membership.seed, thresholds, &membership.specs(), |spec| {
             state_for(&states, spec)
         });
         Fleet {
             roster: ArcSwap::from_pointee(roster),
-            seed,
             thresholds,
-            configured,
+            membership: Mutex::new(membership),
             states,
             log_seed: xxh3_64_with_seed(hash_seed.as_bytes(), 0x6c6f_6773),
             any_cursor: AtomicUsize::new(0),
@@ -115,34 +142,47 @@ impl Fleet {
     }
 
     /// Discovery saw `discovered` live: the roster becomes the configured
-    /// workers plus those (a configured id wins over a discovered one).
-    /// Returns whether the roster changed.
+    /// workers plus those. Returns whether the roster changed.
     pub fn discovered(&self, discovered: &[WorkerSpec]) -> bool {
-        let mut specs = self.configured.clone();
-        for spec in discovered {
-            if !specs.iter().any(|s| s.id == spec.id) {
-                specs.push(spec.clone());
-            }
-        }
-        specs.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut membership = self.membership();
+        membership.discovered = discovered.to_vec();
+        self.rebuild(&membership, false)
+    }
+
+    /// A reload: the configured workers and the seed are now these. A
+    /// worker that stays keeps its health; a new one starts down, and a
+    /// new seed re-ranks every key. Returns whether the roster changed.
+    pub fn reconfigure(&self, hash_seed: &str, workers: &[WorkerConfig]) -> bool {
+        let mut membership = self.membership();
+        let seed = Seed::from_phrase(hash_seed);
+        let reseeded = seed != membership.seed;
+        membership.seed = seed;
+        membership.configured = workers.iter().map(WorkerSpec::from).collect();
+        self.rebuild(&membership, reseeded)
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Install the roster `membership` gives, if it differs from the
+    /// current one (or `always`).
+    fn rebuild(&self, membership: &Membership, always: bool) -> bool {
+        let specs = membership.specs();
         let current = self.roster();
         let mut now: Vec<WorkerSpec> = current.tags.iter().map(WorkerSpec::from).collect();
         now.sort_by(|a, b| a.id.cmp(&b.id));
-        if now == specs {
+        if now == specs && !always {
             return false;
         }
         let (before, after) = (ids(&now), ids(&specs));
-        tracing::info!(before = %before, after = %after, "live worker set changed");
-        self.install(&specs);
-        true
-    }
-
-    fn install(&self, specs: &[WorkerSpec]) {
-        let roster = Roster::build(&self.seed, self.thresholds, specs, |spec| {
+        tracing::info!(before = %before, after = %after, "worker set changed");
+        let roster = Roster::build(&membership.seed, self.thresholds, &specs, |spec| {
             state_for(&self.states, spec)
         });
         self.roster.store(Arc::new(roster));
-        self.forget_departed(specs);
+        self.forget_departed(&specs);
+        true
     }
 
     /// Workers not in `specs` left the fleet: their state goes (one that

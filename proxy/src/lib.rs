@@ -6,7 +6,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the YAML config, its validation and file:line errors.
+//! - [`config`]: the YAML config ([`config::schema`]), the objects it
+//!   builds ([`config::build`]) and file:line errors; [`reload`]: the
+//!   config read again and swapped in on SIGHUP.
 //! - [`key`]: routing-key extraction (headers, cookies, path segments,
 //!   verified identities), tried in the configured order.
 //! - [`identity`]: signed cookies and JWTs: verification, minting, and why
@@ -55,11 +57,13 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod rate;
+pub mod reload;
 pub mod reply;
 pub mod select;
 pub mod timeouts;
 pub mod tls;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use pingora::proxy::HttpProxy;
@@ -70,15 +74,16 @@ use pingora::services::listening::Service;
 use tokio::sync::watch;
 
 use crate::checker::HealthChecker;
-use crate::config::ProxyConfig;
+use crate::config::{Loaded, ProxyConfig};
 use crate::connections::PerAddressLimit;
 use crate::discovery::Discovery;
 use crate::fleet::Fleet;
 use crate::lean::LeanPath;
 use crate::lifecycle::{DrainSignal, DrainWatch, Lifecycle};
-use crate::policy::Policy;
+use crate::policy::{Policy, SharedPolicy};
 use crate::proxy::RoostProxy;
-use crate::timeouts::ClientTimeouts;
+use crate::reload::{ReloadOnHangup, Reloader};
+use crate::tls::LiveCertificate;
 
 /// How the proxy comes by its listening sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +95,19 @@ pub enum Start {
     Upgrade,
 }
 
-/// Build the Pingora server for `config` and run it until it is told to stop
-/// (SIGINT: at once; SIGTERM: the drain of [`lifecycle`]; SIGQUIT: the hand
-/// over to an upgraded proxy, then the drain). Returns only on SIGINT.
-pub fn run(config: ProxyConfig, start: Start) -> anyhow::Result<()> {
+/// Build the Pingora server for the config loaded from `path` and run it
+/// until it is told to stop (SIGINT: at once; SIGTERM: the drain of
+/// [`lifecycle`]; SIGQUIT: the hand over to an upgraded proxy, then the
+/// drain; SIGHUP: a [`reload`]). Returns only on SIGINT.
+pub fn run(path: &Path, loaded: Loaded, start: Start) -> anyhow::Result<()> {
     metrics::register_at_start();
+    let config = loaded.config.clone();
+    let certificate = loaded
+        .built
+        .tls
+        .clone()
+        .map(LiveCertificate::new)
+        .map(Arc::new);
     let fleet = Arc::new(Fleet::new(
         &config.hash_seed,
         &config.workers,
@@ -111,16 +124,27 @@ pub fn run(config: ProxyConfig, start: Start) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Some(options), server_conf(&config));
     server.bootstrap();
     let conf = Arc::clone(&server.configuration);
-    let timeouts = ClientTimeouts::new(&config.timeouts);
 
     let lifecycle = Arc::new(Lifecycle::new(Arc::clone(&fleet)));
-    let policy = Arc::new(Policy::from_config(Arc::clone(&fleet), &config, timeouts)?);
+    let policy = Policy::new(Arc::clone(&fleet), loaded, None).shared();
+    let reloader = Reloader::new(
+        path,
+        &config,
+        policy,
+        Arc::clone(&fleet),
+        certificate.clone(),
+    );
+    let reloader = Arc::new(reloader);
     let closed = lifecycle.listeners_closed();
-    let proxy_service = proxy_service(&conf, policy, timeouts, closed, &config)?;
+    let proxy_service = proxy_service(&conf, reloader.policy(), closed, &config, certificate)?;
 
     let mut admin = Service::new(
         "roost-admin".to_owned(),
-        admin::AdminApp::new(Arc::clone(&fleet), Arc::clone(&lifecycle)),
+        admin::AdminApp::new(
+            Arc::clone(&fleet),
+            Arc::clone(&lifecycle),
+            Arc::clone(&reloader),
+        ),
     );
     admin.add_tcp(&config.admin_listen.to_string());
 
@@ -129,6 +153,7 @@ pub fn run(config: ProxyConfig, start: Start) -> anyhow::Result<()> {
     server.add_service(proxy_service);
     server.add_service(admin);
     server.add_service(checker);
+    server.add_service(background_service("reload", ReloadOnHangup::new(reloader)));
     let listeners = std::iter::once(config.listen)
         .chain(config.tls.as_ref().map(|tls| tls.listen.value))
         .collect();
@@ -151,24 +176,26 @@ pub fn run(config: ProxyConfig, start: Start) -> anyhow::Result<()> {
 /// TLS listener too (same proxy, same limits). Its layers, outermost first:
 fn proxy_service(
     conf: &Arc<ServerConf>,
-    policy: Arc<Policy>,
-    timeouts: ClientTimeouts,
+    policy: SharedPolicy,
     closed: watch::Receiver<bool>,
     config: &ProxyConfig,
+    certificate: Option<Arc<LiveCertificate>>,
 ) -> anyhow::Result<Service<ClientApp>> {
     // Pingora's HTTP proxy running Roost's request path for what is not
     // plain HTTP/1.1,
     let generic = pingora::proxy::http_proxy(conf, RoostProxy::new(Arc::clone(&policy)));
     // behind the lean path (every connection timed, see [`timeouts`]),
-    let app = LeanPath::new(generic, policy, timeouts, closed);
+    let app = LeanPath::new(generic, Arc::clone(&policy), closed);
     // admitted only within its address's connection limit.
-    let per_address = config.limits.max_connections_per_address.value;
-    let app = PerAddressLimit::new(app, per_address);
+    let app = PerAddressLimit::new(app, policy);
     let mut service = Service::new("roost-proxy".to_owned(), app);
     service.add_tcp(&config.listen.to_string());
-    if let Some(tls) = &config.tls {
-        let settings = tls::settings(&tls.cert.value, &tls.key.value)?;
-        service.add_tls_with_settings(&tls.listen.value.to_string(), None, settings);
+    if let (Some(tls), Some(certificate)) = (&config.tls, certificate) {
+        service.add_tls_with_settings(
+            &tls.listen.value.to_string(),
+            None,
+            tls::settings(certificate)?,
+        );
     }
     Ok(service)
 }

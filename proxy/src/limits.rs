@@ -25,6 +25,7 @@
 //! connection is dropped); the client gets 413 unless the worker already
 //! answered, in which case its connection is closed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,8 +57,9 @@ pub struct Limits {
     max_headers: usize,
     max_key_bytes: usize,
     max_body_bytes: u64,
+    max_connections_per_address: u32,
     /// `None` when `rate.per_s` is 0.
-    rate: Option<RateLimiter>,
+    rate: Option<Arc<RateLimiter>>,
     /// What limits requests with no key of their own.
     keyless: KeylessRate,
     timeouts: ClientTimeouts,
@@ -65,16 +67,39 @@ pub struct Limits {
 
 impl Limits {
     /// `secret` seeds the rate sketch's hash (the config's `hash_seed`).
-    pub fn new(config: &LimitsConfig, timeouts: ClientTimeouts, secret: &str) -> Self {
+    /// `previous` is the sketch of the limits these replace (on a reload):
+    /// kept, with its buckets, when the rate and the seed are unchanged.
+    pub fn new(
+        config: &LimitsConfig,
+        timeouts: ClientTimeouts,
+        secret: &str,
+        previous: Option<&Arc<RateLimiter>>,
+    ) -> Self {
+        let (per_s, burst) = (config.rate.per_s.value, config.rate.burst.value);
+        let rate = match previous {
+            Some(kept) if kept.is(per_s, burst, secret) => Some(Arc::clone(kept)),
+            _ => RateLimiter::new(per_s, burst, secret).map(Arc::new),
+        };
         Limits {
             max_header_bytes: config.max_header_bytes.value,
             max_headers: config.max_headers.value,
             max_key_bytes: config.max_key_bytes.value,
             max_body_bytes: config.max_body_bytes.value,
-            rate: RateLimiter::new(config.rate.per_s.value, config.rate.burst.value, secret),
+            max_connections_per_address: config.max_connections_per_address.value,
+            rate,
             keyless: config.rate.keyless,
             timeouts,
         }
+    }
+
+    /// How many connections one client address may hold open.
+    pub fn max_connections_per_address(&self) -> u32 {
+        self.max_connections_per_address
+    }
+
+    /// The per-key rate sketch, if the rate is limited.
+    pub fn rate(&self) -> Option<&Arc<RateLimiter>> {
+        self.rate.as_ref()
     }
 
     /// The client timeouts the request path tells where a request starts
@@ -311,7 +336,7 @@ mod tests {
             },
             ..LimitsConfig::default()
         };
-        Limits::new(&config, timeouts(), "test")
+        Limits::new(&config, timeouts(), "test", None)
     }
 
     fn timeouts() -> ClientTimeouts {
@@ -431,6 +456,7 @@ mod tests {
             },
             timeouts(),
             "t",
+            None,
         );
         let mut received = 0;
         let chunk = Bytes::from_static(b"12345");

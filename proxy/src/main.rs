@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use roost_proxy::config::{ConfigError, ProxyConfig};
+use roost_proxy::config::{ConfigError, Loaded};
 use roost_proxy::logging::{self, LogFormat};
 use roost_proxy::Start;
 
@@ -36,7 +36,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = args.check_config {
-        return match ProxyConfig::load(&path) {
+        return match Loaded::load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
@@ -47,8 +47,8 @@ fn main() -> ExitCode {
     let Some(path) = args.config else {
         return ExitCode::FAILURE;
     };
-    let config = match ProxyConfig::load(&path) {
-        Ok(config) => config,
+    let loaded = match Loaded::load(&path) {
+        Ok(loaded) => loaded,
         Err(e) => return config_error(&e),
     };
     logging::init(args.log_format);
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     } else {
         Start::Fresh
     };
-    match roost_proxy::run(config, start) {
+    match roost_proxy::run(&path, loaded, start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -150,6 +150,11 @@ pub struct ProxyMetrics {
     pub client_connections: IntGauge,
     /// Reads of the live workers by discovery: succeeded, failed.
     pub discovery_reads: [IntCounter; 2],
+    /// Config reloads (SIGHUP, `POST /admin/reload`): applied, refused.
+    pub reloads: [IntCounter; 2],
+    /// 1 while the last reload was applied (or none was tried), 0 after a
+    /// refused one: the file on disk is not what runs.
+    pub last_reload_successful: IntGauge,
 }
 
 impl ProxyMetrics {
@@ -179,6 +184,18 @@ pub static PROXY: LazyLock<ProxyMetrics> = LazyLock::new(|| {
         &["result"]
     )
     .expect("register roost_proxy_discovery_reads_total");
+    let reloads = register_int_counter_vec!(
+        "roost_proxy_reloads_total",
+        "Config reloads, by result (success, failure).",
+        &["result"]
+    )
+    .expect("register roost_proxy_reloads_total");
+    let last_reload_successful = register_int_gauge!(
+        "roost_proxy_config_last_reload_successful",
+        "1 unless the last config reload was refused (the file on disk is then not what runs)."
+    )
+    .expect("register roost_proxy_config_last_reload_successful");
+    last_reload_successful.set(1);
     ProxyMetrics {
         request_seconds: CLASSES.map(|class| seconds.with_label_values(&[class])),
         requests_in_flight: register_int_gauge!(
@@ -192,6 +209,8 @@ pub static PROXY: LazyLock<ProxyMetrics> = LazyLock::new(|| {
         )
         .expect("register roost_proxy_client_connections"),
         discovery_reads: ["ok", "error"].map(|result| reads.with_label_values(&[result])),
+        reloads: ["success", "failure"].map(|result| reloads.with_label_values(&[result])),
+        last_reload_successful,
     }
 });
 

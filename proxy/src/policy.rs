@@ -14,10 +14,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::config::{MissingKey, ProxyConfig, TrustedHopConfig};
+use crate::config::{Loaded, MissingKey};
 use crate::fleet::{Fleet, Roster};
 use crate::identity::{self, Minted};
 use crate::key::KeyExtractor;
@@ -30,6 +31,10 @@ use crate::timeouts::ClientTimeouts;
 /// worker keeps each key's first reply with the entity's state, so a replay
 /// on the entity's next owner applies the change at most once.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The policy requests start with: a reload swaps it whole, so a request
+/// keeps the policy it started with while the next takes the new one.
+pub type SharedPolicy = Arc<ArcSwap<Policy>>;
 
 /// The request-path settings both engines share.
 pub struct Policy {
@@ -68,28 +73,28 @@ pub struct Admitted {
 }
 
 impl Policy {
-    /// The policy `config` describes, for `fleet`. `ProxyConfig::load`
-    /// has checked the key sources and the hop token; these only fail for
-    /// a config built some other way.
-    pub fn from_config(
-        fleet: Arc<Fleet>,
-        config: &ProxyConfig,
-        timeouts: ClientTimeouts,
-    ) -> anyhow::Result<Self> {
-        let sources = config
-            .key
-            .to_sources()
-            .map_err(|invalid| anyhow::anyhow!("field `{}`: {}", invalid.field, invalid.message))?;
-        Ok(Policy {
+    /// The policy a loaded config describes, for `fleet`. `previous` is
+    /// the policy it replaces on a reload: its rate buckets carry over
+    /// when the rate did not change.
+    pub fn new(fleet: Arc<Fleet>, loaded: Loaded, previous: Option<&Policy>) -> Self {
+        let Loaded { config, built } = loaded;
+        let timeouts = ClientTimeouts::new(&config.timeouts);
+        let previous_rate = previous.and_then(|policy| policy.limits.rate());
+        Policy {
             fleet,
-            keys: KeyExtractor::new(sources),
+            keys: KeyExtractor::new(built.sources),
             missing: config.key.missing,
             access_log: config.access_log,
             upstream_timeout: Duration::from_millis(config.upstream_timeout_ms),
-            limits: Limits::new(&config.limits, timeouts, &config.hash_seed),
-            hop_token: config.trusted_hop.as_ref().map(hop_token).transpose()?,
+            limits: Limits::new(&config.limits, timeouts, &config.hash_seed, previous_rate),
+            hop_token: built.hop_token,
             unrouted: RequestCounters::for_worker(NO_WORKER),
-        })
+        }
+    }
+
+    /// This policy, as the one requests start with.
+    pub fn shared(self) -> SharedPolicy {
+        Arc::new(ArcSwap::from_pointee(self))
     }
 
     pub fn fleet(&self) -> &Fleet {
@@ -414,16 +419,4 @@ fn set_path(request: &mut RequestHeader, normal: &str) -> Result<(), ErrorReply>
             format!("the path cannot be forwarded: {e}"),
         )
     })
-}
-
-/// The trusted-hop token as the header value sent to the workers.
-fn hop_token(hop: &TrustedHopConfig) -> anyhow::Result<http::HeaderValue> {
-    let token = hop
-        .token()
-        .map_err(|invalid| anyhow::anyhow!("field `{}`: {}", invalid.field, invalid.message))?;
-    let mut value = http::HeaderValue::from_str(&token).map_err(|_| {
-        anyhow::anyhow!("field `trusted_hop`: the token is not a valid header value")
-    })?;
-    value.set_sensitive(true);
-    Ok(value)
 }

@@ -59,7 +59,7 @@ use roost_routing::headers;
 use crate::limits;
 use crate::linger;
 use crate::metrics::InFlight;
-use crate::policy::{self, Admitted, Client, Finished, Policy, Route};
+use crate::policy::{self, Admitted, Client, Finished, Policy, Route, SharedPolicy};
 use crate::reply::ErrorReply;
 
 /// How long to wait for a worker to accept a connection.
@@ -73,11 +73,13 @@ pub const PREREAD_MAX_BYTES: u64 = 64 * 1024;
 
 /// Roost's sticky proxy on Pingora's generic path.
 pub struct RoostProxy {
-    policy: Arc<Policy>,
+    policy: SharedPolicy,
 }
 
 /// Per-request state.
 pub struct RequestCtx {
+    /// The policy this request started with, whatever a reload does.
+    policy: Arc<Policy>,
     /// The routing key, a minted id's cookie (taken by `response_filter`)
     /// and the declared body length, from `request_filter`.
     admitted: Admitted,
@@ -94,21 +96,20 @@ pub struct RequestCtx {
 }
 
 impl RoostProxy {
-    pub fn new(policy: Arc<Policy>) -> Self {
+    pub fn new(policy: SharedPolicy) -> Self {
         RoostProxy { policy }
     }
+}
 
-    /// Every check a request passes before a worker is chosen
-    /// ([`Policy::admit`]).
-    fn admit(&self, session: &mut Session) -> Result<Admitted, ErrorReply> {
-        let header_bytes = header_bytes(session);
-        let client = Client {
-            ip: client_ip(session),
-            tls: client_tls(session),
-        };
-        self.policy
-            .admit(session.req_header_mut(), header_bytes, client)
-    }
+/// Every check a request passes before a worker is chosen
+/// ([`Policy::admit`]).
+fn admit(policy: &Policy, session: &mut Session) -> Result<Admitted, ErrorReply> {
+    let header_bytes = header_bytes(session);
+    let client = Client {
+        ip: client_ip(session),
+        tls: client_tls(session),
+    };
+    policy.admit(session.req_header_mut(), header_bytes, client)
 }
 
 #[async_trait]
@@ -122,6 +123,7 @@ impl ProxyHttp for RoostProxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
+            policy: self.policy.load_full(),
             admitted: Admitted::default(),
             route: Route::default(),
             started: Instant::now(),
@@ -134,9 +136,9 @@ impl ProxyHttp for RoostProxy {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.policy.limits().timeouts().request_started(session);
+        ctx.policy.limits().timeouts().request_started(session);
         let downstream = session.as_downstream_mut();
         // Requests pipelined on one connection are answered in order
         // (RFC 9112 §9.3.2) rather than the first alone.
@@ -148,7 +150,7 @@ impl ProxyHttp for RoostProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let refusal = match self.admit(session) {
+        let refusal = match admit(&ctx.policy, session) {
             Ok(admitted) => {
                 ctx.admitted = admitted;
                 preread_small_body(session, ctx.admitted.declared_body).await?;
@@ -167,14 +169,14 @@ impl ProxyHttp for RoostProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let key = ctx.admitted.key.as_deref();
-        let Some(addr) = ctx.route.next_worker(self.policy.fleet(), key) else {
+        let Some(addr) = ctx.route.next_worker(ctx.policy.fleet(), key) else {
             return Err(policy::no_live_worker());
         };
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        peer.options.read_timeout = Some(self.policy.upstream_timeout());
-        peer.options.write_timeout = Some(self.policy.upstream_timeout());
+        peer.options.read_timeout = Some(ctx.policy.upstream_timeout());
+        peer.options.write_timeout = Some(ctx.policy.upstream_timeout());
         Ok(Box::new(peer))
     }
 
@@ -262,7 +264,7 @@ impl ProxyHttp for RoostProxy {
         if let Some(key) = &ctx.admitted.key {
             upstream.insert_header(headers::KEY, key.as_slice())?;
         }
-        if let Some(token) = self.policy.hop_token() {
+        if let Some(token) = ctx.policy.hop_token() {
             upstream.insert_header(headers::HOP_TOKEN, token.clone())?;
         }
         Ok(())
@@ -299,7 +301,7 @@ impl ProxyHttp for RoostProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let limits = self.policy.limits();
+        let limits = ctx.policy.limits();
         limits.count_body(&mut ctx.body_bytes, body.as_ref())
     }
 
@@ -320,10 +322,10 @@ impl ProxyHttp for RoostProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let path = session.req_header().uri.path().to_owned();
-        let reply = policy::failure_reply(self.policy.limits(), e, &path);
+        let reply = policy::failure_reply(ctx.policy.limits(), e, &path);
         let status = reply.as_ref().map_or(0, |reply| reply.status);
         if let Some(reply) = reply {
             match write_reply(session, &reply).await {
@@ -348,9 +350,9 @@ impl ProxyHttp for RoostProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        self.policy.limits().timeouts().request_finished(session);
+        ctx.policy.limits().timeouts().request_finished(session);
         let request = session.req_header();
-        self.policy.finish(&Finished {
+        ctx.policy.finish(&Finished {
             method: &request.method,
             path: request.uri.path(),
             key: ctx.admitted.key.as_deref(),

@@ -46,6 +46,8 @@ const INDEX_BITS: u32 = CELLS_PER_ROW.trailing_zeros();
 
 /// A per-key token bucket over a fixed-size sketch (see the module doc).
 pub struct RateLimiter {
+    /// `per_s` and `burst` as configured.
+    settings: (u32, u32),
     /// Nanoseconds one token is worth: `1 s / per_s`.
     interval_ns: u64,
     /// How far ahead of now a cell's clock may run: `burst` tokens' worth.
@@ -67,14 +69,21 @@ impl RateLimiter {
         }
         let interval_ns = 1_000_000_000 / u64::from(per_s);
         Some(RateLimiter {
+            settings: (per_s, burst),
             interval_ns,
             tolerance_ns: interval_ns * u64::from(burst.max(1)),
-            seed: xxh3_64_with_seed(b"roost rate limit", xxh3_64(secret.as_bytes())),
+            seed: sketch_seed(secret),
             cells: (0..ROWS * CELLS_PER_ROW)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             epoch: Instant::now(),
         })
+    }
+
+    /// Whether this is the limiter `new(per_s, burst, secret)` would build
+    /// (so a reload keeps it, and its buckets).
+    pub fn is(&self, per_s: u32, burst: u32, secret: &str) -> bool {
+        self.settings == (per_s, burst) && self.seed == sketch_seed(secret)
     }
 
     /// Take a token for `key`: `Ok` when allowed, else how long until the
@@ -123,6 +132,11 @@ impl RateLimiter {
             row * CELLS_PER_ROW + column
         })
     }
+}
+
+/// The sketch's hash seed, from the config's `hash_seed`.
+fn sketch_seed(secret: &str) -> u64 {
+    xxh3_64_with_seed(b"roost rate limit", xxh3_64(secret.as_bytes()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! TLS termination: the certificate chain and key named in `tls:`, loaded
 //! by us rather than by Pingora so that a missing, unreadable or invalid
 //! file is an error naming it (Pingora's `TlsSettings::build` panics on
-//! one), at `--check-config` as well as at startup.
+//! one), at `--check-config`, at startup and on every reload, which
+//! replaces the certificate new handshakes get ([`LiveCertificate`]).
 //!
 //! The listener is rustls (Pingora's `rustls` feature, ring provider),
 //! TLS 1.2 and 1.3, HTTP/1.1 only (no ALPN, so no HTTP/2): every
@@ -11,9 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
-use pingora::tls::sign::{CertifiedKey, SingleCertAndKey};
-use pingora::tls::{CertificateDer, CryptoProvider, PrivateKeyDer};
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{
+    CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert,
+};
 use rustls_pki_types::pem::PemObject;
 
 /// Which of the two files an error is about.
@@ -62,13 +66,34 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> 
     })
 }
 
-/// The settings of the TLS listener: our loaded chain and key, Pingora's
-/// defaults otherwise (TLS 1.2 and 1.3, no client certificates).
-pub fn settings(cert: &Path, key: &Path) -> anyhow::Result<TlsSettings> {
-    let certified = certified_key(cert, key)?;
+/// The TLS listener's certificate: each handshake takes the one in force,
+/// and a reload replaces it without touching a connection.
+#[derive(Debug)]
+pub struct LiveCertificate(ArcSwap<CertifiedKey>);
+
+impl LiveCertificate {
+    pub fn new(certified: Arc<CertifiedKey>) -> Self {
+        LiveCertificate(ArcSwap::new(certified))
+    }
+
+    /// New handshakes present `certified` from now on.
+    pub fn replace(&self, certified: Arc<CertifiedKey>) {
+        self.0.store(certified);
+    }
+}
+
+impl ResolvesServerCert for LiveCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The settings of the TLS listener: `certificate`, Pingora's defaults
+/// otherwise (TLS 1.2 and 1.3, no client certificates).
+pub fn settings(certificate: Arc<LiveCertificate>) -> anyhow::Result<TlsSettings> {
     // Paths stay empty: with a resolver set, `build()` reads no file.
     let mut settings = TlsSettings::intermediate("", "")?;
-    settings.set_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+    settings.set_cert_resolver(certificate);
     Ok(settings)
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use p256::elliptic_curve::Generate;
-use roost_proxy::config::ProxyConfig;
+use roost_proxy::config::Loaded;
 use roost_proxy::identity::Secret;
 use rsa::signature::{SignatureEncoding, Signer};
 use rsa::traits::PublicKeyParts;
@@ -675,7 +675,7 @@ fn identity_config_errors_name_the_file_line_and_field() {
     ];
     for (name, key, line, field, why) in cases {
         let path = dir.write(&format!("{name}.yaml"), &config_text(&key));
-        let error = ProxyConfig::load(&path).expect_err(name);
+        let error = Loaded::load(&path).err().expect(name);
         assert_eq!(error.path, path, "{name}: {error}");
         assert_eq!(
             (error.line, error.field.as_str()),

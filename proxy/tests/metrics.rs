@@ -54,6 +54,8 @@ async fn the_proxy_and_the_worker_export_what_operators_act_on() {
             ("roost_proxy_client_connections", "gauge"),
             ("roost_proxy_health_checks_total", "counter"),
             ("roost_proxy_discovery_reads_total", "counter"),
+            ("roost_proxy_reloads_total", "counter"),
+            ("roost_proxy_config_last_reload_successful", "gauge"),
             ("roost_proxy_requests_total", "counter"),
             ("roost_proxy_upstream_latency_seconds", "histogram"),
             ("roost_proxy_worker_healthy", "gauge"),

@@ -52,14 +52,18 @@ impl Invalid {
 
 /// Read, parse and validate `path`.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse(path, &read(path)?)
+}
+
+/// The text of the config file at `path`.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_owned(),
         line: 1,
         column: 1,
         field: "(file)".into(),
         message: format!("cannot read the config file: {e}"),
-    })?;
-    parse(path, &text)
+    })
 }
 
 /// Parse and validate `text`, naming `path` in errors.

@@ -18,10 +18,6 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// Why a secret cannot be used. Never holds the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
-    #[error("environment variable {name} is not set")]
-    Unset { name: String },
-    #[error("environment variable {name} is not valid UTF-8")]
-    NotUnicode { name: String },
     #[error("{origin} is empty")]
     Empty { origin: String },
     #[error("{origin} has {len} bytes; a secret needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -base64 48`)")]
@@ -51,15 +47,6 @@ impl Secret {
         // HMAC takes keys of any length, so this cannot fail.
         let mac = Hmac::new_from_slice(bytes).map_err(|_| SecretError::Empty { origin })?;
         Ok(Secret { mac })
-    }
-
-    /// The secret held by environment variable `name`.
-    pub fn from_env(name: &str) -> Result<Self, SecretError> {
-        let value = std::env::var(name).map_err(|e| match e {
-            std::env::VarError::NotPresent => SecretError::Unset { name: name.into() },
-            std::env::VarError::NotUnicode(_) => SecretError::NotUnicode { name: name.into() },
-        })?;
-        Secret::new(value.as_bytes(), &format!("environment variable {name}"))
     }
 
     /// HMAC-SHA256(secret, `message`).
@@ -106,15 +93,6 @@ mod tests {
             Err(SecretError::Empty { .. })
         ));
         assert!(Secret::new(KEY, "x").is_ok());
-    }
-
-    #[test]
-    fn an_unset_variable_is_named() {
-        let error = Secret::from_env("ROOST_TEST_SECRET_THAT_IS_NEVER_SET").expect_err("unset");
-        assert_eq!(
-            error.to_string(),
-            "environment variable ROOST_TEST_SECRET_THAT_IS_NEVER_SET is not set"
-        );
     }
 
     #[test]

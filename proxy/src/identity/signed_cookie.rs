@@ -4,7 +4,9 @@
 //! is valid while `now < expiry`), `signature` = base64url without padding
 //! of HMAC-SHA256(secret, `"id.expiry"`). The routing key is `id`. Every
 //! proxy of the fleet shares the secret, so any of them accepts a cookie
-//! another minted; changing the secret logs every user out.
+//! another minted. Changing the secret logs every user out, unless the old
+//! one stays on as the previous secret, accepted but never signed with, until
+//! the cookies it signed expire.
 //!
 //! The signature is checked before anything it covers is trusted, and in
 //! constant time (see [`Secret::verify`]); the expiry inside the signed part
@@ -15,15 +17,25 @@ use base64::Engine;
 
 use crate::identity::{is_routable, Invalid, Secret};
 
-/// Signs and verifies cookie values with one secret.
+/// Signs cookie values with one secret, and verifies them with it or with
+/// the secret being rotated out.
 #[derive(Debug, Clone)]
 pub struct CookieSigner {
     secret: Secret,
+    previous: Option<Secret>,
 }
 
 impl CookieSigner {
     pub fn new(secret: Secret) -> Self {
-        CookieSigner { secret }
+        CookieSigner {
+            secret,
+            previous: None,
+        }
+    }
+
+    /// Also accept what `previous` signed (it never signs again).
+    pub fn verifying_also(self, previous: Option<Secret>) -> Self {
+        CookieSigner { previous, ..self }
     }
 
     /// The cookie value naming `id` until `expiry` (Unix seconds). `id`
@@ -43,7 +55,8 @@ impl CookieSigner {
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| Invalid::Malformed("the signature is not base64url"))?;
-        if !self.secret.verify(message, &signature) {
+        let signed_by = |secret: &Secret| secret.verify(message, &signature);
+        if !signed_by(&self.secret) && !self.previous.as_ref().is_some_and(signed_by) {
             return Err(Invalid::BadSignature);
         }
         // Signed by us: what follows only fails for a value we should not
@@ -158,6 +171,26 @@ mod tests {
         assert_eq!(
             other.verify(value.as_bytes(), NOW),
             Err(Invalid::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_rotated_signer_accepts_the_previous_secrets_cookies_and_signs_with_the_new_one() {
+        let new_secret = Secret::new(b"another secret, also long enough!", "x").expect("long");
+        let rotated =
+            CookieSigner::new(new_secret.clone()).verifying_also(Some(signer().secret.clone()));
+        let old_cookie = signer().sign("alice", NOW + 10);
+        assert_eq!(rotated.verify(old_cookie.as_bytes(), NOW), Ok("alice"));
+        let new_cookie = rotated.sign("bob", NOW + 10);
+        assert_eq!(
+            CookieSigner::new(new_secret).verify(new_cookie.as_bytes(), NOW),
+            Ok("bob"),
+            "signed with the new secret"
+        );
+        assert_eq!(
+            signer().verify(new_cookie.as_bytes(), NOW),
+            Err(Invalid::BadSignature),
+            "not with the previous one"
         );
     }
 

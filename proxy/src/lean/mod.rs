@@ -51,9 +51,9 @@ use self::upstream::{ResponseHead, Upstream};
 use crate::connections::client_address;
 use crate::linger;
 use crate::metrics::InFlight;
-use crate::policy::{self, Admitted, Client, Finished, Policy, Route};
+use crate::policy::{self, Admitted, Client, Finished, Policy, Route, SharedPolicy};
 use crate::reply::ErrorReply;
-use crate::timeouts::{ClientTimeouts, ClockedStream};
+use crate::timeouts::ClockedStream;
 use pingora::protocols::Stream;
 
 /// A request head longer than this goes to the generic path (which
@@ -70,24 +70,17 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_millis(100);
 /// `generic` (Pingora's proxy).
 pub struct LeanPath<A> {
     generic: Arc<A>,
-    policy: Arc<Policy>,
-    timeouts: ClientTimeouts,
+    policy: SharedPolicy,
     /// True once a drain has closed the listeners
     /// ([`crate::lifecycle::Lifecycle::listeners_closed`]).
     closed: watch::Receiver<bool>,
 }
 
 impl<A> LeanPath<A> {
-    pub fn new(
-        generic: A,
-        policy: Arc<Policy>,
-        timeouts: ClientTimeouts,
-        closed: watch::Receiver<bool>,
-    ) -> Self {
+    pub fn new(generic: A, policy: SharedPolicy, closed: watch::Receiver<bool>) -> Self {
         LeanPath {
             generic: Arc::new(generic),
             policy,
-            timeouts,
             closed,
         }
     }
@@ -100,7 +93,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for LeanPath<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let stream = ClockedStream::new(stream, &self.timeouts);
+        // A reload's timeouts apply from the next connection on.
+        let stream = ClockedStream::new(stream, self.policy.load().limits().timeouts());
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.generic.process_new(Box::new(stream), shutdown).await;
         }
@@ -159,10 +153,13 @@ impl<A: ServerApp + Send + Sync + 'static> LeanPath<A> {
         client.buf.advance(len);
         client.stream.started();
         let mut route = Route::default();
-        let (admitted, outcome) = match self.policy.admit(&mut request, len, client.who) {
+        // The policy this request started with, whatever a reload does.
+        let policy = self.policy.load_full();
+        let serving = Serving { policy: &policy };
+        let (admitted, outcome) = match policy.admit(&mut request, len, client.who) {
             Ok(admitted) => {
                 let keep_alive = || !close && !*closed.borrow();
-                let outcome = self
+                let outcome = serving
                     .read_and_forward(
                         client, &request, &admitted, &mut route, body_len, keep_alive,
                     )
@@ -170,14 +167,14 @@ impl<A: ServerApp + Send + Sync + 'static> LeanPath<A> {
                 (admitted, outcome)
             }
             Err(refusal) => {
-                let write_timeout = self.policy.limits().timeouts().write();
+                let write_timeout = policy.limits().timeouts().write();
                 (
                     Admitted::default(),
                     client.refuse(&refusal, write_timeout).await,
                 )
             }
         };
-        self.policy.finish(&Finished {
+        policy.finish(&Finished {
             method: &request.method,
             path: request.uri.path(),
             key: admitted.key.as_deref(),
@@ -188,7 +185,14 @@ impl<A: ServerApp + Send + Sync + 'static> LeanPath<A> {
         client.stream.finished();
         outcome.keep_alive
     }
+}
 
+/// One request on the lean path, with the policy it started with.
+struct Serving<'p> {
+    policy: &'p Policy,
+}
+
+impl Serving<'_> {
     async fn read_and_forward(
         &self,
         client: &mut Downstream,

@@ -1,11 +1,13 @@
-//! Closed-loop clients for the lifecycle tests (drain, upgrade): each sends
-//! `GET /v1/whoami` as one of its users in turn (so no key meets its rate
-//! limit), one request at a time, on a kept-alive connection or on a new
-//! connection each time, and tallies what it saw.
+//! Closed-loop clients for the lifecycle tests (drain, upgrade, reload):
+//! each sends `GET /v1/whoami` as one of its users in turn (so no key
+//! meets its rate limit), one request at a time, as fast as answered or at
+//! a set pace, on a kept-alive connection or on a new connection each time,
+//! and tallies what it saw.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -60,12 +62,27 @@ impl Load {
         first: SocketAddr,
         fallback: Option<SocketAddr>,
     ) -> Load {
+        Self::start_paced(clients, connections, (first, fallback), None)
+    }
+
+    /// As [`Load::start`], each client sending at most one request every
+    /// `pace` (`None`: as fast as answered).
+    pub fn start_paced(
+        clients: usize,
+        connections: Connections,
+        targets: (SocketAddr, Option<SocketAddr>),
+        pace: Option<Duration>,
+    ) -> Load {
         let (tally, stop) = (Arc::new(Tally::default()), Arc::new(AtomicBool::new(false)));
         let clients = (0..clients)
             .map(|id| {
                 let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
-                let targets = (first, fallback);
-                tokio::spawn(closed_loop(id, connections, targets, stop, tally))
+                let client = Client {
+                    id,
+                    connections,
+                    pace,
+                };
+                tokio::spawn(closed_loop(client, targets, stop, tally))
             })
             .collect();
         Load {
@@ -85,9 +102,19 @@ impl Load {
     }
 }
 
-async fn closed_loop(
+/// One client of a [`Load`].
+struct Client {
     id: usize,
     connections: Connections,
+    pace: Option<Duration>,
+}
+
+async fn closed_loop(
+    Client {
+        id,
+        connections,
+        pace,
+    }: Client,
     (first, fallback): (SocketAddr, Option<SocketAddr>),
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
@@ -95,7 +122,15 @@ async fn closed_loop(
     let client = super::client();
     let mut target = first;
     let mut sent = 0usize;
+    let mut ticks = pace.map(|pace| {
+        let mut ticks = tokio::time::interval(pace);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     while !stop.load(Ordering::Relaxed) {
+        if let Some(ticks) = &mut ticks {
+            ticks.tick().await;
+        }
         sent += 1;
         let key = format!("load-{id}-{}", sent % 500);
         let mut request = client

@@ -954,6 +954,32 @@ impl TestFleet {
     /// the running one sent SIGQUIT (it hands its listening sockets over,
     /// then drains). The fleet's proxy is the new one from then on (its
     /// log: `proxy-upgraded.log`); returns the old one.
+    /// Write the proxy's config file again from this fleet's config as
+    /// `edit` changes it (workers are listed at their addresses; a worker
+    /// the edit leaves out keeps running). The proxy reads it on a reload.
+    pub fn rewrite_proxy_config(&mut self, edit: impl FnOnce(&mut FleetConfig)) {
+        edit(&mut self.config);
+        let addrs: Vec<SocketAddr> = (self.config.workers.iter())
+            .map(|(id, _)| self.worker(id).addr)
+            .collect();
+        let store = store_url(&self.dir);
+        let yaml = (self.config).to_yaml(self.proxy_addr, self.admin_addr, &addrs, &store);
+        self.dir.write("proxy.yaml", &yaml);
+    }
+
+    /// `POST` to the admin listener: (status, body).
+    pub async fn admin_post(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.admin_url()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} on the admin listener failed: {e}"));
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        (status, body)
+    }
+
     pub async fn upgrade_proxy(&mut self, upgrade_sock: &Path) -> Process {
         let mut command = self.proxy_command(&self.dir.path().join("proxy.yaml"));
         command.arg("--upgrade");
