@@ -66,6 +66,8 @@ pub mod tls;
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
@@ -100,6 +102,7 @@ pub enum Start {
 /// [`lifecycle`]; SIGQUIT: the hand over to an upgraded proxy, then the
 /// drain; SIGHUP: a [`reload`]). Returns only on SIGINT.
 pub fn run(path: &Path, loaded: Loaded, start: Start) -> anyhow::Result<()> {
+    reload::keep_hangups_from_killing().context("cannot take over SIGHUP")?;
     metrics::register_at_start();
     let config = loaded.config.clone();
     let certificate = loaded

@@ -165,6 +165,17 @@ fn restart_needed(started: &ProxyConfig, new: &ProxyConfig) -> Vec<&'static str>
     .collect()
 }
 
+/// SIGHUP's default action ends the process. Take it over before anything
+/// else (tokio keeps a handler for the life of the process, whichever
+/// runtime installed it), so a reload sent while the proxy still starts is
+/// ignored (the file was just read) rather than a kill.
+pub fn keep_hangups_from_killing() -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    runtime.block_on(async { signal(SignalKind::hangup()).map(drop) })
+}
+
 /// Reloads on SIGHUP, for as long as the proxy runs.
 pub struct ReloadOnHangup {
     reloader: Arc<Reloader>,
