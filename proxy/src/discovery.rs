@@ -11,18 +11,25 @@
 //! a draining worker leaves the live set in milliseconds. A new worker starts down until its health checks pass. When the
 //! store cannot be read, the roster stays as it was: routing does not
 //! depend on the store being up.
+//!
+//! The store is read once before the proxy starts ([`Discovery::first_read`]):
+//! a Postgres server whose TLS certificate fails verification (a wrong CA
+//! or host name in `discovery.store`) stops the proxy there, since no
+//! later read could succeed; a store that cannot be reached is only
+//! logged, as at any later read.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
+use roost_routing::postgres::{certificate_rejected, Endpoint};
 use roost_routing::registry::{FLEET_CHANNEL, LIVE_POSTGRES, LIVE_SQLITE};
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
@@ -30,6 +37,10 @@ use tokio_postgres::AsyncMessage;
 use crate::config::DiscoveryConfig;
 use crate::fleet::{Fleet, WorkerSpec};
 use crate::metrics::PROXY;
+
+/// How long the read before the start may take; past it the proxy starts
+/// and the periodic reads go on trying.
+const FIRST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the live workers are listed.
 #[async_trait]
@@ -64,22 +75,61 @@ impl Discovery {
         })
     }
 
-    /// Read the store once and update the roster; returns the error text of
-    /// a failed read.
-    async fn refresh(&self) -> Option<String> {
+    /// Read the store once and update the roster.
+    async fn read(&self) -> anyhow::Result<()> {
         let [ok, failed] = &PROXY.discovery_reads;
         match self.source.live().await {
             Ok(listed) => {
                 ok.inc();
                 self.fleet.discovered(&specs(listed));
-                None
+                Ok(())
             }
             Err(e) => {
                 failed.inc();
-                Some(format!("{e:#}"))
+                Err(e)
             }
         }
     }
+
+    /// [`Discovery::read`]; returns the error text of a failed read.
+    async fn refresh(&self) -> Option<String> {
+        self.read().await.err().map(|e| format!("{e:#}"))
+    }
+
+    /// The read before the proxy starts, on a runtime of its own: an error
+    /// only when the store's certificate failed verification; a store that
+    /// cannot be read now is logged and read again every interval.
+    pub fn first_read(&self) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let read =
+            runtime.block_on(async { tokio::time::timeout(FIRST_READ_TIMEOUT, self.read()).await });
+        match read {
+            Ok(Ok(())) => {}
+            Err(_) => tracing::warn!(
+                timeout = ?FIRST_READ_TIMEOUT,
+                "the live workers could not be read before the start; reading again every interval"
+            ),
+            Ok(Err(e)) if rejects_certificate(&e) => {
+                return Err(anyhow!("discovery.store: {e:#}"));
+            }
+            Ok(Err(e)) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot read the live workers before the start; reading again every interval"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Whether `error` comes from a Postgres server whose certificate failed
+/// verification.
+fn rejects_certificate(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<tokio_postgres::Error>())
+        .any(certificate_rejected)
 }
 
 /// Listed workers as roster entries (weight 1); unparsable addresses are
@@ -134,7 +184,7 @@ impl BackgroundService for Discovery {
 /// The workers table in Postgres, on one connection kept between reads
 /// that also listens for the workers' announcements.
 struct PostgresSource {
-    config: tokio_postgres::Config,
+    endpoint: Endpoint,
     client: tokio::sync::Mutex<Option<Client>>,
     changed: Arc<Notify>,
 }
@@ -142,7 +192,8 @@ struct PostgresSource {
 impl PostgresSource {
     fn new(url: &str) -> anyhow::Result<Self> {
         Ok(PostgresSource {
-            config: url.parse().context("bad discovery store URL")?,
+            // One message: the proxy prints only the outermost.
+            endpoint: Endpoint::from_url(url).map_err(|e| anyhow!("discovery.store: {e}"))?,
             client: tokio::sync::Mutex::new(None),
             changed: Arc::new(Notify::new()),
         })
@@ -152,8 +203,8 @@ impl PostgresSource {
     /// listening for them.
     async fn connect(&self) -> anyhow::Result<Client> {
         let (client, mut connection) = self
-            .config
-            .connect(NoTls)
+            .endpoint
+            .connect()
             .await
             .context("cannot connect to the discovery store")?;
         let changed = Arc::clone(&self.changed);

@@ -166,6 +166,7 @@ pub fn run(path: &Path, loaded: Loaded, start: Start) -> anyhow::Result<()> {
     ));
     if let Some(discovery) = &config.discovery {
         let discovery = Discovery::new(Arc::clone(&fleet), discovery)?;
+        discovery.first_read()?;
         server.add_service(background_service("discovery", discovery));
     }
     tracing::info!(listen = %config.listen, tls = ?config.tls.as_ref().map(|tls| tls.listen.value), admin = %config.admin_listen, workers = fleet.roster().workers().len(), discovery = config.discovery.is_some(), "roost-proxy starting");

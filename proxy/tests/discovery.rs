@@ -1,12 +1,21 @@
 //! Discovery: a proxy with no static worker list finds the workers in the
 //! store they register in, drops a worker the moment it drains, and takes it
-//! back when it returns; users keep being served throughout.
+//! back when it returns; users keep being served throughout. Over TLS it
+//! finds them in a Postgres it verifies, and refuses to start on one whose
+//! certificate it cannot verify.
 
 mod support;
 
+use std::ffi::OsStr;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{FleetConfig, TestFleet};
+use roost_testkit::postgres_tls::TLS_USER;
+use roost_testkit::{tls_cluster, TlsCluster};
+use support::{free_port, run_proxy, FleetConfig, TempDir, TestFleet};
 
 /// The ids `/admin/workers` lists.
 async fn listed(fleet: &TestFleet) -> Vec<String> {
@@ -68,4 +77,95 @@ async fn workers_join_drain_and_return_without_config_edits() {
     fleet.wait_healthy("w2", true, Duration::from_secs(5)).await;
     all_served(&fleet, 30).await;
     assert!(fleet.metrics().await.contains(series), "w2 is back");
+}
+
+/// This binary's TLS cluster, started outside the test's runtime.
+fn cluster() -> &'static TlsCluster {
+    std::thread::spawn(tls_cluster)
+        .join()
+        .expect("the TLS cluster starts")
+}
+
+/// A password file (mode 0600) in `dir` with the password of the
+/// cluster's user, so no URL and no variable carries it.
+fn password_file(dir: &TempDir, cluster: &TlsCluster) -> PathBuf {
+    let line = format!(
+        "localhost:{}:roost:{TLS_USER}:{}\n",
+        cluster.port(),
+        cluster.password()
+    );
+    let path = dir.write("pgpass", &line);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod the pgpass");
+    path
+}
+
+/// The cluster at `localhost` under `verify-full` with `ca`.
+fn verify_full(cluster: &TlsCluster, ca: &Path, passfile: &Path) -> String {
+    let params = format!(
+        "sslmode=verify-full&sslrootcert={}&passfile={}",
+        ca.display(),
+        passfile.display()
+    );
+    cluster.url("localhost", &params)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_over_tls_finds_the_workers_in_a_verified_store() {
+    let cluster = cluster();
+    let dir = TempDir::new("pgpass");
+    let store = verify_full(cluster, cluster.ca(), &password_file(&dir, cluster));
+    let fleet = TestFleet::start(FleetConfig::new(2).discovered().store(&store)).await;
+    wait_listed(&fleet, &["w1", "w2"], Duration::from_secs(5)).await;
+    all_served(&fleet, 10).await;
+    let log = fleet.proxy_log();
+    assert!(
+        !log.contains(cluster.password()),
+        "the password shows in the proxy's log:\n{log}"
+    );
+}
+
+#[test]
+fn discovery_over_tls_refuses_to_start_on_a_store_it_cannot_verify() {
+    let cluster = tls_cluster();
+    let dir = TempDir::new("tls-refused");
+    let passfile = password_file(&dir, cluster);
+    let missing = dir.path().join("no-such-ca.pem");
+    let cases = [
+        (
+            cluster.other_ca(),
+            "invalid peer certificate: UnknownIssuer".to_owned(),
+        ),
+        (
+            missing.as_path(),
+            format!("sslrootcert {}", missing.display()),
+        ),
+    ];
+    for (ca, expected) in cases {
+        let store = verify_full(cluster, ca, &passfile);
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let yaml = FleetConfig::new(0).discovered().to_yaml(
+            local(free_port()),
+            local(free_port()),
+            &[],
+            &store,
+        );
+        let config = dir.write("proxy.yaml", &yaml);
+        let (code, stderr) = run_proxy(&[OsStr::new("--config"), config.as_os_str()]);
+        assert_eq!(code, Some(1), "the proxy exits 1; its stderr: {stderr}");
+        assert!(
+            stderr.contains("discovery.store") && stderr.contains(&expected),
+            "the error names the discovery store and {expected:?}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_store_that_cannot_be_reached_at_start_only_warns() {
+    let store = format!("postgres://roost@127.0.0.1:{}/roost", free_port());
+    let fleet = TestFleet::start(FleetConfig::new(0).discovered().store(&store)).await;
+    let log = fleet.proxy_log();
+    assert!(
+        log.contains("cannot read the live workers before the start"),
+        "the proxy started and said why it has no workers yet:\n{log}"
+    );
 }

@@ -1,5 +1,5 @@
 //! Routing pieces shared by Roost's proxy and workers: pure logic, no
-//! network I/O.
+//! network I/O (except the `postgres` feature's connector).
 //!
 //! # Layout
 //!
@@ -14,6 +14,9 @@
 //! - [`registry`]: how both sides read the live workers from the store.
 //! - [`build_info`]: the version and commit both report in
 //!   `roost_build_info`.
+//! - `postgres` (with the `postgres` feature): store URLs read as libpq
+//!   reads them (`sslmode`, `sslrootcert`, `PGPASSWORD`, `.pgpass`) and the
+//!   rustls connector both reach Postgres through.
 //! - `fuzzing` (with the `fuzzing` feature): replaying kept fuzz inputs in both crates' tests.
 
 pub mod build_info;
@@ -23,6 +26,8 @@ pub mod fuzzing;
 pub mod headers;
 pub mod hrw;
 pub mod path;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod registry;
 
 pub use hrw::{Member, Ring, RingError, Seed};

@@ -15,7 +15,8 @@
 //! - [`net`]: loopback ports no other fixture of the process was given,
 //!   and whether something listens on one.
 //! - [`poll`]: polling until a condition holds, within a limit.
-//! - [`postgres`]: a throwaway Postgres cluster (or `DATABASE_URL`).
+//! - [`postgres`]: a throwaway Postgres cluster (or `DATABASE_URL`);
+//!   [`postgres_tls`]: one that speaks TLS and wants a password.
 //! - [`process`]: running a command to completion, its output in the
 //!   error; child processes reaped on drop.
 //! - [`relay`]: a TCP relay to the store that can be cut with its sockets
@@ -35,9 +36,11 @@ pub mod metrics;
 pub mod net;
 pub mod poll;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod process;
 pub mod relay;
 
 pub use dir::{open_log, TempDir};
 pub use net::{accepts, free_port, try_free_port};
 pub use postgres::{postgres_url, Cluster};
+pub use postgres_tls::{tls_cluster, TlsCluster};

@@ -3,7 +3,8 @@
 //! server on a free 127.0.0.1 port (socket in the same dir, fsync on, trust
 //! auth), a `roost` database; on drop `pg_ctl stop -m immediate` and the
 //! dir removed. The fault suite restarts it as a fault; the worker's tests
-//! keep one for the whole test binary ([`postgres_url`]).
+//! keep one for the whole test binary ([`postgres_url`]). A cluster that
+//! speaks TLS is in [`crate::postgres_tls`].
 //!
 //! As root the binaries run as the `postgres` user (`runuser`), since the
 //! server refuses root, and the dir is chowned to it. A detached watchdog
@@ -13,7 +14,7 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,26 +35,36 @@ pub struct Cluster {
     as_root: bool,
     dir: PathBuf,
     port: u16,
+    /// Started with `ssl = on` (its certificate and key in the data dir).
+    ssl: bool,
     stopped: bool,
 }
 
 impl Cluster {
     /// initdb, start, create the `roost` database.
     pub async fn start() -> Result<Cluster> {
+        let mut cluster = Cluster::initialized(false)?;
+        cluster.start_server()?;
+        cluster.create_database().await?;
+        Ok(cluster)
+    }
+
+    /// A new cluster's dir (watched) and data dir (initdb), not started;
+    /// with `ssl`, it starts with `ssl = on`.
+    pub(crate) fn initialized(ssl: bool) -> Result<Cluster> {
         let bin = postgres_bin_dir()?;
         let as_root = running_as_root();
         let dir = make_dir(as_root)?;
         start_watchdog(&bin, as_root, &dir)?;
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             bin,
             as_root,
             dir,
             port: 0,
+            ssl,
             stopped: false,
         };
         cluster.initdb()?;
-        cluster.start_server()?;
-        cluster.create_database().await?;
         Ok(cluster)
     }
 
@@ -76,8 +87,28 @@ impl Cluster {
         format!("postgres://postgres@{addr}/{DATABASE}")
     }
 
-    fn data(&self) -> PathBuf {
+    /// The cluster's dir: its data dir, log and socket are in it.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn data(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// Write `contents` to `name` in the data dir, owned by the server's
+    /// user with `mode` (the server refuses a key others may read).
+    pub(crate) fn write_data_file(&self, name: &str, contents: &str, mode: u32) -> Result<()> {
+        let path = self.data().join(name);
+        fs::write(&path, contents).with_context(|| format!("write {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        if self.as_root {
+            let owner = fs::metadata(self.data())?;
+            std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid()))
+                .with_context(|| format!("chown {} to the server's user", path.display()))?;
+        }
+        Ok(())
     }
 
     fn log(&self) -> PathBuf {
@@ -106,16 +137,17 @@ impl Cluster {
     }
 
     fn server_options(&self) -> String {
+        let ssl = if self.ssl { " -c ssl=on" } else { "" };
         format!(
             "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} \
-             -c fsync=on -c max_connections=200",
+             -c fsync=on -c max_connections=200{ssl}",
             self.port,
             self.dir.display()
         )
     }
 
     /// `pg_ctl start` on a free port (another on a clash, up to 3 times).
-    fn start_server(&mut self) -> Result<()> {
+    pub(crate) fn start_server(&mut self) -> Result<()> {
         let mut last_error = None;
         for _ in 0..3 {
             self.port = try_free_port().context("find a port for the cluster")?;
@@ -148,13 +180,18 @@ impl Cluster {
         self.pg_ctl("restart")
     }
 
-    async fn create_database(&self) -> Result<()> {
+    pub(crate) async fn create_database(&self) -> Result<()> {
+        self.execute(&format!("CREATE DATABASE {DATABASE}")).await
+    }
+
+    /// Run `sql` as the superuser, connected to the `postgres` database.
+    pub(crate) async fn execute(&self, sql: &str) -> Result<()> {
         let (client, connection) = connect(&self.url_of("postgres")).await?;
         let connection = tokio::spawn(connection);
         client
-            .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+            .batch_execute(sql)
             .await
-            .context("create the roost database")?;
+            .with_context(|| format!("run {sql:?} on the throwaway cluster"))?;
         drop(client);
         let _ = connection.await;
         Ok(())
@@ -286,10 +323,7 @@ pub fn postgres_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     URL.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime to reach Postgres with");
+        let runtime = own_runtime();
         if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
             match runtime.block_on(answers(&url)) {
                 Ok(()) => return url,
@@ -309,6 +343,14 @@ pub fn postgres_url() -> &'static str {
         let _ = CLUSTER.set(cluster);
         url
     })
+}
+
+/// A runtime of the fixture's own, for a caller outside any runtime.
+pub(crate) fn own_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime to reach Postgres with")
 }
 
 /// Connect to `url` and run `SELECT 1`.

@@ -47,7 +47,11 @@ struct Args {
     /// workers table (default: the --listen address).
     #[arg(long)]
     advertise: Option<String>,
-    /// `postgres://…` or `sqlite://PATH`.
+    /// `sqlite://PATH`, or `postgres://USER@HOST[:PORT]/DB` with libpq's
+    /// `sslmode` (disable, prefer, require, verify-ca, verify-full) and
+    /// `sslrootcert=CA.pem`. Without a password in the URL it is read from
+    /// PGPASSWORD, or from the password file (`passfile=`, PGPASSFILE,
+    /// ~/.pgpass); PGSSLMODE and PGSSLROOTCERT work as in libpq.
     #[arg(long, default_value = DEFAULT_STORE)]
     store: String,
     /// Optional YAML file: flush timing, limits, and each entity type's

@@ -297,9 +297,10 @@ async fn drain_runtime(runtime: &Runtime, grace: Duration) -> Stopped {
     }
 }
 
-/// The store URL without a password, for logs and errors.
+/// The store URL without a password (in the credentials or a `password=`
+/// parameter), for logs and errors.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let credentials = &url[scheme + 3..at];
             match credentials.find(':') {
@@ -308,6 +309,22 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    };
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<&str> = query
+                .split('&')
+                .map(|param| {
+                    if param.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        param
+                    }
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => url,
     }
 }
 
@@ -324,6 +341,10 @@ mod tests {
         assert_eq!(
             redact("postgres://roost@db/roost"),
             "postgres://roost@db/roost"
+        );
+        assert_eq!(
+            redact("postgres://roost@db/roost?sslmode=verify-full&password=s3cret&passfile=/p"),
+            "postgres://roost@db/roost?sslmode=verify-full&password=***&passfile=/p"
         );
         assert_eq!(
             redact("sqlite://./roost-data/roost.db"),

@@ -498,6 +498,8 @@ pub struct Worker {
     pub admin: SocketAddr,
     pub store: Store,
     config: Option<PathBuf>,
+    /// Variables it is started with (besides `RUST_LOG`).
+    env: Vec<(String, String)>,
     /// While it runs; SIGKILLed and reaped when dropped.
     process: Option<Process>,
     client: reqwest::Client,
@@ -514,7 +516,22 @@ impl Worker {
     /// answers. A start that fails (e.g. the port was taken meanwhile) is
     /// retried on another port.
     pub async fn start(id: &str, store: &Store, config: Option<&str>) -> Worker {
+        Worker::start_with_env(id, store, config, &[]).await
+    }
+
+    /// [`Worker::start`] with `env` in the process's environment (kept
+    /// for restarts).
+    pub async fn start_with_env(
+        id: &str,
+        store: &Store,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Worker {
         let mut worker = Worker::new(id, store, config);
+        worker.env = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
         let mut last_error = String::new();
         for attempt in 1..=3 {
             match worker.spawn_and_wait().await {
@@ -551,6 +568,7 @@ impl Worker {
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
             store: store.clone(),
             config,
+            env: Vec::new(),
             process: None,
             client: client(),
             dir,
@@ -644,7 +662,9 @@ impl Worker {
         if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         }
-        command.env("RUST_LOG", "info");
+        command
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().cloned());
         let name = format!("worker {}", self.id);
         let process = Process::spawn_stderr_only(&name, command, &self.log_path())
             .map_err(|e| format!("{e:#}"))?;

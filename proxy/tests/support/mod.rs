@@ -233,8 +233,11 @@ pub struct FleetConfig {
     /// Environment variables every worker is started with (secrets).
     pub worker_env: Vec<(String, String)>,
     /// No static worker list: the proxy discovers the workers from the
-    /// fleet's SQLite store.
+    /// fleet's store.
     pub discovered: bool,
+    /// The workers' store, which the proxy discovers them in (default: an
+    /// SQLite file in the fleet's temp dir).
+    pub store: Option<String>,
     /// The trusted hop, when on: `trusted_hop` in the proxy config and both
     /// tokens in the workers' environment.
     pub hop: Option<TrustedHop>,
@@ -269,6 +272,7 @@ impl FleetConfig {
             proxy_env: Vec::new(),
             worker_env: Vec::new(),
             discovered: false,
+            store: None,
             hop: None,
             admin_token: None,
             worker_yaml: String::new(),
@@ -356,6 +360,13 @@ impl FleetConfig {
     /// Let the proxy find the workers in the store instead of a list.
     pub fn discovered(mut self) -> Self {
         self.discovered = true;
+        self
+    }
+
+    /// Keep the workers in the store at `url` (`--store`, and the proxy's
+    /// `discovery.store`).
+    pub fn store(mut self, url: &str) -> Self {
+        self.store = Some(url.to_owned());
         self
     }
 
@@ -592,6 +603,11 @@ fn store_url(dir: &TempDir) -> String {
     format!("sqlite://{}", dir.path().join("roost.db").display())
 }
 
+/// The fleet's workers' store: the configured one, or [`store_url`].
+fn fleet_store(config: &FleetConfig, dir: &TempDir) -> String {
+    config.store.clone().unwrap_or_else(|| store_url(dir))
+}
+
 /// Another proxy in front of a [`TestFleet`]'s workers; killed when dropped.
 pub struct SecondProxy {
     pub addr: SocketAddr,
@@ -649,7 +665,7 @@ impl TestFleet {
         let addrs: Vec<SocketAddr> = workers.iter().map(|w| w.addr).collect();
         let config_path = dir.write(
             "proxy.yaml",
-            &config.to_yaml(proxy_addr, admin_addr, &addrs, &store_url(&dir)),
+            &config.to_yaml(proxy_addr, admin_addr, &addrs, &fleet_store(&config, &dir)),
         );
         dir.write("worker.yaml", &config.worker_config());
         let mut fleet = TestFleet {
@@ -697,7 +713,7 @@ impl TestFleet {
     fn spawn_worker(&self, index: usize, bin: &Path) -> Result<Process, String> {
         let worker = &self.workers[index];
         let log = self.dir.path().join(format!("worker-{}.log", worker.id));
-        let store = store_url(&self.dir);
+        let store = fleet_store(&self.config, &self.dir);
         let config = self.dir.path().join("worker.yaml");
         let mut command = Command::new(bin);
         command
@@ -918,9 +934,12 @@ impl TestFleet {
     pub async fn second_proxy(&self) -> SecondProxy {
         let addrs: Vec<SocketAddr> = self.workers.iter().map(|w| w.addr).collect();
         let (addr, admin_addr) = (local(free_port()), local(free_port()));
-        let yaml = self
-            .config
-            .to_yaml(addr, admin_addr, &addrs, &store_url(&self.dir));
+        let yaml = self.config.to_yaml(
+            addr,
+            admin_addr,
+            &addrs,
+            &fleet_store(&self.config, &self.dir),
+        );
         let config = self.dir.write("proxy-2.yaml", &yaml);
         let command = self.proxy_command(&config);
         let log = self.dir.path().join("proxy-2.log");

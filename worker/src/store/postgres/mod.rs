@@ -1,5 +1,7 @@
 //! The Postgres store: tokio-postgres behind a deadpool pool, and the
-//! registry on a connection of its own.
+//! registry on a connection of its own. Both connect as the store URL
+//! says, read as libpq reads it (`sslmode`, `sslrootcert`, the password
+//! from `PGPASSWORD` or a password file: [`roost_routing::postgres`]).
 //!
 //! A claim is one `INSERT … ON CONFLICT DO UPDATE … WHERE … RETURNING`: it
 //! takes the row only when the owner is the claimer, released it, or is not
@@ -23,8 +25,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use roost_routing::postgres::{certificate_rejected, describe, Endpoint};
 
 use super::{Claim, ClaimOutcome, FlushRow, Store, StoreError, StoreResult};
 
@@ -112,18 +114,18 @@ pub const POOL_SIZE: usize = 16;
 /// Postgres-backed [`Store`].
 pub struct PostgresStore {
     pool: Pool,
-    config: tokio_postgres::Config,
+    endpoint: Endpoint,
 }
 
 impl PostgresStore {
     /// Connect, check the connection works and create the schema if missing.
+    /// A server certificate that fails verification is [`StoreError::Fatal`]:
+    /// the worker must not start on a store it cannot trust.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Fatal(format!("bad postgres URL: {e}")))?;
+        let endpoint = Endpoint::from_url(url).map_err(|e| StoreError::Fatal(e.to_string()))?;
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            endpoint.config().clone(),
+            endpoint.tls(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -132,19 +134,20 @@ impl PostgresStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Fatal(format!("cannot build the postgres pool: {e}")))?;
-        let store = PostgresStore { pool, config };
-        store
-            .client()
-            .await?
-            .batch_execute(SCHEMA)
-            .await
-            .map_err(unavailable)?;
+        let store = PostgresStore { pool, endpoint };
+        let client = store.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) if certificate_rejected(&e) => {
+                StoreError::Fatal(format!("postgres: {}", describe(&e)))
+            }
+            e => no_connection(e),
+        })?;
+        client.batch_execute(SCHEMA).await.map_err(unavailable)?;
         Ok(store)
     }
 
     /// This worker's registry, on a connection of its own.
     pub fn registry(&self) -> registry::PostgresRegistry {
-        registry::PostgresRegistry::new(self.config.clone())
+        registry::PostgresRegistry::new(self.endpoint.clone())
     }
 
     /// The connection pool (the stateless baseline runs its own
@@ -154,10 +157,16 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("no postgres connection: {e}")))
+        self.pool.get().await.map_err(no_connection)
+    }
+}
+
+/// Why the pool has no connection: the server's or the driver's own words
+/// when it could not open one (deadpool's message alone hides them).
+fn no_connection(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => unavailable(e),
+        e => StoreError::Unavailable(format!("no postgres connection: {e}")),
     }
 }
 
@@ -167,7 +176,7 @@ pub(crate) fn unavailable(e: tokio_postgres::Error) -> StoreError {
         Some(db) => {
             StoreError::Unavailable(format!("postgres: {} ({})", db.message(), db.code().code()))
         }
-        None => StoreError::Unavailable(format!("postgres: {e}")),
+        None => StoreError::Unavailable(format!("postgres: {}", describe(&e))),
     }
 }
 

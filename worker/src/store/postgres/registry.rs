@@ -22,8 +22,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
+use roost_routing::postgres::Endpoint;
 use roost_routing::registry::FLEET_CHANNEL;
 
 use super::{unavailable, LOCK_SPACE};
@@ -58,7 +59,7 @@ const LOCK_RETRY: Duration = Duration::from_millis(50);
 
 /// [`Registry`] on a dedicated Postgres connection.
 pub struct PostgresRegistry {
-    config: tokio_postgres::Config,
+    endpoint: Endpoint,
     /// The heartbeat connection; `None` before `join` and after it dropped.
     client: tokio::sync::Mutex<Option<Client>>,
     /// Locked while the heartbeat connection (and so the lock) is up.
@@ -68,9 +69,9 @@ pub struct PostgresRegistry {
 }
 
 impl PostgresRegistry {
-    pub fn new(config: tokio_postgres::Config) -> Self {
+    pub fn new(endpoint: Endpoint) -> Self {
         PostgresRegistry {
-            config,
+            endpoint,
             client: tokio::sync::Mutex::new(None),
             membership: Membership::default(),
             fleet_changed: Arc::new(Notify::new()),
@@ -81,7 +82,7 @@ impl PostgresRegistry {
     /// requests and fleet changes, and marks the lock lost when the
     /// connection ends.
     async fn connect(&self) -> StoreResult<(Client, Holding)> {
-        let (client, mut connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
+        let (client, mut connection) = self.endpoint.connect().await.map_err(unavailable)?;
         let holding = self.membership.new_holding();
         let (inbox, watched) = (self.membership.inbox(), holding.clone());
         let fleet_changed = Arc::clone(&self.fleet_changed);
