@@ -2,6 +2,8 @@
 //! worker of the current roster, at once, its result fed to the worker's
 //! [`crate::health`] state. It probes the roster of the moment (see
 //! [`crate::fleet`]), so discovered workers are checked from the next round.
+//! The same [`Probe`] is asked once about a worker that went silent on a
+//! request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
+use pingora::lb::Backend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
@@ -18,27 +21,17 @@ use crate::fleet::{Fleet, Roster};
 /// The active checker: every `interval_ms`, probes every worker at once.
 pub struct HealthChecker {
     fleet: Arc<Fleet>,
-    probe: HttpHealthCheck,
+    probe: Probe,
     interval: Duration,
-    timeout: Duration,
 }
 
 impl HealthChecker {
     pub fn new(fleet: Arc<Fleet>, config: &HealthConfig) -> anyhow::Result<Self> {
         let timeout = Duration::from_millis(config.timeout_ms);
-        let mut probe = HttpHealthCheck::new("roost-worker", false);
-        let mut request = RequestHeader::build("GET", config.path.as_bytes(), None)?;
-        request.insert_header("host", "roost-worker")?;
-        request.insert_header("user-agent", "roost-proxy-health")?;
-        probe.req = request;
-        probe.peer_template.options.connection_timeout = Some(timeout);
-        probe.peer_template.options.read_timeout = Some(timeout);
-        probe.peer_template.options.write_timeout = Some(timeout);
         Ok(HealthChecker {
             fleet,
-            probe,
+            probe: Probe::new(&config.path, timeout)?,
             interval: Duration::from_millis(config.interval_ms),
-            timeout,
         })
     }
 
@@ -67,15 +60,39 @@ impl HealthChecker {
         let roster = self.fleet.roster();
         let probes = roster.backends().iter().map(|(index, backend)| {
             let (roster, record) = (&roster, &record);
-            async move {
-                let passed = matches!(
-                    tokio::time::timeout(self.timeout, self.probe.check(backend)).await,
-                    Ok(Ok(()))
-                );
-                record(roster, *index, passed);
-            }
+            async move { record(roster, *index, self.probe.passes(backend).await) }
         });
         futures::future::join_all(probes).await;
+    }
+}
+
+/// One HTTP probe of a worker: `GET PATH`, passed by a 200 within
+/// `timeout`. The checker probes `health.path`; the request path probes
+/// `/healthz` of a worker that went silent on a request, which a live
+/// worker answers whatever it is waiting on, and a frozen one (SIGSTOP, a
+/// stalled host, a cut link) does not.
+pub struct Probe {
+    check: HttpHealthCheck,
+    timeout: Duration,
+}
+
+impl Probe {
+    pub fn new(path: &str, timeout: Duration) -> pingora::Result<Self> {
+        let mut check = HttpHealthCheck::new("roost-worker", false);
+        let mut request = RequestHeader::build("GET", path.as_bytes(), None)?;
+        request.insert_header("host", "roost-worker")?;
+        request.insert_header("user-agent", "roost-proxy-health")?;
+        check.req = request;
+        check.peer_template.options.connection_timeout = Some(timeout);
+        check.peer_template.options.read_timeout = Some(timeout);
+        check.peer_template.options.write_timeout = Some(timeout);
+        Ok(Probe { check, timeout })
+    }
+
+    /// Whether the worker at `backend` passes.
+    pub async fn passes(&self, backend: &Backend) -> bool {
+        let check = tokio::time::timeout(self.timeout, self.check.check(backend));
+        matches!(check.await, Ok(Ok(())))
     }
 }
 

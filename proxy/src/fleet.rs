@@ -290,6 +290,10 @@ impl Roster {
         &self.backends
     }
 
+    pub fn backend(&self, worker: usize) -> Option<&Backend> {
+        self.backends.get(worker).map(|(_, backend)| backend)
+    }
+
     pub fn metrics(&self, worker: usize) -> Option<&WorkerMetrics> {
         self.states.get(worker).map(|s| &s.metrics)
     }

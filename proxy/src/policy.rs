@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
+use pingora::lb::Backend;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::checker::Probe;
 use crate::config::{Loaded, MissingKey};
 use crate::fleet::{Fleet, Roster};
 use crate::identity::{self, Minted};
@@ -32,6 +34,9 @@ use crate::timeouts::ClientTimeouts;
 /// on the entity's next owner applies the change at most once.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// What a worker answers while its process runs, whatever it waits on.
+const LIVENESS_PATH: &str = "/healthz";
+
 /// The policy requests start with: a reload swaps it whole, so a request
 /// keeps the policy it started with while the next takes the new one.
 pub type SharedPolicy = Arc<ArcSwap<Policy>>;
@@ -43,6 +48,11 @@ pub struct Policy {
     missing: MissingKey,
     access_log: bool,
     upstream_timeout: Duration,
+    /// How long a worker may stay silent on a replay-safe request before
+    /// it is probed ([`Policy::is_frozen`]).
+    suspect_after: Duration,
+    /// `/healthz`, given `suspect_after` to answer.
+    liveness: Probe,
     /// Request limits, the per-key rate and the client timeouts.
     limits: Limits,
     /// The trusted-hop token sent to the workers (`trusted_hop`).
@@ -80,12 +90,16 @@ impl Policy {
         let Loaded { config, built } = loaded;
         let timeouts = ClientTimeouts::new(&config.timeouts);
         let previous_rate = previous.and_then(|policy| policy.limits.rate());
+        let suspect_after = Duration::from_millis(config.suspect_after_ms);
         Policy {
             fleet,
             keys: KeyExtractor::new(built.sources),
             missing: config.key.missing,
             access_log: config.access_log,
             upstream_timeout: Duration::from_millis(config.upstream_timeout_ms),
+            suspect_after,
+            liveness: Probe::new(LIVENESS_PATH, suspect_after)
+                .expect("GET /healthz is a valid request"),
             limits: Limits::new(&config.limits, timeouts, &config.hash_seed, previous_rate),
             hop_token: built.hop_token,
             unrouted: RequestCounters::for_worker(NO_WORKER),
@@ -108,6 +122,22 @@ impl Policy {
     /// The longest a worker may stay silent on one read or write.
     pub fn upstream_timeout(&self) -> Duration {
         self.upstream_timeout
+    }
+
+    /// How long a worker may stay silent on a replay-safe request before
+    /// it is suspected of being frozen.
+    pub fn suspect_after(&self) -> Duration {
+        self.suspect_after
+    }
+
+    /// Whether the worker of `route`'s current attempt, silent for
+    /// `suspect_after`, is frozen: its `/healthz` does not answer within
+    /// as long again.
+    pub async fn is_frozen(&self, route: &Route) -> bool {
+        match route.backend() {
+            Some(backend) => !self.liveness.passes(backend).await,
+            None => false,
+        }
     }
 
     /// The trusted-hop token every forwarded request carries.
@@ -254,6 +284,11 @@ impl Route {
         self.worker = Some(pick.worker.index);
         self.upstream_started = Some(Instant::now());
         Some(pick.worker.addr)
+    }
+
+    /// The current attempt's worker, as Pingora's balancer knows it.
+    fn backend(&self) -> Option<&Backend> {
+        self.roster.as_ref()?.backend(self.worker?)
     }
 
     /// The current attempt's worker answered with its response header.

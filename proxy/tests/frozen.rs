@@ -152,3 +152,45 @@ async fn replay_safe_requests_survive_a_worker_killed_under_them() {
     );
     assert_eq!(unsafe_status, 502, "the unkeyed add is not replayed");
 }
+
+/// With the default `suspect_after_ms` and an upstream timeout far above
+/// the lease, a replay-safe request to a frozen owner is not held for the
+/// timeout: the owner, silent and not answering its `/healthz`, is taken
+/// down at once, and the next candidate, silent too while it waits for the
+/// frozen owner's lease to run out but answering its `/healthz`, is waited
+/// for and serves the request. The client sees about the lease, no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_owner_is_left_after_suspect_after_ms_and_a_waiting_candidate_is_not() {
+    let mut config = fleet_config();
+    config.workers.push(("w3".into(), 1.0));
+    config.extra_yaml = "upstream_timeout_ms: 10000\n".into();
+    let fleet = TestFleet::start(config).await;
+    let key = "suspected-user";
+    let owner = fleet
+        .get("/v1/cart", &[(KEY_HEADER, key)])
+        .await
+        .worker
+        .expect("a worker answered");
+    let route = fleet.route(key).await;
+    let next = route.order()[1].to_owned();
+
+    signal(&fleet, &owner, Signal::SIGSTOP);
+    let (status, worker, took) = add_item(&fleet, key, Some("add-mug-suspected")).await;
+    let next_healthy = fleet.is_healthy(&next).await;
+    signal(&fleet, &owner, Signal::SIGCONT);
+
+    eprintln!("served by {worker:?} after {took:?}");
+    assert_eq!(status, 200, "served (after {took:?})");
+    assert_eq!(
+        worker.as_deref(),
+        Some(next.as_str()),
+        "by the key's next candidate, which was waited for"
+    );
+    assert!(next_healthy, "the waiting candidate was not taken down");
+    // The lease (2 s) plus the suspicion and the probe, not the 10 s
+    // upstream timeout.
+    assert!(
+        took < Duration::from_secs(4),
+        "served after about the lease: {took:?}"
+    );
+}

@@ -170,6 +170,10 @@ async fn ten_reloads_under_load_fail_no_request_and_each_shows_at_once() {
         failures.len()
     );
     let rate = tally.served() as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "{} requests in {elapsed:?}: {rate:.0} req/s",
+        tally.served()
+    );
     assert!(
         rate > 500.0,
         "the load ran at {rate:.0} req/s, not about 1,000"

@@ -55,6 +55,14 @@ pub struct ProxyConfig {
     /// claim a user from a frozen one.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_ms: u64,
+    /// A worker silent this long on a replay-safe request is suspected of
+    /// being frozen: the proxy probes its `/healthz`, and if that gets no
+    /// answer within as long again, takes the worker down and sends the
+    /// request to the key's next candidate at once, instead of waiting out
+    /// `upstream_timeout_ms`. A worker that answers the probe (it is busy,
+    /// or itself waiting to claim a user) is waited for as before.
+    #[serde(default = "default_suspect_after")]
+    pub suspect_after_ms: u64,
     /// After SIGTERM, how long the proxy serves on with `/readyz` failing,
     /// so the load balancer in front stops sending it requests (default
     /// 1,000; set it to the balancer's check interval times its unhealthy
@@ -87,6 +95,10 @@ pub struct ProxyConfig {
 
 fn default_upstream_timeout() -> u64 {
     5_000
+}
+
+fn default_suspect_after() -> u64 {
+    300
 }
 
 fn default_drain_delay() -> u64 {
@@ -437,6 +449,12 @@ impl Validate for ProxyConfig {
             return Err(Invalid::top(
                 "upstream_timeout_ms",
                 "must be greater than zero",
+            ));
+        }
+        if self.suspect_after_ms == 0 || self.suspect_after_ms >= self.upstream_timeout_ms {
+            return Err(Invalid::top(
+                "suspect_after_ms",
+                "must be greater than zero and less than upstream_timeout_ms",
             ));
         }
         self.limits.validate()?;

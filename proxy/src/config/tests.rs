@@ -31,6 +31,19 @@ mod sections {
     }
 
     #[test]
+    fn suspect_after_ms_is_above_zero_and_under_the_upstream_timeout() {
+        let config = parse(&with("")).expect("valid");
+        assert_eq!(
+            (config.suspect_after_ms, config.upstream_timeout_ms),
+            (300, 5000)
+        );
+        let why = "less than upstream_timeout_ms";
+        assert_refused("suspect_after_ms: 0\n", 8, "suspect_after_ms", why);
+        let over = "upstream_timeout_ms: 500\nsuspect_after_ms: 500\n";
+        assert_refused(over, 9, "suspect_after_ms", why);
+    }
+
+    #[test]
     fn absent_sections_take_the_documented_defaults() {
         let config = parse(&with("")).expect("valid");
         let limits = &config.limits;

@@ -25,6 +25,7 @@
 //! |---|---|---|
 //! | refused the connection | next candidate, worker marked down | same |
 //! | answered 503 `x-roost-unavailable` | next candidate | the 503 is relayed |
+//! | went silent for `suspect_after_ms`, and then its `/healthz` too | worker marked down, next candidate | waited for |
 //! | went silent past `upstream_timeout_ms` | worker marked down, next candidate | 504 |
 //! | closed a reused connection | again on a fresh connection | 502 |
 //! | closed a fresh connection | next candidate | 502 |
@@ -33,6 +34,7 @@ mod framing;
 mod head;
 mod upstream;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -251,10 +253,13 @@ impl Serving<'_> {
                     continue;
                 }
             };
-            let e = match upstream
-                .exchange(attempt.wire, attempt.head_request, timeout)
-                .await
-            {
+            let exchange = upstream.exchange(attempt.wire, attempt.head_request, timeout);
+            let answer = if attempt.replay_safe {
+                self.unless_frozen(exchange, route).await
+            } else {
+                exchange.await
+            };
+            let e = match answer {
                 Ok(response) if response.unavailable && attempt.replay_safe => {
                     route.answered();
                     route.worker_unavailable();
@@ -292,6 +297,35 @@ impl Serving<'_> {
             last = Some(e);
         }
         Err(last.unwrap_or_else(policy::no_live_worker))
+    }
+
+    /// `exchange`, unless its worker is frozen: silent for
+    /// `suspect_after`, and then not answering its `/healthz` either. A
+    /// frozen worker's exchange ends as timed out (so the worker is taken
+    /// down and the request moves on) long before `upstream_timeout_ms`;
+    /// a live one is waited for as before.
+    async fn unless_frozen(
+        &self,
+        exchange: impl Future<Output = Result<ResponseHead, Box<Error>>>,
+        route: &Route,
+    ) -> Result<ResponseHead, Box<Error>> {
+        let suspect_after = self.policy.suspect_after();
+        tokio::pin!(exchange);
+        if let Ok(answer) = tokio::time::timeout(suspect_after, &mut exchange).await {
+            return answer;
+        }
+        tokio::select! {
+            answer = &mut exchange => answer,
+            frozen = self.policy.is_frozen(route) => {
+                if !frozen {
+                    return exchange.await;
+                }
+                let why = format!(
+                    "the worker sent nothing for {suspect_after:?} and its /healthz did not answer either"
+                );
+                Err(Error::explain(ErrorType::ReadTimedout, why).into_up())
+            }
+        }
     }
 
     /// The worker's response to the client: its head (with a minted id's
