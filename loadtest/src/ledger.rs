@@ -225,6 +225,13 @@ impl Record {
         self.t_done_us.saturating_sub(self.t_send_us)
     }
 
+    /// Whether the proxy may send this request to another worker when
+    /// its first one fails it: a read, or a mutation carrying an
+    /// `Idempotency-Key` (every mutation of the load does).
+    pub fn is_replay_safe(&self) -> bool {
+        self.op.is_read() || self.idempotency_key.is_some()
+    }
+
     pub fn is_slow(&self) -> bool {
         self.latency_us() > SLOW_US
     }

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use crate::check::failover::{Failover, MoveBound, MOVE_MARGIN_MS};
 use crate::check::movement::{Movement, ScaleWindow};
 use crate::check::revalidation::Revalidation;
+use crate::check::traffic::during;
 use crate::check::Findings;
 use crate::fault::{self, FaultOutcome, HrwView, Target, HRW_SAMPLE_KEYS};
 use crate::ledger::{write_jsonl, Clock, Event, Ledger, Record};
@@ -117,6 +118,7 @@ pub async fn run_scenario(
 
     let (records, events) = ledger.snapshot();
     let mut findings = Findings::examine(&records, &stored, load_us);
+    findings.during_fault = fault_window(&events).map(|window| during(&records, window));
     findings.movement = fault.scale.zip(fault.hrw.as_ref()).map(|(window, hrw)| {
         let mut movement = movement(&records, window, hrw, scenario);
         if let Some(served) = &fault.bystanders {
@@ -154,6 +156,17 @@ pub async fn run_scenario(
         fault,
         findings,
     }))
+}
+
+/// From the fault's first step to its last: the events between the load's
+/// start and its end.
+fn fault_window(events: &[Event]) -> Option<(u64, u64)> {
+    let steps: Vec<u64> = events
+        .iter()
+        .filter(|e| !e.what.starts_with("load starts") && e.what != "load stops")
+        .map(|e| e.t_us)
+        .collect();
+    Some((*steps.iter().min()?, *steps.iter().max()?))
 }
 
 /// Start the load, inject the fault at its time, and stop the load once

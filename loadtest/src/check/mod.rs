@@ -104,6 +104,9 @@ pub struct Findings {
     pub stale: stale::StaleReads,
     pub overlap: overlap::Overlaps,
     pub readback: readback::ReadBack,
+    /// Latency of the requests in flight during the fault, from its first
+    /// step to its last.
+    pub during_fault: Option<traffic::LatencySummary>,
     /// Scale: which entities moved.
     pub movement: Option<movement::Movement>,
     /// Cut: how the cut worker's users moved.
@@ -126,6 +129,7 @@ impl Findings {
             stale: stale::StaleReads::of(records),
             overlap: overlap::Overlaps::of(records),
             readback: readback::ReadBack::of(records, stored),
+            during_fault: None,
             movement: None,
             failover: None,
             revalidation: None,

@@ -17,6 +17,10 @@ pub struct Traffic {
     pub requests: usize,
     /// Attempts that failed: transport error, 5xx, or an unexpected 4xx.
     pub failed: usize,
+    /// Those of them that were replay-safe (a read, or a mutation with an
+    /// `Idempotency-Key`): a fault should show these clients latency, not
+    /// an error.
+    pub failed_replay_safe: usize,
     /// `503 handoff_timeout`, `transport timeout`… → count.
     pub failures: BTreeMap<String, usize>,
     /// Logical operations, and those never answered with success.
@@ -58,6 +62,16 @@ pub fn histogram(values_us: impl IntoIterator<Item = u64>) -> Histogram<u64> {
     histogram
 }
 
+/// The latency of the load's requests that were in flight at some moment
+/// of `[from_us, to_us]` (the fault, from its first step to its last):
+/// what a client sees of it.
+pub fn during(records: &[Record], (from_us, to_us): (u64, u64)) -> LatencySummary {
+    let overlapping = records
+        .iter()
+        .filter(|r| r.phase == Phase::Load && r.t_send_us <= to_us && r.t_done_us >= from_us);
+    LatencySummary::of(overlapping.map(Record::latency_us))
+}
+
 impl Traffic {
     pub fn of(records: &[Record]) -> Traffic {
         let load: Vec<&Record> = records.iter().filter(|r| r.phase == Phase::Load).collect();
@@ -68,6 +82,7 @@ impl Traffic {
         };
         for record in load.iter().filter(|r| !r.is_success()) {
             traffic.failed += 1;
+            traffic.failed_replay_safe += usize::from(record.is_replay_safe());
             *traffic.failures.entry(record.outcome_label()).or_default() += 1;
         }
         let mut succeeded: HashMap<&str, bool> = HashMap::new();
