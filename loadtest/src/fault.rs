@@ -14,6 +14,7 @@ use crate::bystanders::{Bystanders, Served};
 use crate::check::failover::CutWindow;
 use crate::check::movement::ScaleWindow;
 use crate::check::revalidation::Probed;
+use crate::crash::{self, CrashProbe, CrashWindows};
 use crate::ledger::Ledger;
 use crate::load::user_name;
 use crate::probe::{held_by, Prober};
@@ -23,6 +24,8 @@ use roost_testkit::postgres::Cluster;
 
 /// How long after SIGKILL the worker is started again.
 const KILL9_DOWNTIME: Duration = Duration::from_secs(2);
+/// How long the crash probe's users run before the kill.
+const CRASH_PROBE_WARMUP: Duration = Duration::from_millis(500);
 /// How long a worker stays SIGSTOPped.
 const SIGSTOP_PAUSE: Duration = Duration::from_secs(5);
 /// The longest a SIGTERMed worker may take to drain and exit.
@@ -49,6 +52,8 @@ pub struct FaultOutcome {
     pub hrw: Option<HrwView>,
     /// Cut: when the cut came and went.
     pub cut: Option<CutWindow>,
+    /// Kill -9: what the killed worker's users saw ([`crate::crash`]).
+    pub crash: Option<CrashWindows>,
     /// Cut: what the cut worker answered from the heal on.
     pub probes: Vec<Probed>,
     /// Worker → exit status of each drain (SIGTERM).
@@ -70,7 +75,7 @@ pub async fn inject(scenario: Scenario, target: Target<'_>) -> FaultOutcome {
     let mut outcome = FaultOutcome::default();
     let ledger = target.ledger.clone();
     let result = match scenario {
-        Scenario::Kill9 => kill9(target).await,
+        Scenario::Kill9 => kill9(target, &mut outcome).await,
         Scenario::Sigstop => sigstop(target).await,
         Scenario::PgRestart => pg_restart(&target),
         Scenario::Rolling => rolling(target, &mut outcome).await,
@@ -91,10 +96,19 @@ impl FaultOutcome {
     }
 }
 
-async fn kill9(target: Target<'_>) -> Result<()> {
+async fn kill9(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
     let Target { fleet, ledger, .. } = target;
     let victim = busiest_worker(ledger, &fleet.ids());
-    kill9_and_restart(fleet, ledger, &victim).await
+    let probe = CrashProbe::start(fleet, &victim, ledger.clock()).await?;
+    ledger.event(format!(
+        "{} users of {victim} send durable writes in a closed loop",
+        crash::USERS
+    ));
+    tokio::time::sleep(CRASH_PROBE_WARMUP).await;
+    let kill_us = ledger.clock().now_us();
+    let result = kill9_and_restart(fleet, ledger, &victim).await;
+    outcome.crash = Some(probe.stop(kill_us).await?);
+    result
 }
 
 /// SIGKILL worker `victim`, start it again [`KILL9_DOWNTIME`] later, and

@@ -37,6 +37,7 @@ pub mod bystanders;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod crash;
 pub mod fault;
 pub mod fixed_reply;
 pub mod ledger;

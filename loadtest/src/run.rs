@@ -119,6 +119,7 @@ pub async fn run_scenario(
     let (records, events) = ledger.snapshot();
     let mut findings = Findings::examine(&records, &stored, load_us);
     findings.during_fault = fault_window(&events).map(|window| during(&records, window));
+    findings.crash = fault.crash.clone();
     findings.movement = fault.scale.zip(fault.hrw.as_ref()).map(|(window, hrw)| {
         let mut movement = movement(&records, window, hrw, scenario);
         if let Some(served) = &fault.bystanders {

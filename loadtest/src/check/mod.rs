@@ -107,6 +107,8 @@ pub struct Findings {
     /// Latency of the requests in flight during the fault, from its first
     /// step to its last.
     pub during_fault: Option<traffic::LatencySummary>,
+    /// Kill -9: the windows of the killed worker's users.
+    pub crash: Option<crate::crash::CrashWindows>,
     /// Scale: which entities moved.
     pub movement: Option<movement::Movement>,
     /// Cut: how the cut worker's users moved.
@@ -130,6 +132,7 @@ impl Findings {
             overlap: overlap::Overlaps::of(records),
             readback: readback::ReadBack::of(records, stored),
             during_fault: None,
+            crash: None,
             movement: None,
             failover: None,
             revalidation: None,
