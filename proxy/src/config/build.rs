@@ -92,8 +92,9 @@ impl TrustedHopConfig {
 
 impl KeyConfig {
     /// The sources the [`KeyExtractor`](crate::key::KeyExtractor) tries, in
-    /// order, or the first entry that is unusable. Reads the secrets'
-    /// environment variables and the JWKS files, so it runs at start only.
+    /// order, or the first entry that is unusable. Reads the secrets (from
+    /// the environment or files) and the JWKS files, so it runs once per
+    /// load: at start and on each reload.
     pub fn to_sources(&self) -> Result<Vec<KeySource>, Invalid> {
         let sources: Vec<KeySource> = self
             .sources

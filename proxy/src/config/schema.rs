@@ -258,8 +258,8 @@ pub struct JwtConfig {
     pub secret_file: Option<Spanned<String>>,
     /// ... or the secret itself; at least 32 bytes either way.
     pub secret: Option<Spanned<String>>,
-    /// A JWKS file with the RS256/ES256 public keys, read at start
-    /// (relative to the working directory).
+    /// A JWKS file with the RS256/ES256 public keys, read at start and on
+    /// every reload (relative to the working directory).
     pub jwks: Option<Spanned<String>>,
     /// The required `iss`.
     pub issuer: Spanned<String>,
