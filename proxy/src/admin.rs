@@ -137,11 +137,16 @@ impl ServeHttp for AdminApp {
         if method != allowed
             && (POST_PATHS.contains(&path.as_str()) || GET_PATHS.contains(&path.as_str()))
         {
-            return error(&ErrorReply::new(
+            let reply = ErrorReply::new(
                 405,
                 "method_not_allowed",
                 format!("{path} takes {allowed} only"),
-            ));
+            );
+            let mut response = error(&reply);
+            if let Ok(allow) = http::HeaderValue::from_str(allowed.as_str()) {
+                response.headers_mut().insert(http::header::ALLOW, allow);
+            }
+            return response;
         }
         match path.as_str() {
             "/admin/reload" => match self.reload() {

@@ -236,6 +236,22 @@ async fn the_probes_answer_on_the_admin_listener_only() {
         .await
         .expect("POST /readyz on the admin listener");
     assert_eq!(posted.status().as_u16(), 405, "probes are read with GET");
+    assert_eq!(
+        posted.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET"),
+        "a 405 says what the path takes"
+    );
+    let reload = fleet
+        .client()
+        .get(format!("{}/admin/reload", fleet.admin_url()))
+        .send()
+        .await
+        .expect("GET /admin/reload on the admin listener");
+    assert_eq!(reload.status().as_u16(), 405, "a reload is a POST");
+    assert_eq!(
+        reload.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
     for path in ["/readyz", "/healthz"] {
         let served = fleet.get(path, &[]).await;
         assert_eq!(
