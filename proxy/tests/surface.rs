@@ -229,28 +229,41 @@ async fn the_probes_answer_on_the_admin_listener_only() {
         };
         assert_eq!(code, expected, "admin {path}: {body}");
     }
-    let posted = fleet
-        .client()
-        .post(format!("{}/readyz", fleet.admin_url()))
-        .send()
-        .await
-        .expect("POST /readyz on the admin listener");
-    assert_eq!(posted.status().as_u16(), 405, "probes are read with GET");
-    assert_eq!(
-        posted.headers().get("allow").and_then(|v| v.to_str().ok()),
-        Some("GET"),
-        "a 405 says what the path takes"
-    );
-    let reload = fleet
-        .client()
-        .get(format!("{}/admin/reload", fleet.admin_url()))
-        .send()
-        .await
-        .expect("GET /admin/reload on the admin listener");
-    assert_eq!(reload.status().as_u16(), 405, "a reload is a POST");
-    assert_eq!(
-        reload.headers().get("allow").and_then(|v| v.to_str().ok()),
-        Some("POST")
+    // A 405 says in `Allow` what the path takes.
+    for (method, path, allowed) in [
+        (reqwest::Method::POST, "/readyz", "GET"),
+        (reqwest::Method::GET, "/admin/reload", "POST"),
+    ] {
+        let url = format!("{}{path}", fleet.admin_url());
+        let answer = fleet.client().request(method.clone(), url).send().await;
+        let answer =
+            answer.unwrap_or_else(|e| panic!("{method} {path} on the admin listener: {e}"));
+        assert_eq!(answer.status().as_u16(), 405, "{method} {path}");
+        let allow = answer.headers().get("allow").and_then(|v| v.to_str().ok());
+        assert_eq!(allow, Some(allowed), "{method} {path}");
+    }
+    // A reload is the operator's: on the client listener, however it is
+    // spelled, it is a client request (refused, or a worker's 404), and
+    // nothing is reloaded.
+    for path in [
+        "/admin/reload",
+        "//admin/reload",
+        "/admin/%72eload",
+        "/admin/reload/",
+    ] {
+        for headers in [&[][..], &[(KEY_HEADER, "reload-user")][..]] {
+            let served = fleet.send(reqwest::Method::POST, path, headers, None).await;
+            assert_ne!(
+                served.status, 200,
+                "POST {path} on the client listener: {}",
+                served.body
+            );
+        }
+    }
+    let metrics = fleet.metrics().await;
+    assert!(
+        metrics.contains("roost_proxy_reloads_total{result=\"success\"} 0"),
+        "no reload came from the client listener"
     );
     for path in ["/readyz", "/healthz"] {
         let served = fleet.get(path, &[]).await;
