@@ -68,6 +68,13 @@ pub struct WorkerConfig {
     /// (longer than `lease_ms`, so a frozen owner's entities are claimed
     /// when its lease runs out rather than refused); past it, 503.
     pub handoff_timeout_ms: u64,
+    /// How long after the last lease renewal that reached the store
+    /// requests wait for a store that went away (Postgres restarting, a
+    /// short partition) to come back, rather than fail: they are held, not
+    /// answered, while the worker reconnects, takes its lock again and
+    /// revalidates its entities; past it they get 503 and readiness fails.
+    /// 0: no wait. Keep it under the proxy's `upstream_timeout_ms`.
+    pub store_grace_ms: u64,
     /// A section per entity type the worker serves (by its kind name):
     /// `{cart: {durability: durable, settings: {limits: {tee: 1}}}}`.
     /// Checked against the registered types at start
@@ -135,6 +142,7 @@ impl Default for WorkerConfig {
             lease_ms: 2_000,
             heartbeat_ms: 500,
             handoff_timeout_ms: 3_000,
+            store_grace_ms: 2_000,
             kinds: BTreeMap::new(),
             hash_seed: None,
             proxy_token: None,
@@ -243,6 +251,7 @@ impl WorkerConfig {
             duration: Duration::from_millis(self.lease_ms),
             renew_every: Duration::from_millis(self.heartbeat_ms),
             join_patience: Duration::from_millis(self.lease_ms),
+            store_grace: Duration::from_millis(self.store_grace_ms),
         }
     }
 

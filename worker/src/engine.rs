@@ -25,10 +25,11 @@ impl Engine {
         }
     }
 
-    /// Whether requests may be served now (the runtime's lease holds).
-    pub fn is_serving(&self) -> bool {
+    /// Whether requests may be sent here now (the runtime's lease holds,
+    /// or may come back within the store grace).
+    pub fn is_ready(&self) -> bool {
         match self {
-            Engine::Memory(runtime) => runtime.is_serving(),
+            Engine::Memory(runtime) => runtime.is_ready(),
             Engine::Stateless(_) => true,
         }
     }

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub handovers_requested: IntCounter,
     pub handovers: IntCounter,
     pub revalidation_drops: IntCounter,
+    pub store_wait_seconds: HistogramVec,
+    pub store_waiting: IntGauge,
     pub request_seconds: HistogramVec,
     pub requests: IntCounterVec,
     pub call_attempts: IntCounterVec,
@@ -129,6 +131,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Entities dropped after a lease lapse because another worker claimed them meanwhile."
         )
         .expect("register revalidation_drops"),
+        store_wait_seconds: register_histogram_vec!(
+            "roost_worker_store_wait_seconds",
+            "Time requests were held for the lease while the store was away (store_grace_ms), in seconds, by how the wait ended: served, or gave_up (503).",
+            &["outcome"],
+            buckets()
+        )
+        .expect("register store_wait_seconds"),
+        store_waiting: register_int_gauge!(
+            "roost_worker_store_waiting_requests",
+            "Requests held right now until the lease comes back."
+        )
+        .expect("register store_waiting"),
         request_seconds: register_histogram_vec!(
             "roost_worker_request_seconds",
             "Request latency by route, in seconds.",

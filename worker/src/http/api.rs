@@ -302,7 +302,7 @@ impl Api {
     fn readiness(&self) -> Reply {
         if self.draining.load(Ordering::Acquire) {
             Reply::error(503, "draining", "this worker is shutting down")
-        } else if !self.engine.is_serving() {
+        } else if !self.engine.is_ready() {
             Reply::error(
                 503,
                 "lease_lost",

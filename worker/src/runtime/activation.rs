@@ -364,8 +364,8 @@ impl Activation {
             .and_then(|f| f.unconfirmed.front())
             .is_some_and(|u| u.version <= row.version);
         if !durable_failed {
-            pending.row.get_or_insert(row);
-            return;
+            drop(pending);
+            return self.retry(row);
         }
         let flight = pending.flight();
         let before = flight.unconfirmed.drain(..).next().map(|u| u.before);
@@ -380,6 +380,13 @@ impl Activation {
         pending.tidy();
         drop(pending);
         release(failed, &Err(failure.clone()));
+    }
+
+    /// Writing `row` failed and is to be tried again: it stays pending
+    /// unless a newer row (which holds its changes) replaced it, and the
+    /// replies held for it keep waiting.
+    pub fn retry(&self, row: FlushRow) {
+        self.pending().row.get_or_insert(row);
     }
 
     /// Another worker owns the entity: nothing pending can be written and

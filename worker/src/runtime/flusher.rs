@@ -36,11 +36,15 @@
 //! - fenced (the epoch moved on): the entity is dropped from memory at once
 //!   and every held reply gets [`FlushFailure::Fenced`];
 //! - store error: a write-behind row goes back to its entity to be retried
-//!   (unless a newer row replaced it); a row holding a durable change fails
-//!   every held reply and puts the entity back to its state before that
-//!   change ([`Activation::fail`]), so a failed durable write is never
-//!   written later behind the client's back. The next batch then waits for
-//!   the interval or a durable write, not the landing.
+//!   (unless a newer row replaced it). So does a row holding a durable
+//!   change, its replies still held, while the store may come back: the
+//!   lease is within its store grace and the flushes have been failing for
+//!   less than that grace ([`Flusher::retries`]); a durable write waits
+//!   for its commit across a reconnect. Past it, a durable row fails every
+//!   held reply and puts the entity back to its state before that change
+//!   ([`Activation::fail`]), so a failed durable write is never written
+//!   later behind the client's back. The next batch then waits for the
+//!   interval or a durable write, not the landing.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,7 +57,8 @@ use tokio::time::Instant;
 use super::activation::{Activation, FlushFailure};
 use super::map::EntityMap;
 use crate::metrics::METRICS;
-use crate::store::{FlushRow, Store};
+use crate::ownership::lease::Lease;
+use crate::store::{FlushRow, Store, StoreError};
 
 /// Flush timing and size.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +79,10 @@ pub struct FlushConfig {
 pub struct Flusher {
     store: Arc<dyn Store>,
     entities: Arc<EntityMap>,
+    /// Whether the store may yet come back ([`Lease::in_grace`]).
+    lease: Arc<Lease>,
+    /// When the batches started failing (`None`: the last one landed).
+    failing_since: Mutex<Option<Instant>>,
     config: FlushConfig,
     /// Entities with a pending row, in the order they became dirty. A std
     /// mutex: pushes and drains are short and never span an `.await`.
@@ -120,10 +129,17 @@ fn landed(joined: Result<bool, tokio::task::JoinError>) -> bool {
 }
 
 impl Flusher {
-    pub fn new(store: Arc<dyn Store>, entities: Arc<EntityMap>, config: FlushConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        entities: Arc<EntityMap>,
+        lease: Arc<Lease>,
+        config: FlushConfig,
+    ) -> Self {
         Flusher {
             store,
             entities,
+            lease,
+            failing_since: Mutex::new(None),
             config,
             queue: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -271,16 +287,38 @@ impl Flusher {
         METRICS.flush_batch_rows.observe(batch.rows.len() as f64);
         match result {
             Ok(fenced) => {
+                self.lock_failing_since().take();
                 self.complete(&batch, &fenced);
                 true
             }
             Err(e) => {
                 METRICS.flush_failures.inc();
-                tracing::warn!(error = %e, rows = batch.rows.len(), "flush failed; will retry");
-                self.fail(&batch, &e.into());
+                let rows = batch.rows.len();
+                if self.retries(&e) {
+                    tracing::warn!(error = %e, rows, "flush failed; will retry, durable replies held");
+                    self.retry(&batch);
+                } else {
+                    tracing::warn!(error = %e, rows, "flush failed; durable changes undone, the rest will retry");
+                    self.fail(&batch, &e.into());
+                }
                 false
             }
         }
+    }
+
+    /// Whether a batch that failed with `error` is tried again whole,
+    /// durable changes included: the store is unreachable, not refusing,
+    /// and may come back, since the lease is within its store grace and
+    /// the flushes have been failing for less than that grace.
+    fn retries(&self, error: &StoreError) -> bool {
+        let since = *self.lock_failing_since().get_or_insert_with(Instant::now);
+        matches!(error, StoreError::Unavailable(_))
+            && self.lease.in_grace()
+            && since.elapsed() < self.lease.grace()
+    }
+
+    fn lock_failing_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.failing_since.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Up to `batch_max` queued entities with their pending rows (`None`:
@@ -338,6 +376,13 @@ impl Flusher {
             activation.fence();
         } else if activation.has_pending() {
             self.schedule(activation, false);
+        }
+    }
+
+    fn retry(&self, batch: &Batch) {
+        for (activation, row) in batch.activations.iter().zip(&*batch.rows) {
+            activation.retry(row.clone());
+            self.settle(activation);
         }
     }
 

@@ -57,7 +57,7 @@ use crate::calls::{CallError, CallSender};
 pub use crate::entity::Durability;
 use crate::entity::{Alarm, AlarmChange, Context, Entity, Next, Outcome, Reply};
 use crate::metrics::METRICS;
-use crate::ownership::lease::{Lease, Revalidate};
+use crate::ownership::lease::{Lease, Revalidate, RETRY_AFTER_LAPSE};
 use crate::ownership::{claim, revalidation, ClaimError};
 use crate::store::{FlushRow, Store, StoreError};
 
@@ -197,6 +197,7 @@ impl Runtime {
         let flusher = Arc::new(Flusher::new(
             Arc::clone(&store),
             Arc::clone(&entities),
+            Arc::clone(&lease),
             config.flush,
         ));
         let (stop, stopped) = watch::channel(false);
@@ -228,9 +229,11 @@ impl Runtime {
         self.lease.registry()
     }
 
-    /// Whether this worker may serve now (its lease surely holds).
-    pub fn is_serving(&self) -> bool {
-        self.lease.is_held()
+    /// Whether this worker serves now, or holds requests for a store
+    /// that may come back within the grace: what readiness reports, so a
+    /// proxy keeps sending through a store blip.
+    pub fn is_ready(&self) -> bool {
+        self.lease.is_held() || self.lease.in_grace()
     }
 
     pub fn owner(&self) -> &str {
@@ -336,6 +339,7 @@ impl Runtime {
         calls: &dyn CallSender,
         work: impl AsyncFnOnce(&Arc<Activation>, &mut Loaded) -> Result<T, RuntimeError>,
     ) -> Result<T, RuntimeError> {
+        let arrived = Instant::now();
         loop {
             let activation = self.entities.get_or_insert(key, self.now_ms()).await;
             let mut slot = activation.slot.lock().await;
@@ -343,15 +347,23 @@ impl Runtime {
                 continue;
             }
             activation.touch(self.now_ms());
-            if slot.loaded.is_none() {
-                slot.loaded = Some(self.claim(entity, &activation).await?);
+            while !activation.is_gone() && slot.loaded.is_none() {
+                self.hold_for_lease(arrived).await?;
+                if activation.is_gone() {
+                    break;
+                }
+                slot.loaded = self
+                    .claim_while_in_grace(entity, &activation, arrived)
+                    .await?;
+            }
+            self.hold_for_lease(arrived).await?;
+            if activation.is_gone() {
+                // Revalidation dropped it while the request was held.
+                continue;
             }
             let Some(loaded) = slot.loaded.as_mut() else {
                 continue;
             };
-            if !self.lease.is_held() {
-                return Err(RuntimeError::LeaseLost);
-            }
             if loaded.meta.awaiting.is_some() {
                 // An earlier request's calls first (unless the change that
                 // recorded them failed to commit: going back drops them);
@@ -449,6 +461,48 @@ impl Runtime {
             Self::restore(entity, loaded, &row)?;
         }
         Ok(seen_failures)
+    }
+
+    /// Hold a request until the lease holds (at once when it does): while
+    /// the store is away, for at most `store_grace` from when the request
+    /// `arrived` and no longer than the lease's own grace
+    /// ([`Lease::held_by`](crate::ownership::lease::Lease::held_by)); past
+    /// it, 503 `lease_lost`. The entity stays locked meanwhile, so its
+    /// requests are served in the order they came.
+    async fn hold_for_lease(&self, arrived: Instant) -> Result<(), RuntimeError> {
+        if self.lease.is_held() {
+            return Ok(());
+        }
+        let waiting = Waiting::start();
+        let held = self.lease.held_by(arrived + self.lease.grace()).await;
+        waiting.end(held);
+        if held {
+            Ok(())
+        } else {
+            Err(RuntimeError::LeaseLost)
+        }
+    }
+
+    /// Claim the entity, as [`Runtime::claim`]; a claim the store could not
+    /// answer (it went away meanwhile) is `None`, to be tried again once
+    /// the lease holds, while `store_grace` from `arrived` lasts.
+    async fn claim_while_in_grace<E: Entity>(
+        &self,
+        entity: &E,
+        activation: &Arc<Activation>,
+        arrived: Instant,
+    ) -> Result<Option<Loaded>, RuntimeError> {
+        match self.claim(entity, activation).await {
+            Ok(loaded) => Ok(Some(loaded)),
+            Err(RuntimeError::Claim(ClaimError::Store(StoreError::Unavailable(why))))
+                if Instant::now() + RETRY_AFTER_LAPSE < arrived + self.lease.grace() =>
+            {
+                tracing::debug!(key = %activation.key, %why, "claim failed; held for the store");
+                tokio::time::sleep(RETRY_AFTER_LAPSE).await;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Claim the entity: at once when nobody alive owns it; from a live
@@ -700,11 +754,13 @@ impl Runtime {
     }
 
     /// Wait for the commit a held reply depends on, for as long as the
-    /// lease holds. A worker cut off from its store gets no commit and soon
-    /// no lease; from then on another worker may claim the entity (and the
-    /// flush, if it ever arrives, is fenced), so the reply is 503
-    /// `lease_lost` at once rather than after the cut heals: a proxy sends
-    /// a replay-safe request on to the key's next candidate.
+    /// lease holds or may come back within the store grace (the flusher
+    /// retries the batch across a reconnect meanwhile). A worker cut off
+    /// from its store for longer gets no commit and no lease; from then on
+    /// another worker may claim the entity (and the flush, if it ever
+    /// arrives, is fenced), so the reply is 503 `lease_lost` rather than
+    /// after the cut heals: a proxy sends a replay-safe request on to the
+    /// key's next candidate.
     async fn wait_at_gate(&self, gate: Gate) -> Result<(), RuntimeError> {
         let waited = Instant::now();
         let result = tokio::select! {
@@ -713,7 +769,7 @@ impl Runtime {
                     "the flusher stopped".into(),
                 )))
             }),
-            () = self.lease.lapsed() => return Err(RuntimeError::LeaseLost),
+            () = self.lease.lost() => return Err(RuntimeError::LeaseLost),
         };
         METRICS
             .durable_ack_seconds
@@ -792,6 +848,35 @@ impl Runtime {
             }
         }
         true
+    }
+}
+
+/// A request held for the lease, in the metrics until it is let go.
+struct Waiting {
+    since: Instant,
+}
+
+impl Waiting {
+    fn start() -> Self {
+        METRICS.store_waiting.inc();
+        Waiting {
+            since: Instant::now(),
+        }
+    }
+
+    /// The wait ended: the lease is back (`served`) or the grace ran out.
+    fn end(self, served: bool) {
+        let outcome = if served { "served" } else { "gave_up" };
+        METRICS
+            .store_wait_seconds
+            .with_label_values(&[outcome])
+            .observe(self.since.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        METRICS.store_waiting.dec();
     }
 }
 

@@ -62,8 +62,9 @@ impl Membership {
         }
     }
 
-    pub fn holds_lock(&self) -> bool {
-        self.lock.is_held()
+    /// The current holding's number while it holds the lock.
+    pub fn lock_held(&self) -> Option<u64> {
+        self.lock.held()
     }
 
     /// Where hand-over requests are to be delivered.
@@ -97,8 +98,9 @@ impl LockState {
         (previous >> 1) + 1
     }
 
-    fn is_held(&self) -> bool {
-        self.0.load(Ordering::Acquire) & 1 == 1
+    fn held(&self) -> Option<u64> {
+        let state = self.0.load(Ordering::Acquire);
+        (state & 1 == 1).then_some(state >> 1)
     }
 }
 
@@ -144,13 +146,22 @@ mod tests {
         let membership = Membership::default();
         let old = membership.new_holding();
         old.locked();
-        assert!(membership.holds_lock());
+        assert!(membership.lock_held().is_some());
         let new = membership.new_holding();
-        assert!(!membership.holds_lock(), "a new holding starts unlocked");
+        assert_eq!(
+            membership.lock_held(),
+            None,
+            "a new holding starts unlocked"
+        );
         new.locked();
         old.lost();
-        assert!(membership.holds_lock(), "the old connection ended late");
+        assert!(
+            membership.lock_held().is_some(),
+            "the old connection ended late"
+        );
+        assert_ne!(membership.lock_held(), Some(old.generation));
+        assert_eq!(membership.lock_held(), Some(new.generation));
         new.lost();
-        assert!(!membership.holds_lock());
+        assert_eq!(membership.lock_held(), None);
     }
 }

@@ -71,10 +71,15 @@ pub struct FlushRow {
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The store could not be reached or the statement failed; retrying later
+    /// The store could not be reached, or could not run the statement
+    /// right now (shutting down, out of connections, busy); retrying later
     /// may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store ran the statement and refused it (a constraint, a
+    /// trigger, a value it cannot take): the same statement fails again.
+    #[error("store refused the statement: {0}")]
+    Refused(String),
     /// The store URL or schema is unusable; retrying will not help.
     #[error("store misconfigured: {0}")]
     Fatal(String),
@@ -187,9 +192,12 @@ pub trait Registry: Send + Sync + 'static {
         None
     }
 
-    /// Whether the liveness lock is held right now (false from the moment
-    /// its connection is known to be gone).
-    fn holds_lock(&self) -> bool;
+    /// The holding of the liveness lock (a number that changes each time
+    /// the lock is taken again) if the lock is held right now; `None` from
+    /// the moment its connection is known to be gone. A lease validated
+    /// under one holding is not valid under the next: entities may have
+    /// been claimed in between.
+    fn lock_held(&self) -> Option<u64>;
 }
 
 /// A store, and the registry this worker keeps in it.

@@ -171,10 +171,23 @@ fn no_connection(e: PoolError) -> StoreError {
 }
 
 /// The server's own message when there is one ("db error" alone hides it).
+/// A statement the server refused is [`StoreError::Refused`], unless its
+/// SQLSTATE says the server could not run it now: a connection exception
+/// (class 08), a shutdown or restart (57), lack of resources (53) or a
+/// serialization failure or deadlock (40).
 pub(crate) fn unavailable(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => {
-            StoreError::Unavailable(format!("postgres: {} ({})", db.message(), db.code().code()))
+            let code = db.code().code();
+            let message = format!("postgres: {} ({code})", db.message());
+            if ["08", "57", "53", "40"]
+                .iter()
+                .any(|class| code.starts_with(class))
+            {
+                StoreError::Unavailable(message)
+            } else {
+                StoreError::Refused(message)
+            }
         }
         None => StoreError::Unavailable(format!("postgres: {}", describe(&e))),
     }

@@ -11,7 +11,7 @@
 //! so when the process dies Postgres notices the closed socket and frees the
 //! lock within milliseconds: claimers then take the worker's entities at
 //! once. When the connection drops while the process lives (Postgres
-//! restarted, network cut), [`Registry::holds_lock`] turns false the moment
+//! restarted, network cut), [`Registry::lock_held`] turns `None` the moment
 //! the driver task sees it, and the next renewal connects again, takes the
 //! lock again and reports [`Renewal::Rejoined`].
 
@@ -204,7 +204,7 @@ impl Registry for PostgresRegistry {
     async fn renew(&self, lease: Duration) -> StoreResult<Renewal> {
         let member = self.membership.member()?;
         let mut client = self.client.lock().await;
-        if let Some(live) = client.as_ref().filter(|_| self.holds_lock()) {
+        if let Some(live) = client.as_ref().filter(|_| self.lock_held().is_some()) {
             self.extend(live, &member, lease).await?;
             return Ok(Renewal::Continuous);
         }
@@ -244,7 +244,7 @@ impl Registry for PostgresRegistry {
         Some(Arc::clone(&self.fleet_changed))
     }
 
-    fn holds_lock(&self) -> bool {
-        self.membership.holds_lock()
+    fn lock_held(&self) -> Option<u64> {
+        self.membership.lock_held()
     }
 }

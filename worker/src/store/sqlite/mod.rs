@@ -263,8 +263,17 @@ fn setup_lock(database: &Path) -> Result<File, SetupError> {
     }
 }
 
+/// A statement SQLite refused (a constraint or trigger, a value too big or
+/// of the wrong type) is [`StoreError::Refused`]; anything else (busy,
+/// locked, I/O) may work later.
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("sqlite {}: {e}", path.display()))
+    let message = format!("sqlite {}: {e}", path.display());
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch) => {
+            StoreError::Refused(message)
+        }
+        _ => StoreError::Unavailable(message),
+    }
 }
 
 fn claim_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Claim> {

@@ -282,7 +282,7 @@ impl Registry for SqliteRegistry {
         self.membership.take_requests()
     }
 
-    fn holds_lock(&self) -> bool {
-        self.membership.holds_lock()
+    fn lock_held(&self) -> Option<u64> {
+        self.membership.lock_held()
     }
 }
