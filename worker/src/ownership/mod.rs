@@ -42,7 +42,10 @@
 //!    only after the stored lease (which runs longer) has expired, or once
 //!    the lock is free, so two workers never serve one entity at the same
 //!    instant (G2). After a lapse it serves nothing until it has renewed and
-//!    dropped every entity whose epoch moved on ([`revalidation`]).
+//!    dropped every entity whose epoch moved on ([`revalidation`]): the
+//!    lease holds only under the holding of the lock it was validated
+//!    under. Requests that come meanwhile are held, not answered, for at
+//!    most `store_grace_ms` after the last renewal that reached the store.
 //! 6. **A hand-over releases only what it flushed, under the entity's
 //!    lock**: the owner asked finishes the request in progress, flushes the
 //!    entity and releases it in the store before it forgets it, so no

@@ -39,7 +39,7 @@
 //!   (unless a newer row replaced it). So does a row holding a durable
 //!   change, its replies still held, while the store may come back: the
 //!   lease is within its store grace and the flushes have been failing for
-//!   less than that grace ([`Flusher::retries`]); a durable write waits
+//!   less than that grace; a durable write waits
 //!   for its commit across a reconnect. Past it, a durable row fails every
 //!   held reply and puts the entity back to its state before that change
 //!   ([`Activation::fail`]), so a failed durable write is never written
