@@ -27,7 +27,7 @@ const KILL9_DOWNTIME: Duration = Duration::from_secs(2);
 /// How long the crash probe's users run before the kill.
 const CRASH_PROBE_WARMUP: Duration = Duration::from_millis(500);
 /// How long a worker stays SIGSTOPped.
-const SIGSTOP_PAUSE: Duration = Duration::from_secs(5);
+pub(crate) const SIGSTOP_PAUSE: Duration = Duration::from_secs(5);
 /// The longest a SIGTERMed worker may take to drain and exit.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// The window the busiest worker is picked over.
