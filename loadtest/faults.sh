@@ -2,7 +2,7 @@
 # Roost's fault suite: build release binaries of roost-proxy, roost-worker
 # and roost-faults, then run roost-faults with this script's arguments.
 #
-#   loadtest/faults.sh kill9            # one scenario (sigstop, pg-restart, rolling, scale, cut)
+#   loadtest/faults.sh kill9            # one scenario (sigstop, pg-restart, rolling, scale, cut, blip)
 #   loadtest/faults.sh all              # every scenario, one summary table
 #   loadtest/faults.sh all --short      # the CI version (under 4 minutes)
 #
