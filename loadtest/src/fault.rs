@@ -27,13 +27,18 @@ const KILL9_DOWNTIME: Duration = Duration::from_secs(2);
 /// How long the crash probe's users run before the kill.
 const CRASH_PROBE_WARMUP: Duration = Duration::from_millis(500);
 /// How long a worker stays SIGSTOPped.
-const SIGSTOP_PAUSE: Duration = Duration::from_secs(5);
+pub(crate) const SIGSTOP_PAUSE: Duration = Duration::from_secs(5);
 /// The longest a SIGTERMed worker may take to drain and exit.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// The window the busiest worker is picked over.
 const BUSIEST_WINDOW_US: u64 = 1_000_000;
-/// How long a worker stays cut off from the store.
-const CUT_FOR: Duration = Duration::from_secs(8);
+/// How long the cut keeps a worker off the store: past its lease (and past
+/// the workers' `store_grace_ms`), so its users must move to other workers.
+const CUT_FOR: Duration = Duration::from_secs(5);
+/// How long the blip keeps a worker off the store: within its lease and the
+/// workers' `store_grace_ms` (2 s by default), so it must hold its users'
+/// requests and serve them after the blip.
+const BLIP_FOR: Duration = Duration::from_secs(1);
 /// After the heal, probe rounds of the cut worker this far apart…
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// …until the proxy sees it healthy again (then one round more); a problem
@@ -50,7 +55,7 @@ pub struct FaultOutcome {
     pub bystanders: Option<Served>,
     /// Scale: the proxy's HRW order while the new worker served.
     pub hrw: Option<HrwView>,
-    /// Cut: when the cut came and went.
+    /// Cut and blip: when the cut came and went.
     pub cut: Option<CutWindow>,
     /// Kill -9: what the killed worker's users saw ([`crate::crash`]).
     pub crash: Option<CrashWindows>,
@@ -81,6 +86,7 @@ pub async fn inject(scenario: Scenario, target: Target<'_>) -> FaultOutcome {
         Scenario::Rolling => rolling(target, &mut outcome).await,
         Scenario::Scale => scale(target, &mut outcome).await,
         Scenario::Cut => cut(target, &mut outcome).await,
+        Scenario::Blip => blip(target, &mut outcome).await,
     };
     outcome.note(&ledger, result);
     outcome
@@ -232,9 +238,8 @@ async fn scale(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
     Ok(())
 }
 
-/// Cut the busiest worker off the store for [`CUT_FOR`] (its relay stops
-/// forwarding; every socket stays open), heal it, then probe it straight
-/// until the proxy sees it healthy again.
+/// Cut the busiest worker off the store for [`CUT_FOR`], heal it, then
+/// probe it straight until the proxy sees it healthy again.
 async fn cut(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
     let Target {
         fleet,
@@ -243,26 +248,10 @@ async fn cut(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
         ..
     } = target;
     let victim = busiest_worker(ledger, &fleet.ids());
-    let cut_us = ledger.clock().now_us();
-    let held = held_by(ledger, &victim, cut_us);
-    fleet.cut_store(&victim)?;
-    let heal_at = Instant::now() + CUT_FOR;
-    ledger.event(format!(
-        "cut {victim} off the store for {CUT_FOR:?} (sockets stay open; it held {} sessions and carts)",
-        held.len()
-    ));
-    let detected_us = wait_routed_away(fleet, ledger, &victim, heal_at).await;
-    tokio::time::sleep_until(heal_at.into()).await;
-    fleet.heal_store(&victim)?;
-    let heal_us = ledger.clock().now_us();
-    ledger.event(format!("heal: {victim} reaches the store again"));
-    outcome.cut = Some(CutWindow {
-        victim: victim.clone(),
-        cut_us,
-        detected_us,
-        heal_us,
-        back_us: None,
-    });
+    let held = held_by(ledger, &victim, ledger.clock().now_us());
+    let note = format!("it held {} sessions and carts", held.len());
+    let window = cut_off(fleet, ledger, &victim, CUT_FOR, &note).await?;
+    outcome.cut = Some(window);
     let worker_url = fleet.worker_url(&victim)?;
     let mut prober = Prober::new(
         &worker_url,
@@ -283,6 +272,55 @@ async fn cut(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
         window.back_us = back_us?;
     }
     Ok(())
+}
+
+/// Cut the busiest worker off the store for [`BLIP_FOR`], heal it, and let
+/// the load run on: what it did with its users' requests meanwhile is in
+/// the ledger.
+async fn blip(target: Target<'_>, outcome: &mut FaultOutcome) -> Result<()> {
+    let Target { fleet, ledger, .. } = target;
+    let victim = busiest_worker(ledger, &fleet.ids());
+    outcome.cut = Some(
+        cut_off(
+            fleet,
+            ledger,
+            &victim,
+            BLIP_FOR,
+            "a blip, shorter than its lease",
+        )
+        .await?,
+    );
+    Ok(())
+}
+
+/// Cut `victim` off the store for `cut_for` (its relay stops forwarding;
+/// every socket stays open), noting when the proxy stopped routing to it
+/// if it did meanwhile, then heal it. `note` goes into the cut's event.
+async fn cut_off(
+    fleet: &mut Fleet,
+    ledger: &Ledger,
+    victim: &str,
+    cut_for: Duration,
+    note: &str,
+) -> Result<CutWindow> {
+    let cut_us = ledger.clock().now_us();
+    fleet.cut_store(victim)?;
+    let heal_at = Instant::now() + cut_for;
+    ledger.event(format!(
+        "cut {victim} off the store for {cut_for:?} (sockets stay open; {note})"
+    ));
+    let detected_us = wait_routed_away(fleet, ledger, victim, heal_at).await;
+    tokio::time::sleep_until(heal_at.into()).await;
+    fleet.heal_store(victim)?;
+    let heal_us = ledger.clock().now_us();
+    ledger.event(format!("heal: {victim} reaches the store again"));
+    Ok(CutWindow {
+        victim: victim.to_owned(),
+        cut_us,
+        detected_us,
+        heal_us,
+        back_us: None,
+    })
 }
 
 /// Wait until the proxy no longer routes to `victim` (down, or out of its

@@ -14,7 +14,7 @@ use roost_loadtest::suite::{self, SuiteOptions};
 #[command(
     version,
     about = "Roost's fault suite",
-    long_about = "Roost's fault suite. Runs: kill9, sigstop, pg-restart, rolling, scale, cut, or all. \
+    long_about = "Roost's fault suite. Runs: kill9, sigstop, pg-restart, rolling, scale, cut, blip, or all. \
                   Users default to 200 (60 with --short); all --short takes under 4 minutes."
 )]
 struct Args {

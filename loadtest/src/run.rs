@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::check::failover::{Failover, MoveBound, MOVE_MARGIN_MS};
+use crate::check::blip::Blip;
+use crate::check::failover::{CutWindow, Failover, MoveBound, MOVE_MARGIN_MS};
 use crate::check::movement::{Movement, ScaleWindow};
 use crate::check::revalidation::Revalidation;
-use crate::check::traffic::during;
+use crate::check::traffic::DuringFault;
 use crate::check::Findings;
 use crate::fault::{self, FaultOutcome, HrwView, Target, HRW_SAMPLE_KEYS};
 use crate::ledger::{write_jsonl, Clock, Event, Ledger, Record};
@@ -118,7 +119,7 @@ pub async fn run_scenario(
 
     let (records, events) = ledger.snapshot();
     let mut findings = Findings::examine(&records, &stored, load_us);
-    findings.during_fault = fault_window(&events).map(|window| during(&records, window));
+    findings.during_fault = fault_window(&events).map(|window| DuringFault::of(&records, window));
     findings.crash = fault.crash.clone();
     findings.movement = fault.scale.zip(fault.hrw.as_ref()).map(|(window, hrw)| {
         let mut movement = movement(&records, window, hrw, scenario);
@@ -128,18 +129,7 @@ pub async fn run_scenario(
         movement
     });
     if let Some(window) = &fault.cut {
-        let bound = MoveBound {
-            lease_ms: LEASE_MS,
-            detection_ms: config.proxy_health.timing().detection_ms(),
-            margin_ms: MOVE_MARGIN_MS,
-        };
-        findings.failover = Some(Failover::of(&records, window, bound));
-        findings.revalidation = Some(Revalidation::of(
-            &window.victim,
-            window.heal_us,
-            &fault.probes,
-            &records,
-        ));
+        judge_cut(scenario, &config, window, &fault, &records, &mut findings);
     }
     let title = format!(
         "roost fault suite: {scenario}{}",
@@ -157,6 +147,33 @@ pub async fn run_scenario(
         fault,
         findings,
     }))
+}
+
+/// The cut's and the blip's own checks of the window the fault left.
+fn judge_cut(
+    scenario: Scenario,
+    config: &FleetConfig,
+    window: &CutWindow,
+    fault: &FaultOutcome,
+    records: &[Record],
+    findings: &mut Findings,
+) {
+    if scenario == Scenario::Blip {
+        findings.blip = Some(Blip::of(records, window));
+        return;
+    }
+    let bound = MoveBound {
+        lease_ms: LEASE_MS,
+        detection_ms: config.proxy_health.timing().detection_ms(),
+        margin_ms: MOVE_MARGIN_MS,
+    };
+    findings.failover = Some(Failover::of(records, window, bound));
+    findings.revalidation = Some(Revalidation::of(
+        &window.victim,
+        window.heal_us,
+        &fault.probes,
+        records,
+    ));
 }
 
 /// From the fault's first step to its last: the events between the load's

@@ -1,7 +1,14 @@
-//! The six faults the suite injects, the fleet each runs on, and the plan
+//! The seven faults the suite injects, the fleet each runs on, and the plan
 //! of each run: how many users, how long the load runs, when the fault
 //! comes. `--short` is the CI version: every scenario in well under 40 s,
 //! so `all --short` fits in four minutes on two CPUs.
+//!
+//! The cut and the blip are one fault at two lengths: a worker's way to
+//! the store stops forwarding while every socket stays open. The cut (5 s)
+//! outlasts the worker's lease, so its users must move to other workers;
+//! the blip (1 s) does not, nor the workers' `store_grace_ms` (2 s by
+//! default), so the worker must hold its users' requests and serve them
+//! once the store answers again (issue 15).
 //!
 //! Think times are chosen so the load does not saturate two CPUs (it shares
 //! them with the proxy, three or four workers and Postgres): 200 users × 2
@@ -33,19 +40,22 @@ pub enum Scenario {
     Rolling,
     /// Start a fourth worker, then SIGTERM it.
     Scale,
-    /// Cut the busiest worker off the store for 8 s (its relay stops
+    /// Cut the busiest worker off the store for 5 s (its relay stops
     /// forwarding; every socket stays open), then heal it.
     Cut,
+    /// The same for 1 s: a store blip, within the lease.
+    Blip,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Kill9,
         Scenario::Sigstop,
         Scenario::PgRestart,
         Scenario::Rolling,
         Scenario::Scale,
         Scenario::Cut,
+        Scenario::Blip,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,16 +66,22 @@ impl Scenario {
             Scenario::Rolling => "rolling",
             Scenario::Scale => "scale",
             Scenario::Cut => "cut",
+            Scenario::Blip => "blip",
         }
     }
 
     /// The fleet it runs on: the suite's ([`FleetConfig::faults`]); the cut
-    /// puts a relay between every worker and the store, and leaves the
-    /// proxy's health checks at their defaults, so its movement bound is
-    /// the one a default deployment gets.
+    /// and the blip put a relay between every worker and the store, and
+    /// leave the proxy's health checks at their defaults (`/readyz` every
+    /// 250 ms, down after 2 failures), so what they measure is what a
+    /// default deployment gets: the cut's movement bound, and whether a
+    /// blip stays invisible. The blip shares the cut's fleet so that the two
+    /// differ only in the cut's length; the suite's fast checks (down after
+    /// one failed 100 ms probe) would only make the proxy quicker to send
+    /// users away from a worker that is holding their requests.
     pub fn fleet_config(self) -> FleetConfig {
         match self {
-            Scenario::Cut => FleetConfig::faults().store_relays().default_health(),
+            Scenario::Cut | Scenario::Blip => FleetConfig::faults().store_relays().default_health(),
             _ => FleetConfig::faults(),
         }
     }

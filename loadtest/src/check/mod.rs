@@ -3,6 +3,7 @@
 //! so a failure names the requests that show it.
 
 pub mod availability;
+pub mod blip;
 pub mod failover;
 pub mod lost;
 pub mod movement;
@@ -104,9 +105,9 @@ pub struct Findings {
     pub stale: stale::StaleReads,
     pub overlap: overlap::Overlaps,
     pub readback: readback::ReadBack,
-    /// Latency of the requests in flight during the fault, from its first
-    /// step to its last.
-    pub during_fault: Option<traffic::LatencySummary>,
+    /// The requests in flight during the fault, from its first step to its
+    /// last: how many, how many failed, their latency.
+    pub during_fault: Option<traffic::DuringFault>,
     /// Kill -9: the windows of the killed worker's users.
     pub crash: Option<crate::crash::CrashWindows>,
     /// Scale: which entities moved.
@@ -115,6 +116,8 @@ pub struct Findings {
     pub failover: Option<failover::Failover>,
     /// Cut: what the cut worker served after the heal.
     pub revalidation: Option<revalidation::Revalidation>,
+    /// Blip: what the cut worker's users saw of it.
+    pub blip: Option<blip::Blip>,
 }
 
 impl Findings {
@@ -136,6 +139,7 @@ impl Findings {
             movement: None,
             failover: None,
             revalidation: None,
+            blip: None,
         }
     }
 }

@@ -62,14 +62,31 @@ pub fn histogram(values_us: impl IntoIterator<Item = u64>) -> Histogram<u64> {
     histogram
 }
 
-/// The latency of the load's requests that were in flight at some moment
-/// of `[from_us, to_us]` (the fault, from its first step to its last):
-/// what a client sees of it.
-pub fn during(records: &[Record], (from_us, to_us): (u64, u64)) -> LatencySummary {
-    let overlapping = records
-        .iter()
-        .filter(|r| r.phase == Phase::Load && r.t_send_us <= to_us && r.t_done_us >= from_us);
-    LatencySummary::of(overlapping.map(Record::latency_us))
+/// The load's requests that were in flight at some moment of the fault,
+/// from its first step to its last: what a client sees of it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DuringFault {
+    pub requests: usize,
+    /// Those of them that failed.
+    pub failed: usize,
+    #[serde(flatten)]
+    pub latency_ms: LatencySummary,
+}
+
+impl DuringFault {
+    /// The load's requests of `records` in flight at some moment of
+    /// `[from_us, to_us]`.
+    pub fn of(records: &[Record], (from_us, to_us): (u64, u64)) -> DuringFault {
+        let overlapping: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.phase == Phase::Load && r.t_send_us <= to_us && r.t_done_us >= from_us)
+            .collect();
+        DuringFault {
+            requests: overlapping.len(),
+            failed: overlapping.iter().filter(|r| !r.is_success()).count(),
+            latency_ms: LatencySummary::of(overlapping.iter().map(|r| r.latency_us())),
+        }
+    }
 }
 
 impl Traffic {
