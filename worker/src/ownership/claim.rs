@@ -2,6 +2,12 @@
 //! when nobody alive owns it; from a live owner by asking it to hand the
 //! entity over, then asking the store again, with backoff, until it has or
 //! the hand-over timeout has passed.
+//!
+//! An owner is asked again when it still owns the entity
+//! [`ASK_AGAIN_AFTER`] later: it may have handed the entity over and taken
+//! it back for a request of its own before this claimer looked again (two
+//! workers both sent the user's requests while the proxy's routing
+//! changed), and a hand-over it already did is not done again unasked.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +20,10 @@ use crate::store::{Claim, ClaimOutcome, Store};
 const RETRY_MIN: Duration = Duration::from_millis(2);
 const RETRY_MAX: Duration = Duration::from_millis(50);
 
+/// How long after asking an owner to hand an entity over it is asked again
+/// if it still owns it.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(250);
+
 /// Claim `key` for `owner`, waiting at most `handoff_timeout` for a live
 /// owner to hand it over.
 pub async fn claim(
@@ -23,17 +33,20 @@ pub async fn claim(
     handoff_timeout: Duration,
 ) -> Result<Claim, ClaimError> {
     let deadline = Instant::now() + handoff_timeout;
-    let mut asked = None;
+    let mut asked: Option<(String, Instant)> = None;
     let mut retry = RETRY_MIN;
     loop {
         let current = match store.claim(key, owner).await? {
             ClaimOutcome::Claimed(claim) => return Ok(claim),
             ClaimOutcome::Owned { owner } => owner,
         };
-        if asked.as_ref() != Some(&current) {
+        let ask = asked
+            .as_ref()
+            .is_none_or(|(who, when)| *who != current || when.elapsed() >= ASK_AGAIN_AFTER);
+        if ask {
             store.ask_handover(&current, key).await?;
             METRICS.handovers_requested.inc();
-            asked = Some(current.clone());
+            asked = Some((current.clone(), Instant::now()));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
