@@ -258,6 +258,23 @@ async fn bad_input(store: Store) {
         .send()
         .await;
     reply.expect_status(200, "a body of exactly max_body_bytes");
+    // A body in several chunks (one frame each) is read whole.
+    let chunks = [r#"{"sku": "#, r#""cup", "#, r#""qty": 2}"#];
+    let mut request = format!(
+        "POST /v1/cart/items HTTP/1.1\r\nhost: w\r\nx-roost-key: {}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        unique_key("chunks")
+    );
+    for chunk in chunks {
+        request.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    request.push_str("0\r\n\r\n");
+    let response =
+        raw_exchange(worker.addr, &[request.as_bytes()]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.contains(r#"{"sku":"cup","qty":2}"#),
+        "a body in three chunks: {response}"
+    );
 
     // --- 400: a path not in its normal form ----------------------------------
     // Sent raw: an HTTP client would resolve the dot segments itself.

@@ -48,7 +48,12 @@ impl Engine {
     ) -> Result<EntityReply, RuntimeError> {
         match self {
             Engine::Memory(runtime) => runtime.execute(entity, id, request, options, calls).await,
-            Engine::Stateless(engine) => engine.execute(entity, id, request, options).await,
+            // Boxed: a stateless request's future holds a whole Postgres
+            // transaction, and would otherwise make every request's future
+            // (moved into `Kind::run`'s box) that large.
+            Engine::Stateless(engine) => {
+                Box::pin(engine.execute(entity, id, request, options)).await
+            }
         }
     }
 

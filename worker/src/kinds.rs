@@ -68,7 +68,7 @@ use serde::de::DeserializeOwned;
 use crate::calls::CallSender;
 use crate::config::{KindConfig, WorkerConfig};
 use crate::engine::Engine;
-use crate::entity::action::{self, ActionError};
+use crate::entity::action::{self, ActionError, Content};
 use crate::entity::{Access, Alias, Durability, Entity, Reply, Scope};
 use crate::runtime::{EntityReply, Options, RuntimeError};
 
@@ -280,8 +280,9 @@ pub struct Invocation<'a> {
     /// The entity's id (the user's key for a per-user kind).
     pub id: &'a str,
     pub action: &'a str,
-    /// The action's JSON body.
-    pub body: &'a [u8],
+    /// What the action's request is read from: its JSON body, or an
+    /// alias's path fields.
+    pub content: Content<'a>,
     pub options: Options,
 }
 
@@ -339,10 +340,10 @@ impl<E: Entity> Kind for Registered<E> {
         let Invocation {
             id,
             action,
-            body,
+            content,
             options,
         } = invocation;
-        let request = action::parse::<E::Request>(action, body)
+        let request = action::parse_content::<E::Request>(action, content)
             .map_err(|e| Refusal::Invalid(refused::<E>(e)))?;
         self.entity.validate(&request).map_err(Refusal::Invalid)?;
         engine

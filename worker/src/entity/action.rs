@@ -45,15 +45,34 @@ impl de::Error for ActionError {
     }
 }
 
-/// Parse `body` as the request for `action` of request type `R`. A body
-/// of the wrong shape is parsed again with the path to the offending
+/// What an action's request is read from.
+#[derive(Debug, Clone, Copy)]
+pub enum Content<'a> {
+    /// A JSON body (empty for none).
+    Json(&'a [u8]),
+    /// An alias's path fields (decoded) as the body's object, when the
+    /// request has no body besides: read as they are, with no JSON written
+    /// and parsed again in between.
+    Fields(&'a [(&'static str, String)]),
+}
+
+/// Parse `body` as the request for `action` of request type `R`.
+pub fn parse<R: DeserializeOwned>(action: &str, body: &[u8]) -> Result<R, ActionError> {
+    parse_content(action, Content::Json(body))
+}
+
+/// Parse `content` as the request for `action` of request type `R`. A
+/// body of the wrong shape is parsed again with the path to the offending
 /// field tracked, for the message (tracking costs an allocation per field,
 /// so a good body does not pay for it).
-pub fn parse<R: DeserializeOwned>(action: &str, body: &[u8]) -> Result<R, ActionError> {
+pub fn parse_content<R: DeserializeOwned>(
+    action: &str,
+    content: Content<'_>,
+) -> Result<R, ActionError> {
     let parsed = |tracked| {
         R::deserialize(Action {
             name: action,
-            body,
+            content,
             variants: &[],
             tracked,
         })
@@ -94,7 +113,7 @@ pub fn split<R: Serialize>(request: &R) -> Option<(String, Option<Box<RawValue>>
 /// The deserializer of one action: an enum whose variant is `name`.
 struct Action<'de> {
     name: &'de str,
-    body: &'de [u8],
+    content: Content<'de>,
     /// The enum's variants, once serde has said them.
     variants: &'static [&'static str],
     /// Whether to track the path to a field in error.
@@ -140,7 +159,7 @@ impl<'de> de::EnumAccess<'de> for Action<'de> {
             actions: self.variants,
         })?;
         let body = Body {
-            bytes: self.body,
+            content: self.content,
             tracked: self.tracked,
         };
         Ok((variant, body))
@@ -149,8 +168,28 @@ impl<'de> de::EnumAccess<'de> for Action<'de> {
 
 /// An action's body, as its variant's content.
 struct Body<'de> {
-    bytes: &'de [u8],
+    content: Content<'de>,
     tracked: bool,
+}
+
+impl<'de> Body<'de> {
+    /// The JSON body, or (path fields) the reply to a variant that cannot
+    /// take a map.
+    fn json(&self) -> Result<&'de [u8], ActionError> {
+        match self.content {
+            Content::Json(bytes) => Ok(bytes),
+            Content::Fields(_) => Err(ActionError::Invalid(
+                "this action does not take its fields from the path".into(),
+            )),
+        }
+    }
+}
+
+/// An alias's path fields as a map of strings.
+fn fields_map<'de>(
+    fields: &'de [(&'static str, String)],
+) -> de::value::MapDeserializer<'de, impl Iterator<Item = (&'de str, &'de str)>, ActionError> {
+    de::value::MapDeserializer::new(fields.iter().map(|(name, value)| (*name, value.as_str())))
 }
 
 /// `$deserialize`, an expression of `$de`, run over `$body`'s bytes as JSON
@@ -161,7 +200,7 @@ struct Body<'de> {
 macro_rules! over_json {
     ($body:expr, |$de:ident| $deserialize:expr) => {{
         let body: Body<'_> = $body;
-        let mut json = serde_json::Deserializer::from_slice(body.bytes);
+        let mut json = serde_json::Deserializer::from_slice(body.json()?);
         let value = if body.tracked {
             let mut track = serde_path_to_error::Track::new();
             let $de = serde_path_to_error::Deserializer::new(&mut json, &mut track);
@@ -180,7 +219,7 @@ impl<'de> de::VariantAccess<'de> for Body<'de> {
     type Error = ActionError;
 
     fn unit_variant(self) -> Result<(), ActionError> {
-        let text = std::str::from_utf8(self.bytes).unwrap_or("?").trim();
+        let text = std::str::from_utf8(self.json()?).unwrap_or("?").trim();
         if matches!(text, "" | "{}" | "null") {
             Ok(())
         } else {
@@ -192,6 +231,9 @@ impl<'de> de::VariantAccess<'de> for Body<'de> {
         self,
         seed: S,
     ) -> Result<S::Value, ActionError> {
+        if let Content::Fields(fields) = self.content {
+            return seed.deserialize(fields_map(fields));
+        }
         over_json!(self, |de| seed.deserialize(de))
     }
 
@@ -210,7 +252,10 @@ impl<'de> de::VariantAccess<'de> for Body<'de> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, ActionError> {
-        if self.bytes.trim_ascii_start().starts_with(b"[") {
+        if let Content::Fields(fields) = self.content {
+            return de::Deserializer::deserialize_map(fields_map(fields), visitor);
+        }
+        if self.json()?.trim_ascii_start().starts_with(b"[") {
             return Err(ActionError::Invalid(
                 "the body must be a JSON object, not an array".into(),
             ));

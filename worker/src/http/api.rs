@@ -57,10 +57,11 @@ use roost_routing::{headers, path};
 use serde_json::json;
 
 use super::body;
-use super::routes::{decode_segment, with_fields, EntityRoute, InternalCall, Miss, Route, Routes};
+use super::routes::{decode_segment, AliasBody, EntityRoute, InternalCall, Miss, Route, Routes};
 use crate::calls::{CallError, CallSender, Caller, LocalReceiver, Received};
 use crate::config::WorkerConfig;
 use crate::engine::Engine;
+use crate::entity::action::Content;
 use crate::entity::{check_name, Access, Call, Reply, Scope};
 use crate::kinds::{Catalog, Invocation, Kind, Refusal};
 use crate::metrics::METRICS;
@@ -344,15 +345,17 @@ impl Api {
         };
         let read = route.action.access == Access::Read;
         let (options, body) = self.read(head, body, route.kind, read).await?;
-        let body = if route.fields.is_empty() {
-            body
+        let alias;
+        let content = if route.fields.is_empty() {
+            Content::Json(&body)
         } else {
-            with_fields(&body, &route.fields)?.into()
+            alias = AliasBody::new(&body, &route.fields)?;
+            alias.content()
         };
         let invocation = Invocation {
             id,
             action: route.action.name,
-            body: &body,
+            content,
             options,
         };
         let reply = route.kind.run(&self.engine, invocation, self).await?;
@@ -581,7 +584,7 @@ impl LocalReceiver for Api {
         let invocation = Invocation {
             id,
             action,
-            body,
+            content: Content::Json(body),
             options,
         };
         match kind.run(&self.engine, invocation, self).await {

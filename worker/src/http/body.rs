@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::HeaderMap;
 
@@ -47,9 +47,9 @@ pub async fn read(headers: &HeaderMap, mut body: Incoming, max: usize) -> Result
         }
         return Err(too_large());
     }
-    match Limited::new(&mut body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    match read_at_most(&mut body, max).await {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => {
             discard(body);
             Err(too_large())
         }
@@ -59,6 +59,36 @@ pub async fn read(headers: &HeaderMap, mut body: Incoming, max: usize) -> Result
             format!("cannot read the body: {e}"),
         )),
     }
+}
+
+/// The body's data, or `None` once it is larger than `max`. A body that
+/// comes in one frame (nearly all: the request's bytes are in hyper's
+/// read buffer already) is that frame's bytes, with no copy and no
+/// allocation; `http_body_util`'s `collect` queues every frame first.
+/// Trailers are dropped, as `collect().to_bytes()` drops them.
+async fn read_at_most(body: &mut Incoming, max: usize) -> Result<Option<Bytes>, hyper::Error> {
+    let mut whole = Bytes::new(); // the body while it is one frame
+    let mut joined: Option<BytesMut> = None; // once it is more
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        let length = joined.as_ref().map_or(whole.len(), BytesMut::len);
+        if length + data.len() > max {
+            return Ok(None);
+        }
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut both = BytesMut::with_capacity(whole.len() + data.len());
+                both.extend_from_slice(&whole);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
+    }
+    Ok(Some(joined.map_or(whole, BytesMut::freeze)))
 }
 
 /// Read and drop the rest of `body` in the background, within

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use hyper::Method;
 use percent_encoding::percent_decode_str;
 
+use crate::entity::action::Content;
 use crate::entity::{check_name, Access, Reply, Scope};
 use crate::kinds::{Catalog, Kind};
 use crate::metrics::RouteMetrics;
@@ -445,43 +446,55 @@ pub fn decode_segment(segment: &str) -> Result<String, Reply> {
     Ok(decoded.into_owned())
 }
 
-/// An action's body with an alias's path fields added (decoded): the body
-/// must then be a JSON object (or empty), and must not set a field the
-/// path sets.
-pub fn with_fields(body: &[u8], fields: &[(&'static str, &str)]) -> Result<Vec<u8>, Reply> {
-    let decoded = fields
-        .iter()
-        .map(|(name, raw)| Ok((*name, decode_segment(raw)?)))
-        .collect::<Result<Vec<_>, Reply>>()?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        // The common case (`DELETE /v1/cart/items/{sku}`): the path's
-        // fields are the whole body, written out as they are.
-        if let Some(name) = repeated_field(&decoded) {
-            return Err(given_twice(name));
+/// An alias request's body with its path fields (decoded): the fields
+/// alone when the body is empty (the common case, `DELETE
+/// /v1/cart/items/{sku}`), else the body's JSON object with them added.
+/// The body must then be an object, and must not set a field the path
+/// sets.
+pub enum AliasBody {
+    Fields(Vec<(&'static str, String)>),
+    Merged(Vec<u8>),
+}
+
+impl AliasBody {
+    pub fn new(body: &[u8], fields: &[(&'static str, &str)]) -> Result<Self, Reply> {
+        let decoded = fields
+            .iter()
+            .map(|(name, raw)| Ok((*name, decode_segment(raw)?)))
+            .collect::<Result<Vec<_>, Reply>>()?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return match repeated_field(&decoded) {
+                Some(name) => Err(given_twice(name)),
+                None => Ok(AliasBody::Fields(decoded)),
+            };
         }
-        let object = decoded.iter().map(|(name, value)| (name, value));
-        let mut json = Vec::new();
-        let mut serializer = serde_json::Serializer::new(&mut json);
-        serde::Serializer::collect_map(&mut serializer, object).map_err(unserializable)?;
-        return Ok(json);
+        let mut object = match serde_json::from_slice(body) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(_) => {
+                let message = "the body must be a JSON object";
+                return Err(Reply::error(400, "invalid_request", message));
+            }
+            Err(e) => {
+                let message = format!("the body is not JSON: {e}");
+                return Err(Reply::error(400, "invalid_json", message));
+            }
+        };
+        for (name, value) in decoded {
+            if object.insert(name.to_owned(), value.into()).is_some() {
+                return Err(given_twice(name));
+            }
+        }
+        let merged = serde_json::to_vec(&object).map_err(unserializable)?;
+        Ok(AliasBody::Merged(merged))
     }
-    let mut object = match serde_json::from_slice(body) {
-        Ok(serde_json::Value::Object(object)) => object,
-        Ok(_) => {
-            let message = "the body must be a JSON object";
-            return Err(Reply::error(400, "invalid_request", message));
-        }
-        Err(e) => {
-            let message = format!("the body is not JSON: {e}");
-            return Err(Reply::error(400, "invalid_json", message));
-        }
-    };
-    for (name, value) in decoded {
-        if object.insert(name.to_owned(), value.into()).is_some() {
-            return Err(given_twice(name));
+
+    /// What the action's request is read from.
+    pub fn content(&self) -> Content<'_> {
+        match self {
+            AliasBody::Fields(fields) => Content::Fields(fields),
+            AliasBody::Merged(json) => Content::Json(json),
         }
     }
-    serde_json::to_vec(&object).map_err(unserializable)
 }
 
 /// A field the path gives more than once, if any.
@@ -506,30 +519,68 @@ fn unserializable(e: serde_json::Error) -> Reply {
 mod tests {
     use super::*;
 
-    fn body(json: &[u8]) -> serde_json::Value {
-        serde_json::from_slice(json).expect("with_fields writes JSON")
+    use crate::entity::action::{parse_content, ActionError};
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(rename_all = "snake_case", deny_unknown_fields)]
+    enum Request {
+        Remove { sku: String },
+        Add { sku: String, qty: u64 },
+        Put(serde_json::Value),
+        Checkout,
+    }
+
+    fn request(
+        body: &[u8],
+        fields: &[(&'static str, &str)],
+        action: &str,
+    ) -> Result<Request, ActionError> {
+        let alias = AliasBody::new(body, fields).expect("a usable alias body");
+        parse_content(action, alias.content())
     }
 
     #[test]
     fn path_fields_become_the_body_or_join_it() {
         let fields = [("sku", "tee%20shirt")];
-        let alone = with_fields(b" ", &fields).expect("an empty body takes the fields");
-        assert_eq!(body(&alone), serde_json::json!({"sku": "tee shirt"}));
-        let joined = with_fields(br#"{"qty": 2}"#, &fields).expect("an object takes them");
-        assert_eq!(
-            body(&joined),
-            serde_json::json!({"sku": "tee shirt", "qty": 2})
-        );
+        let remove = Request::Remove {
+            sku: "tee shirt".into(),
+        };
+        assert_eq!(request(b" ", &fields, "remove"), Ok(remove));
+        let add = Request::Add {
+            sku: "tee shirt".into(),
+            qty: 2,
+        };
+        assert_eq!(request(br#"{"qty": 2}"#, &fields, "add"), Ok(add));
+        let put = Request::Put(serde_json::json!({"sku": "tee shirt"}));
+        assert_eq!(request(b"", &fields, "put"), Ok(put));
+    }
+
+    #[test]
+    fn path_fields_alone_are_checked_as_a_body_is() {
+        let fields = [("sku", "tee")];
+        let missing = request(b"", &fields, "add").expect_err("qty is required");
+        assert_eq!(missing, ActionError::Invalid("missing field `qty`".into()));
+        let unknown = request(b"", &[("colour", "red")], "remove").expect_err("unknown field");
+        assert!(matches!(unknown, ActionError::Invalid(m) if m.contains("unknown field `colour`")));
+        let unit = request(b"", &fields, "checkout").expect_err("takes no fields");
+        assert!(matches!(unit, ActionError::Invalid(_)));
     }
 
     #[test]
     fn a_field_is_set_once_by_the_path_alone() {
         let fields = [("sku", "tee")];
-        let clash = with_fields(br#"{"sku": "cap"}"#, &fields).expect_err("the body sets it too");
+        let clash = AliasBody::new(br#"{"sku": "cap"}"#, &fields)
+            .err()
+            .expect("the body sets it too");
         assert_eq!(clash.status, 400);
-        let twice = with_fields(b"", &[("sku", "tee"), ("sku", "cap")]).expect_err("twice");
+        let twice = AliasBody::new(b"", &[("sku", "tee"), ("sku", "cap")])
+            .err()
+            .expect("twice");
         assert_eq!(twice.status, 400);
-        let not_object = with_fields(b"[1]", &fields).expect_err("not an object");
+        let not_object = AliasBody::new(b"[1]", &fields)
+            .err()
+            .expect("not an object");
         assert_eq!(not_object.status, 400);
     }
 }
