@@ -324,10 +324,28 @@ fn explain_unchanged(model: &mut CartModel, group: &[&Acked]) -> Result<(), Stri
 }
 
 async fn cart_race(store: Store) {
+    race_on_one_cart(store, "").await;
+}
+
+/// The same race on a worker with one thread (the current-thread runtime a
+/// worker pinned to one CPU runs): requests, flushes and the lease share
+/// it, and SQLite's blocking calls still wake it.
+async fn cart_race_on_one_thread(store: Store) {
+    race_on_one_cart(store, "threads: 1\n").await;
+}
+
+async fn race_on_one_cart(store: Store, extra_config: &str) {
     let config = format!(
-        "flush_interval_ms: 50\nkinds: {{cart: {{settings: {{limits: {{{LIMITED}: {LIMIT}}}}}}}}}\n"
+        "flush_interval_ms: 50\nkinds: {{cart: {{settings: {{limits: {{{LIMITED}: {LIMIT}}}}}}}}}\n{extra_config}"
     );
     let worker = Worker::start("w1", &store, Some(&config)).await;
+    if !extra_config.is_empty() {
+        assert!(
+            worker.log().contains("threads=1"),
+            "{}",
+            worker.log_tail(20)
+        );
+    }
     let key = unique_key("race-cart");
     let seed: u64 = rand::random();
     eprintln!("cart race seed {seed}");
@@ -516,6 +534,7 @@ async fn cart_race(store: Store) {
 }
 
 both_stores!(cart_race);
+both_stores!(cart_race_on_one_thread);
 
 // ---------------------------------------------------------------------------
 // Session: compare-and-set with If-Match, plus merge patches

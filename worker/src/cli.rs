@@ -64,6 +64,19 @@ struct Args {
     stateless: bool,
 }
 
+/// The async runtime: one thread runs everything on tokio's current-thread
+/// scheduler; more get the multi-thread one, a worker thread each.
+fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build()
+}
+
 /// Parse the command line and the config file, run a worker serving
 /// `kinds` until SIGTERM or SIGINT, and say how it ended.
 pub fn main(kinds: Kinds) -> ExitCode {
@@ -76,7 +89,7 @@ pub fn main(kinds: Kinds) -> ExitCode {
         }
     };
     init_logging();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match build_runtime(config.runtime_threads()) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("roost-worker: cannot start the async runtime: {e}");

@@ -44,6 +44,12 @@ pub struct WorkerConfig {
     pub flush_linger_us: u64,
     /// Entities unused this long are flushed and dropped from memory.
     pub idle_ms: u64,
+    /// The threads that run requests, flushes and the lease. 1 runs
+    /// everything on one thread (tokio's current-thread scheduler: no
+    /// work stealing, no cross-thread wake-ups), as one event loop per CPU
+    /// does. Default: the CPUs the worker may run on (its affinity and its
+    /// cgroup's CPU quota), so a worker pinned to one CPU runs on one.
+    pub threads: Option<usize>,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
     /// The largest an entity's encoded state may grow: a client's change
@@ -135,6 +141,7 @@ impl Default for WorkerConfig {
             flush_pipeline: 2,
             flush_linger_us: LINGER_US,
             idle_ms: 300_000,
+            threads: None,
             max_body_bytes: 1 << 20,
             max_state_bytes: 1 << 20,
             drain_delay_ms: 1_000,
@@ -275,6 +282,7 @@ impl Validate for WorkerConfig {
             ("flush_batch_max", self.flush_batch_max as u64),
             ("flush_pipeline", self.flush_pipeline as u64),
             ("idle_ms", self.idle_ms),
+            ("threads", self.threads.map_or(1, |n| n as u64)),
             ("max_body_bytes", self.max_body_bytes as u64),
             ("max_state_bytes", self.max_state_bytes as u64),
             ("lease_ms", self.lease_ms),
@@ -314,6 +322,14 @@ impl Validate for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// How many threads the runtime gets (`threads`, or the CPUs this
+    /// process may run on).
+    pub fn runtime_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     /// Each batch in flight holds a store connection, so a pipeline takes
     /// at most half the Postgres pool (claims need the rest); a linger is
     /// a short wait within a flush interval.

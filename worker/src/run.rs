@@ -192,6 +192,7 @@ fn log_ready(options: &RunOptions, config: &WorkerConfig) {
         admin_listen = %options.admin_listen.map_or("off".into(), |a| a.to_string()),
         store = %redact(&options.store),
         stateless = options.stateless,
+        threads = config.runtime_threads(),
         "roost-worker ready"
     );
 }
