@@ -29,12 +29,23 @@ session_pids() {
 
 # cpu_ticks PID...: utime + stime of the processes (all their threads), in
 # clock ticks.
-cpu_ticks() {
-  local pid stat f total=0
+cpu_ticks() { stat_ticks all "$@"; }
+
+# sys_ticks PID...: stime alone: the part of cpu_ticks spent in the kernel.
+sys_ticks() { stat_ticks sys "$@"; }
+
+# stat_ticks all|sys PID...: what cpu_ticks and sys_ticks read.
+stat_ticks() {
+  local which=$1 pid stat f total=0
+  shift
   for pid in "$@"; do
     { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || continue
     read -r -a f <<<"${stat##*) }"
-    total=$((total + f[11] + f[12]))
+    if [ "$which" = sys ]; then
+      total=$((total + f[12]))
+    else
+      total=$((total + f[11] + f[12]))
+    fi
   done
   echo "$total"
 }

@@ -27,8 +27,10 @@
 #
 # Settings (environment): DURATION (default 10), WARMUP (s, default 3),
 # CONNECTIONS (default 8), USERS (default 10000; worker: users x 2 devices),
-# TOP (functions listed, default 25), PORT_BASE (default 18400), LINE and
-# STORE (worker only). Needs valgrind, wrk, curl and cargo (it builds
+# TOP (functions listed, default 25), PORT_BASE (default 18400), SERVER_CPU
+# (the one CPU the server may run on, as in worker.sh and proxy.sh, so its
+# runtime has the one thread it has there; default 1), LINE and STORE
+# (worker only). Needs valgrind, wrk, curl and cargo (it builds
 # roost-fixed-reply); as root it installs missing packages. Everything
 # listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
@@ -42,6 +44,7 @@ USERS=${USERS:-10000}
 TOP=${TOP:-25}
 PORT_BASE=${PORT_BASE:-18400}
 LINE=${LINE:-write-behind}
+SERVER_CPU=${SERVER_CPU:-1}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
@@ -118,11 +121,11 @@ fi
 start() {
   local label=$1 bin=$2 out="$OUT/callgrind.$1.out"
   if [ "$TARGET" = proxy ]; then
-    valgrind --tool=callgrind --callgrind-out-file="$out" \
+    taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$out" \
       "$bin" --config "$OUT/roost-proxy.yaml" >"$OUT/proxy-$label.log" 2>&1 &
   else
     # Each build gets its own store: none inherits another's rows.
-    valgrind --tool=callgrind --callgrind-out-file="$out" \
+    taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$out" \
       "$bin" --id "profile-$label" --listen "127.0.0.1:$LISTEN" --admin-listen "127.0.0.1:$ADMIN" \
       --store "${STORE/store.sqlite/store-$label.sqlite}" --config "$OUT/worker.yaml" >"$OUT/worker-$label.log" 2>&1 &
   fi

@@ -660,7 +660,7 @@ activate() {
 # 4. Measurements.
 
 RUNS="$RESULTS/runs.tsv"
-printf '%s\n' "rep	line	mode	attempt	counted	req_per_s	p50_ms	p99_ms	p999_ms	max_ms	requests	ok_2xx	not_in_cart	errors	non_2xx_other	socket_errors	worker_us_per_req	proxy_us_per_req	postgres_us_per_req	wrk_cpu_pct	server_cpu_pct	postgres_cpu_pct	foreign_pct	steal_pct	claims	flush_batches	flush_rows_per_batch	flush_ms_per_batch	durable_ack_ms	flush_over_50ms	ack_over_50ms	flush_failures	fenced_writes	settle_ms	wall_s" >"$RUNS"
+printf '%s\n' "rep	line	mode	attempt	counted	req_per_s	p50_ms	p99_ms	p999_ms	max_ms	requests	ok_2xx	not_in_cart	errors	non_2xx_other	socket_errors	worker_us_per_req	proxy_us_per_req	postgres_us_per_req	wrk_cpu_pct	server_cpu_pct	postgres_cpu_pct	foreign_pct	steal_pct	claims	flush_batches	flush_rows_per_batch	flush_ms_per_batch	durable_ack_ms	flush_over_50ms	ack_over_50ms	flush_failures	fenced_writes	settle_ms	wall_s	worker_sys_us_per_req" >"$RUNS"
 ERRORS_SEEN=0
 DISTURBED_KEPT=0
 STUCK_FLUSH=0
@@ -683,11 +683,12 @@ measure() {
 
   local proxy_pids=() out="$dir/wrk-$tag.txt"
   [ -n "$PROXY_PID" ] && read -r -a proxy_pids <<<"$(session_pids "$PROXY_PID" | paste -sd' ' -)"
-  local lg0 sv0 lg1 sv1 w0 w1 p0 p1 pg0 pg1 k0 k1 t0 t1
+  local lg0 sv0 lg1 sv1 w0 w1 ws0 ws1 p0 p1 pg0 pg1 k0 k1 t0 t1
   scrape_workers "$dir/metrics-before-$tag.prom"
   lg0=$(cpu_stat "$LOADGEN_CPU")
   sv0=$(cpu_stat "$SERVER_CPU")
   w0=$(cpu_ticks "${WORKER_PIDS[@]}")
+  ws0=$(sys_ticks "${WORKER_PIDS[@]}")
   p0=$(cpu_ticks ${proxy_pids[@]+"${proxy_pids[@]}"})
   pg0=$(comm_ticks postgres)
   k0=$(children_ticks)
@@ -699,6 +700,7 @@ measure() {
   pg1=$(comm_ticks postgres)
   p1=$(cpu_ticks ${proxy_pids[@]+"${proxy_pids[@]}"})
   w1=$(cpu_ticks "${WORKER_PIDS[@]}")
+  ws1=$(sys_ticks "${WORKER_PIDS[@]}")
   lg1=$(cpu_stat "$LOADGEN_CPU")
   sv1=$(cpu_stat "$SERVER_CPU")
   scrape_workers "$dir/metrics-after-$tag.prom"
@@ -733,7 +735,7 @@ measure() {
 
   local row
   row=$(awk -v rep="$rep" -v line="$line" -v mode="$mode" -v attempt="$attempt" -v rps="$rps" -v n="$requests" \
-    -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v w="$((w1 - w0))" -v p="$((p1 - p0))" -v pg="$pgd" \
+    -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v w="$((w1 - w0))" -v ws="$((ws1 - ws0))" -v p="$((p1 - p0))" -v pg="$pgd" \
     -v k="$((k1 - k0))" -v lg="$lg0 $lg1" -v sv="$sv0 $sv1" -v lim="$FOREIGN_LIMIT" -v settle="$settle_ms" \
     -v before="$dir/metrics-before-$tag.prom" -v after="$dir/metrics-after-$tag.prom" '
     function metric(file, name,   line, f, s) {
@@ -764,7 +766,7 @@ measure() {
       asec = delta("roost_worker_durable_ack_seconds_sum")
       slow_flush = batches - delta("roost_worker_flush_batch_seconds_bucket{le=\"0.05\"}")
       slow_ack = acks - delta("roost_worker_durable_ack_seconds_bucket{le=\"0.05\"}")
-      printf "%s\t%s\t%s\t%s\t?\t%.2f\t%.3f\t%.3f\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%.2f\n",
+      printf "%s\t%s\t%s\t%s\t?\t%.2f\t%.3f\t%.3f\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%.2f\t%.1f\n",
         rep, line, mode, attempt, rps, p50 / 1000, p99 / 1000, p999 / 1000, mx / 1000, n, ok, nic,
         other + sock, other, sock,
         w * 1e6 / hz / n, p * 1e6 / hz / n, pg * 1e6 / hz / n,
@@ -773,16 +775,16 @@ measure() {
         (batches > 0) ? sprintf("%.1f", rows / batches) : "-",
         (batches > 0) ? sprintf("%.2f", fsec * 1000 / batches) : "-",
         (acks > 0) ? sprintf("%.2f", asec * 1000 / acks) : "-", slow_flush, slow_ack,
-        delta("roost_worker_flush_failures_total"), delta("roost_worker_fenced_writes_total"), settle, wall
+        delta("roost_worker_flush_failures_total"), delta("roost_worker_fenced_writes_total"), settle, wall, ws * 1e6 / hz / n
     }' "$out")
   printf '%s\n' "$row" >>"$RUNS"
   local f
   IFS=$'\t' read -r -a f <<<"$row"
   # Columns (0-based): 5 rps, 6 p50, 7 p99, 12 not_in_cart, 13 errors,
   # 16 worker µs, 17 proxy µs, 18 postgres µs, 19 wrk %, 20 server %,
-  # 21 postgres %, 22 foreign %, 23 steal %.
+  # 21 postgres %, 22 foreign %, 23 steal %, 35 worker kernel µs.
   log "rep $rep $mode $line (try $attempt): ${f[5]} req/s, p50 ${f[6]} ms, p99 ${f[7]} ms, errors ${f[13]}, 404 ${f[12]};" \
-    "CPU µs/req worker ${f[16]} proxy ${f[17]} postgres ${f[18]}; wrk ${f[19]}%, servers ${f[20]}%, postgres ${f[21]}%, other ${f[22]}%, steal ${f[23]}%"
+    "CPU µs/req worker ${f[16]} (kernel ${f[35]}) proxy ${f[17]} postgres ${f[18]}; wrk ${f[19]}%, servers ${f[20]}%, postgres ${f[21]}%, other ${f[22]}%, steal ${f[23]}%"
   DISTURBED=$(awk -v fo="${f[22]}" -v st="${f[23]}" -v lim="$FOREIGN_LIMIT" 'BEGIN { print (fo > lim || st > lim) ? 1 : 0 }')
   if [ "${f[13]}" != 0 ]; then
     ERRORS_SEEN=1
@@ -1047,7 +1049,7 @@ summary="$RESULTS/summary.md"
 {
   echo "Worker benchmark, $DATE (roost $GIT_REV)"
   echo
-  echo "| path | line | req/s (median) | req/s min–max | p50 ms | p99 ms | errors | 404 not_in_cart | CPU µs/req: workers / proxy / Postgres | flush rows/batch | durable ack ms | flushes > 50 ms (all reps) |"
+  echo "| path | line | req/s (median) | req/s min–max | p50 ms | p99 ms | errors | 404 not_in_cart | CPU µs/req: workers (of it, kernel) / proxy / Postgres | flush rows/batch | durable ack ms | flushes > 50 ms (all reps) |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for mode in $MODES; do
     [ "$mode" = proxy ] && path="through roost-proxy" || path="direct to the workers"
@@ -1066,11 +1068,11 @@ summary="$RESULTS/summary.md"
       [ "$mode" = direct ] && proxy_cpu="–"
       awk -v path="$path" -v name="$(line_name "$line")" -v rps="$rps" -v lo="$lo" -v hi="$hi" \
         -v p50="$(med "$line" "$mode" p50_ms)" -v p99="$(med "$line" "$mode" p99_ms)" -v errs="$errs" -v nic="$nic" \
-        -v wc="$(med "$line" "$mode" worker_us_per_req)" -v pc="$proxy_cpu" -v gc="$(med "$line" "$mode" postgres_us_per_req)" \
+        -v wc="$(med "$line" "$mode" worker_us_per_req)" -v wk="$(med "$line" "$mode" worker_sys_us_per_req)" -v pc="$proxy_cpu" -v gc="$(med "$line" "$mode" postgres_us_per_req)" \
         -v rows="$rows" -v ack="$ack" -v slow="$slow" 'BEGIN {
           if (pc != "–") pc = sprintf("%.1f", pc)
-          printf "| %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.1f / %s / %.1f | %s | %s | %s |\n",
-            path, name, rps, lo, hi, p50, p99, errs, nic, wc, pc, gc,
+          printf "| %s | %s | %.0f | %.0f–%.0f | %.3f | %.3f | %d | %d | %.1f (%.1f) / %s / %.1f | %s | %s | %s |\n",
+            path, name, rps, lo, hi, p50, p99, errs, nic, wc, wk, pc, gc,
             (rows == "NaN") ? "–" : sprintf("%.1f", rows), (ack == "NaN") ? "–" : sprintf("%.2f", ack), slow }'
     done
   done
