@@ -408,16 +408,12 @@ pub struct HrwView {
 }
 
 async fn hrw_view(fleet: &Fleet, users: &[String]) -> Result<HrwView> {
+    let samples = (0..HRW_SAMPLE_KEYS).map(|n| format!("sample-{n}"));
     let mut view = HrwView {
-        users: HashMap::with_capacity(users.len()),
+        users: fleet.hrw_firsts(users.iter().cloned()).await?,
         sample: HashMap::new(),
     };
-    for user in users {
-        view.users
-            .insert(user.clone(), fleet.hrw_first(user).await?);
-    }
-    for n in 0..HRW_SAMPLE_KEYS {
-        let first = fleet.hrw_first(&format!("sample-{n}")).await?;
+    for first in fleet.hrw_firsts(samples).await?.into_values() {
         *view.sample.entry(first).or_default() += 1;
     }
     Ok(view)

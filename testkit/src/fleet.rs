@@ -7,6 +7,7 @@
 //! the shared `hash_seed`, whether the workers reach the store through
 //! relays — is a [`FleetConfig`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use serde::Deserialize;
+use tokio::task::JoinSet;
 
 use crate::bins::Binaries;
 use crate::net::try_free_port;
@@ -27,6 +29,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the proxy may take to see a change of a worker's health.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(25);
+/// How many `/admin/route` questions [`Fleet::hrw_firsts`] keeps open.
+const ROUTES_IN_FLIGHT: usize = 16;
 
 /// The workers' `lease_ms`: how long another worker waits to claim the
 /// entities of a worker that is alive but silent (frozen, cut off).
@@ -490,27 +494,36 @@ impl Fleet {
 
     /// The proxy's routing of `key`.
     pub async fn route(&self, key: &str) -> Result<AdminRoute> {
-        let url = format!("http://{}/admin/route", self.admin_addr);
-        let reply = self
-            .http
-            .get(&url)
-            .query(&[("key", key)])
-            .send()
-            .await
-            .with_context(|| format!("GET /admin/route?key={key}"))?;
-        reply.json().await.context("parse /admin/route")
+        route_at(&self.http, self.admin_addr, key).await
     }
 
     /// The first worker of `key`'s HRW order over every listed worker,
     /// healthy or not (`/admin/route`'s first candidate).
     pub async fn hrw_first(&self, key: &str) -> Result<String> {
-        self.route(key)
-            .await?
-            .candidates
-            .into_iter()
-            .next()
-            .map(|c| c.id)
-            .context("/admin/route listed no candidate")
+        hrw_first_at(self.http.clone(), self.admin_addr, key.to_owned())
+            .await
+            .map(|(_, first)| first)
+    }
+
+    /// [`Fleet::hrw_first`] of every key, [`ROUTES_IN_FLIGHT`] questions
+    /// at a time: under load one answer can take 100 ms, and thousands of
+    /// keys asked one by one would stretch the scenario being measured.
+    pub async fn hrw_firsts(
+        &self,
+        keys: impl IntoIterator<Item = String>,
+    ) -> Result<HashMap<String, String>> {
+        let mut asked = JoinSet::new();
+        let mut firsts = HashMap::new();
+        for key in keys {
+            if asked.len() >= ROUTES_IN_FLIGHT {
+                firsts.extend(next_answer(&mut asked).await?);
+            }
+            asked.spawn(hrw_first_at(self.http.clone(), self.admin_addr, key));
+        }
+        while let Some((key, first)) = next_answer(&mut asked).await? {
+            firsts.insert(key, first);
+        }
+        Ok(firsts)
     }
 
     /// Send `signal` to worker `id`.
@@ -577,6 +590,51 @@ impl Drop for Fleet {
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `GET /admin/route?key=K` on the proxy's admin listener at `admin`.
+async fn route_at(http: &reqwest::Client, admin: SocketAddr, key: &str) -> Result<AdminRoute> {
+    let url = format!("http://{admin}/admin/route");
+    let reply = http
+        .get(&url)
+        .query(&[("key", key)])
+        .send()
+        .await
+        .with_context(|| format!("GET /admin/route?key={key}"))?;
+    reply.json().await.context("parse /admin/route")
+}
+
+/// `(key, first candidate)`. A roster that is empty for a moment (every
+/// worker's store lease looked expired at one discovery read) is asked
+/// again until [`HEALTH_TIMEOUT`]: the HRW order is what is wanted here,
+/// and the requests refused meanwhile are in the run's ledger.
+async fn hrw_first_at(
+    http: reqwest::Client,
+    admin: SocketAddr,
+    key: String,
+) -> Result<(String, String)> {
+    let deadline = Instant::now() + HEALTH_TIMEOUT;
+    loop {
+        let route = route_at(&http, admin, &key).await?;
+        if let Some(first) = route.candidates.into_iter().next() {
+            return Ok((key, first.id));
+        }
+        if Instant::now() >= deadline {
+            bail!("/admin/route listed no candidate for {key} within {HEALTH_TIMEOUT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The next answer of [`Fleet::hrw_firsts`]' open questions, `None` when
+/// none is open.
+async fn next_answer(
+    asked: &mut JoinSet<Result<(String, String)>>,
+) -> Result<Option<(String, String)>> {
+    match asked.join_next().await {
+        Some(joined) => joined.context("an /admin/route question failed")?.map(Some),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
