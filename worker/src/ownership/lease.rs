@@ -92,6 +92,9 @@ pub struct Lease {
     revoked: AtomicBool,
     /// Woken whenever a renewal has made the lease hold.
     renewed: Notify,
+    /// `true` from the moment the lease is lost (lapsed, and the store
+    /// grace ran out) until it holds again; kept by [`Lease::signal_loss`].
+    lost: watch::Sender<bool>,
 }
 
 impl Lease {
@@ -109,6 +112,7 @@ impl Lease {
             holding: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
             renewed: Notify::new(),
+            lost: watch::Sender::new(false),
         });
         let sent = Instant::now();
         lease
@@ -117,6 +121,7 @@ impl Lease {
             .await?;
         lease.validated_under(lease.registry.lock_held());
         lease.extend_from(sent);
+        tokio::spawn(Arc::clone(&lease).signal_loss());
         Ok(lease)
     }
 
@@ -176,13 +181,47 @@ impl Lease {
     }
 
     /// Resolves once the lease has lapsed and the store grace has run out
-    /// without it coming back.
+    /// without it coming back. Costs no timer of its own: one task
+    /// ([`Lease::signal_loss`]) times the lease for every waiter.
     pub async fn lost(&self) {
+        let mut lost = self.lost.subscribe();
+        // The sender lives as long as `self`: the wait ends only on `true`.
+        let _ = lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Raise and lower [`Lease::lost`]'s signal for as long as the lease
+    /// is in use: a reply held for a commit waits on the signal rather
+    /// than arming a timer per reply.
+    async fn signal_loss(self: Arc<Self>) {
+        loop {
+            self.lapsed_past_grace().await;
+            self.lost.send_replace(true);
+            self.held_again().await;
+            self.lost.send_replace(false);
+        }
+    }
+
+    /// Resolves once the lease has lapsed and the store grace has run out
+    /// without it coming back.
+    async fn lapsed_past_grace(&self) {
         loop {
             self.lapsed().await;
             if !self.held_by(self.grace_ends()).await {
                 return;
             }
+        }
+    }
+
+    /// Resolves once the lease holds (again).
+    async fn held_again(&self) {
+        loop {
+            let renewed = self.renewed.notified();
+            tokio::pin!(renewed);
+            renewed.as_mut().enable();
+            if self.is_held() {
+                return;
+            }
+            renewed.await;
         }
     }
 
@@ -467,5 +506,28 @@ mod tests {
         );
         assert!(!lease.in_grace(), "readiness fails past the grace");
         lease.lost().await;
+    }
+
+    #[tokio::test]
+    async fn the_loss_signal_falls_again_when_the_lease_is_back() {
+        let (registry, lease) = joined(Duration::from_millis(50)).await;
+        registry.lose_lock();
+        tokio::time::timeout(Duration::from_secs(1), lease.lost())
+            .await
+            .expect("lost once the grace has run out");
+        let revalidation = GatedRevalidation::default();
+        revalidation.finish.notify_one();
+        assert_eq!(lease.renew_once(&revalidation).await, Ok(()));
+        let mut lost = lease.lost.subscribe();
+        tokio::time::timeout(Duration::from_secs(1), lost.wait_for(|lost| !*lost))
+            .await
+            .expect("the signal falls when the lease holds again")
+            .expect("the lease keeps its sender");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), lease.lost())
+                .await
+                .is_err(),
+            "a held lease is not lost"
+        );
     }
 }
