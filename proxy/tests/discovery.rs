@@ -126,37 +126,57 @@ async fn discovery_over_tls_finds_the_workers_in_a_verified_store() {
 
 #[test]
 fn discovery_over_tls_refuses_to_start_on_a_store_it_cannot_verify() {
-    let cluster = tls_cluster();
     let dir = TempDir::new("tls-refused");
-    let passfile = password_file(&dir, cluster);
+    let config = verifying_config(&dir, tls_cluster().other_ca());
+    let stderr = refused(&config, "--config");
+    let expected = "invalid peer certificate: UnknownIssuer";
+    assert!(
+        stderr.contains("discovery.store") && stderr.contains(expected),
+        "the error names the discovery store and {expected:?}: {stderr}"
+    );
+}
+
+#[test]
+fn a_discovery_ca_file_that_cannot_be_read_is_a_config_error() {
+    let dir = TempDir::new("tls-no-ca");
     let missing = dir.path().join("no-such-ca.pem");
-    let cases = [
-        (
-            cluster.other_ca(),
-            "invalid peer certificate: UnknownIssuer".to_owned(),
-        ),
-        (
-            missing.as_path(),
-            format!("sslrootcert {}", missing.display()),
-        ),
-    ];
-    for (ca, expected) in cases {
-        let store = verify_full(cluster, ca, &passfile);
-        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let yaml = FleetConfig::new(0).discovered().to_yaml(
-            local(free_port()),
-            local(free_port()),
-            &[],
-            &store,
-        );
-        let config = dir.write("proxy.yaml", &yaml);
-        let (code, stderr) = run_proxy(&[OsStr::new("--config"), config.as_os_str()]);
-        assert_eq!(code, Some(1), "the proxy exits 1; its stderr: {stderr}");
+    let config = verifying_config(&dir, &missing);
+    let expected = format!("sslrootcert {}: cannot read", missing.display());
+    for flag in ["--check-config", "--config"] {
+        let stderr = refused(&config, flag);
         assert!(
-            stderr.contains("discovery.store") && stderr.contains(&expected),
-            "the error names the discovery store and {expected:?}: {stderr}"
+            stderr.starts_with(&format!("{}:", config.display()))
+                && stderr.contains("field `store`")
+                && stderr.contains(&expected),
+            "{flag}: the error names the file, the field and {expected:?}: {stderr}"
         );
     }
+}
+
+/// A proxy config in `dir`, with no worker listed, that discovers them in
+/// the TLS cluster under `verify-full` with `ca`.
+fn verifying_config(dir: &TempDir, ca: &Path) -> PathBuf {
+    let cluster = tls_cluster();
+    let store = verify_full(cluster, ca, &password_file(dir, cluster));
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let yaml = FleetConfig::new(0).discovered().to_yaml(
+        local(free_port()),
+        local(free_port()),
+        &[],
+        &store,
+    );
+    dir.write("proxy.yaml", &yaml)
+}
+
+/// Run the proxy with `flag config`, which must exit 1; its stderr.
+fn refused(config: &Path, flag: &str) -> String {
+    let (code, stderr) = run_proxy(&[OsStr::new(flag), config.as_os_str()]);
+    assert_eq!(
+        code,
+        Some(1),
+        "{flag}: the proxy exits 1; its stderr: {stderr}"
+    );
+    stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

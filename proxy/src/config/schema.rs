@@ -12,6 +12,7 @@ use serde_saphyr::{Location, Spanned};
 
 use roost_routing::config_file::{Invalid, Validate};
 use roost_routing::hrw::validate_weight;
+use roost_routing::postgres::Endpoint;
 
 /// The whole `roost-proxy` config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +419,17 @@ impl Validate for ProxyConfig {
                     "store",
                     "must be postgres://… or sqlite://PATH",
                 ));
+            }
+            // The TLS settings and the CA file, as the discovery will load
+            // them: `--check-config` and a reload see what the start would.
+            if !store.starts_with("sqlite://") {
+                if let Err(e) = Endpoint::from_url(store) {
+                    return Err(Invalid::at(
+                        discovery.store.referenced,
+                        "store",
+                        e.to_string(),
+                    ));
+                }
             }
             if discovery.interval_ms == 0 {
                 return Err(Invalid::top(

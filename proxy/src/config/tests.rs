@@ -131,6 +131,26 @@ mod sections {
     }
 
     #[test]
+    fn the_discovery_store_is_checked_as_the_discovery_loads_it() {
+        assert_refused(
+            "discovery:\n  store: \"postgres://u:s3cret@db/roost?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"\n",
+            9,
+            "store",
+            "sslrootcert /nonexistent/ca.pem: cannot read",
+        );
+        let error = parse(&with(
+            "discovery:\n  store: \"postgres://u:s3cret@db/roost?sslmode=sometimes\"\n",
+        ))
+        .expect_err("an unknown sslmode");
+        assert!(error.message.contains("sslmode"), "{error}");
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+        parse(&with(
+            "discovery:\n  store: \"postgres://u@db/roost?sslmode=disable\"\n",
+        ))
+        .expect("a plain Postgres store");
+    }
+
+    #[test]
     fn the_tls_listener_must_be_its_own_and_its_files_must_load() {
         assert_refused(
             "tls: {listen: 127.0.0.1:8080, cert: a.pem, key: b.pem}\n",
