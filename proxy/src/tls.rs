@@ -15,9 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
 use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{
-    CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert,
-};
+use pingora::tls::{ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert};
 use rustls_pki_types::pem::PemObject;
 
 /// Which of the two files an error is about.
@@ -49,13 +47,7 @@ impl TlsError {
 /// The chain in `cert` with the key in `key`, checked to belong together.
 pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let cert_error = |message: String| TlsError::new(TlsFile::Cert, cert, message);
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_error(format!("cannot read the certificate chain: {e}")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_error(format!("not a PEM certificate chain: {e}")))?;
-    if chain.is_empty() {
-        return Err(cert_error("holds no PEM CERTIFICATE block".into()));
-    }
+    let chain = roost_routing::pem::certificates(cert).map_err(cert_error)?;
     let private_key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError::new(TlsFile::Key, key, format!("no usable PEM private key: {e}")))?;
     let provider = provider()

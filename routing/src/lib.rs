@@ -12,6 +12,8 @@
 //! - [`config_file`]: how both binaries load YAML config, with errors that
 //!   name the file, the line and the field.
 //! - [`registry`]: how both sides read the live workers from the store.
+//! - [`pem`]: PEM certificate files, read the same way for the proxy's TLS
+//!   listener and a Postgres `sslrootcert`.
 //! - [`build_info`]: the version and commit both report in
 //!   `roost_build_info`.
 //! - `postgres` (with the `postgres` feature): store URLs read as libpq
@@ -26,6 +28,7 @@ pub mod fuzzing;
 pub mod headers;
 pub mod hrw;
 pub mod path;
+pub mod pem;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod registry;

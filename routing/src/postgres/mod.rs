@@ -43,8 +43,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 use tokio_postgres::{Client, Connection, Socket};
 
@@ -380,13 +378,7 @@ fn load_roots(path: &Path, setting: &'static str) -> Result<RootCertStore, Postg
         path: path.to_owned(),
         reason,
     };
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(format!("cannot read it: {e}")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(format!("not a PEM file of certificates: {e}")))?;
-    if certificates.is_empty() {
-        return Err(error("holds no PEM CERTIFICATE block".into()));
-    }
+    let certificates = crate::pem::certificates(path).map_err(error)?;
     let mut roots = RootCertStore::empty();
     for certificate in certificates {
         roots
